@@ -1,0 +1,584 @@
+//! Plain types shared by every part of Baton: ids, definitions, states and history records.
+//!
+//! Nothing here does I/O. The engine decides with these types, the store persists them, and the
+//! API converts them to and from the generated protobuf messages.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A transaction id: a UUID v7, so ids sort by creation time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TxId(pub Uuid);
+
+impl TxId {
+    /// A new time-ordered id.
+    pub fn new() -> Self {
+        TxId(Uuid::now_v7())
+    }
+}
+
+impl Default for TxId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The text was not a transaction id.
+#[derive(Debug, thiserror::Error)]
+#[error("tx_id: {0:?} is not a transaction id (expected a uuid)")]
+pub struct BadTxId(pub String);
+
+impl FromStr for TxId {
+    type Err = BadTxId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s.trim())
+            .map(TxId)
+            .map_err(|_| BadTxId(s.to_string()))
+    }
+}
+
+/// Saga or two-phase commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxKind {
+    Saga,
+    TwoPhase,
+}
+
+impl TxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxKind::Saga => "saga",
+            TxKind::TwoPhase => "two_phase",
+        }
+    }
+}
+
+impl FromStr for TxKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "saga" => Ok(TxKind::Saga),
+            "two_phase" => Ok(TxKind::TwoPhase),
+            other => Err(format!("unknown transaction kind {other:?}")),
+        }
+    }
+}
+
+/// Where a transaction stands. Sagas use the first five; two-phase commits the rest and
+/// `Committed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxState {
+    /// Saga steps going forward.
+    Running,
+    /// Undoing every step that may have run.
+    Compensating,
+    /// Every step (or branch) done.
+    Committed,
+    /// A step failed or the saga was cancelled, and everything that may have run was undone.
+    Compensated,
+    /// A compensation exhausted its retry budget; waits for an operator's retry.
+    Failed,
+    /// 2PC phase one.
+    Preparing,
+    /// 2PC: commit decided (durably), phase two in progress.
+    Committing,
+    /// 2PC: abort decided, phase two in progress.
+    Aborting,
+    /// 2PC: every branch that may have prepared was aborted.
+    Aborted,
+}
+
+impl TxState {
+    pub const ALL: [TxState; 9] = [
+        TxState::Running,
+        TxState::Compensating,
+        TxState::Committed,
+        TxState::Compensated,
+        TxState::Failed,
+        TxState::Preparing,
+        TxState::Committing,
+        TxState::Aborting,
+        TxState::Aborted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxState::Running => "running",
+            TxState::Compensating => "compensating",
+            TxState::Committed => "committed",
+            TxState::Compensated => "compensated",
+            TxState::Failed => "failed",
+            TxState::Preparing => "preparing",
+            TxState::Committing => "committing",
+            TxState::Aborting => "aborting",
+            TxState::Aborted => "aborted",
+        }
+    }
+
+    /// An outcome: nothing will ever happen to the transaction again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TxState::Committed | TxState::Compensated | TxState::Aborted
+        )
+    }
+
+    /// No coordinator drives it: it is final, or it waits for an operator (`Failed`).
+    pub fn is_resting(self) -> bool {
+        self.is_final() || self == TxState::Failed
+    }
+}
+
+impl fmt::Display for TxState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TxState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TxState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown transaction state {s:?}"))
+    }
+}
+
+/// The classic saga step kinds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// May run, and be undone by its compensation.
+    #[default]
+    Compensatable,
+    /// The point of no return: after it succeeds the saga only goes forward.
+    Pivot,
+    /// After the pivot: retried until it succeeds, never fails the saga.
+    Retriable,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Compensatable => "compensatable",
+            StepKind::Pivot => "pivot",
+            StepKind::Retriable => "retriable",
+        }
+    }
+}
+
+/// How often and how patiently a call is retried after transient errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts per call, including the first (at least 1).
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `next_attempt` (2 or more): exponential in the attempt, capped,
+    /// with full jitter. `unit` is a random number in [0, 1); passing it in keeps this pure.
+    pub fn backoff(&self, next_attempt: u32, unit: f64) -> Duration {
+        let exp = next_attempt.saturating_sub(2).min(32);
+        let ceiling = self
+            .initial_backoff_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.max_backoff_ms.max(self.initial_backoff_ms));
+        let unit = unit.clamp(0.0, 1.0);
+        Duration::from_millis((ceiling as f64 * unit) as u64)
+    }
+}
+
+/// Whom a step calls.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// A participant service, resolved through the registry on every call.
+    Service(String),
+    /// A fixed endpoint such as `http://127.0.0.1:9000`.
+    Endpoint(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Service(name) => f.write_str(name),
+            Target::Endpoint(url) => f.write_str(url),
+        }
+    }
+}
+
+/// One saga step as the application defined it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepDef {
+    pub name: String,
+    pub target: Target,
+    pub action: String,
+    /// `None` when there is nothing to undo.
+    pub compensate: Option<String>,
+    #[serde(with = "base64_bytes")]
+    pub payload: Vec<u8>,
+    pub kind: StepKind,
+    /// Steps of one stage run concurrently; stages run in increasing order.
+    pub stage: u32,
+    /// Per-call timeout.
+    pub timeout_ms: u64,
+    pub retry: RetryPolicy,
+}
+
+/// A saga: steps ordered by stage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaDef {
+    pub steps: Vec<StepDef>,
+}
+
+impl SagaDef {
+    /// The highest stage number, or `None` for an empty saga.
+    pub fn last_stage(&self) -> Option<u32> {
+        self.steps.iter().map(|s| s.stage).max()
+    }
+
+    /// Indexes of the steps of `stage`.
+    pub fn stage_steps(&self, stage: u32) -> impl Iterator<Item = usize> + '_ {
+        self.steps
+            .iter()
+            .enumerate()
+            .filter(move |(_, s)| s.stage == stage)
+            .map(|(i, _)| i)
+    }
+}
+
+/// One branch of a two-phase commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchDef {
+    pub name: String,
+    pub target: Target,
+    pub action: String,
+    #[serde(with = "base64_bytes")]
+    pub payload: Vec<u8>,
+    pub timeout_ms: u64,
+    pub retry: RetryPolicy,
+}
+
+/// A two-phase commit: branches that prepare, then all commit or all abort.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwoPhaseDef {
+    pub branches: Vec<BranchDef>,
+    pub prepare_timeout_ms: u64,
+}
+
+/// What the application asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Definition {
+    Saga(SagaDef),
+    TwoPhase(TwoPhaseDef),
+}
+
+impl Definition {
+    pub fn kind(&self) -> TxKind {
+        match self {
+            Definition::Saga(_) => TxKind::Saga,
+            Definition::TwoPhase(_) => TxKind::TwoPhase,
+        }
+    }
+
+    /// Branch (or step) names in index order.
+    pub fn branch_names(&self) -> Vec<&str> {
+        match self {
+            Definition::Saga(saga) => saga.steps.iter().map(|s| s.name.as_str()).collect(),
+            Definition::TwoPhase(tp) => tp.branches.iter().map(|b| b.name.as_str()).collect(),
+        }
+    }
+}
+
+/// Where one saga step (or 2PC branch) stands. Persisted in `baton_branches.state`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not called yet.
+    #[default]
+    Pending,
+    /// A call is in flight (or was, when the coordinator stopped).
+    Running,
+    /// The last call failed transiently; the next attempt is scheduled.
+    Backoff,
+    /// Done; its output is kept.
+    Succeeded,
+    /// A definite failure: the participant said FAILED or rejected the call. It did not run.
+    Failed,
+    /// Retries ran out without a definite answer: it may have run.
+    Unknown,
+    /// Its compensation is in flight.
+    Compensating,
+    /// Its compensation failed transiently; the next attempt is scheduled.
+    CompensateBackoff,
+    /// Undone (or there was nothing to undo).
+    Compensated,
+    /// Its compensation exhausted the retry budget; waits for an operator.
+    CompensationFailed,
+}
+
+impl StepStatus {
+    pub const ALL: [StepStatus; 10] = [
+        StepStatus::Pending,
+        StepStatus::Running,
+        StepStatus::Backoff,
+        StepStatus::Succeeded,
+        StepStatus::Failed,
+        StepStatus::Unknown,
+        StepStatus::Compensating,
+        StepStatus::CompensateBackoff,
+        StepStatus::Compensated,
+        StepStatus::CompensationFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Backoff => "backoff",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Unknown => "unknown",
+            StepStatus::Compensating => "compensating",
+            StepStatus::CompensateBackoff => "compensate_backoff",
+            StepStatus::Compensated => "compensated",
+            StepStatus::CompensationFailed => "compensation_failed",
+        }
+    }
+}
+
+impl fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for StepStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StepStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown step status {s:?}"))
+    }
+}
+
+/// Which participant RPC a call is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Execute,
+    Compensate,
+    Prepare,
+    Commit,
+    Abort,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Execute => "execute",
+            Phase::Compensate => "compensate",
+            Phase::Prepare => "prepare",
+            Phase::Commit => "commit",
+            Phase::Abort => "abort",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One step's persisted state (a `baton_branches` row).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchRecord {
+    pub index: u32,
+    pub name: String,
+    pub status: StepStatus,
+    /// Attempts of the current phase's call (execute, then compensate).
+    pub attempts: u32,
+    #[serde(with = "base64_opt_bytes")]
+    pub output: Option<Vec<u8>>,
+    pub last_error: Option<String>,
+    /// The order in which forward execution ended (succeeded or unknown), from 1; compensation
+    /// runs in reverse of it.
+    pub done_order: Option<u32>,
+}
+
+/// A transaction as stored: its row and its branches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxRecord {
+    pub id: TxId,
+    pub kind: TxKind,
+    pub state: TxState,
+    pub definition: Definition,
+    pub labels: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    /// The coordinator driving it, if any.
+    pub owner: Option<String>,
+    /// Bumped on every change of owner; writes are conditional on it (fencing).
+    pub epoch: i64,
+    /// Saga: the forward stage reached.
+    pub stage: u32,
+    /// Why the saga is compensating (a failure or a cancel), or the last error seen.
+    pub last_error: Option<String>,
+    /// A cancel was requested and not yet acted on.
+    pub cancel_requested: bool,
+    pub deadline_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// Events written so far (the next event's seq is this + 1).
+    pub last_seq: u64,
+    pub branches: Vec<BranchRecord>,
+}
+
+/// One entry of a transaction's history (`baton_events`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub tx_id: TxId,
+    /// 1, 2, 3, ... per transaction.
+    pub seq: u64,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub kind: String,
+    pub branch: Option<u32>,
+    pub detail: String,
+}
+
+/// A registered participant endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantRecord {
+    pub service: String,
+    pub endpoint: String,
+    pub weight: u32,
+    pub zone: String,
+    /// `None` when the registration does not expire.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A coordinator sharing the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorRecord {
+    pub id: String,
+    pub address: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub heartbeat_at: chrono::DateTime<chrono::Utc>,
+    pub version: String,
+    pub owned: u64,
+}
+
+/// Payload bytes as base64 text inside JSON definitions.
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+mod base64_opt_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_some(&base64::engine::general_purpose::STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| {
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 1000,
+        };
+        assert_eq!(p.backoff(2, 0.0), Duration::ZERO);
+        assert_eq!(p.backoff(2, 0.999), Duration::from_millis(99));
+        assert_eq!(p.backoff(3, 0.5), Duration::from_millis(100));
+        assert!(p.backoff(40, 0.999) <= Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn states_round_trip_as_text() {
+        for state in TxState::ALL {
+            assert_eq!(state.as_str().parse::<TxState>().unwrap(), state);
+        }
+        for status in StepStatus::ALL {
+            assert_eq!(status.as_str().parse::<StepStatus>().unwrap(), status);
+        }
+    }
+
+    #[test]
+    fn definition_json_round_trips_payload_bytes() {
+        let def = Definition::Saga(SagaDef {
+            steps: vec![StepDef {
+                name: "a".into(),
+                target: Target::Service("svc".into()),
+                action: "do".into(),
+                compensate: Some("undo".into()),
+                payload: vec![0, 1, 255],
+                kind: StepKind::Compensatable,
+                stage: 0,
+                timeout_ms: 1000,
+                retry: RetryPolicy::default(),
+            }],
+        });
+        let json = serde_json::to_string(&def).unwrap();
+        assert_eq!(serde_json::from_str::<Definition>(&json).unwrap(), def);
+    }
+}

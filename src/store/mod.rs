@@ -1,0 +1,285 @@
+//! The transaction log: one trait, a PostgreSQL and an SQLite implementation, and one conformance
+//! suite (`tests/store_conformance.rs`) that runs against both.
+//!
+//! The coordinator never writes rows directly: it hands [`LogWrite`]s to the log writer
+//! (`coordinator::writer`), which commits the writes of many transactions in one database
+//! transaction (group commit) through [`TxLog::apply`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::model::{
+    BranchRecord, CoordinatorRecord, Definition, EventRecord, ParticipantRecord, TxId, TxRecord,
+    TxState,
+};
+
+pub mod postgres;
+pub mod sqlite;
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or the connection broke; the call may be retried.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A row could not be decoded (for example an unknown state text).
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+    /// The URL names no store Baton knows.
+    #[error("unsupported database url {0:?}: expected postgres://... or sqlite://...")]
+    UnsupportedUrl(String),
+    /// Another process holds the embedded store.
+    #[error("{0}")]
+    Locked(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Database(e) => is_transient_sqlx(e),
+            _ => false,
+        }
+    }
+}
+
+/// Classifies a database error by its kind and SQLSTATE class, never by message text.
+pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => match db.code() {
+            // 08: connection exception; 40: transaction rollback (serialization, deadlock);
+            // 53: insufficient resources; 57P: operator intervention (shutdown, restart).
+            Some(code) => {
+                code.starts_with("08")
+                    || code.starts_with("40")
+                    || code.starts_with("53")
+                    || code.starts_with("57P")
+                    // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6).
+                    || code == "5"
+                    || code == "6"
+            }
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// A transaction accepted by `Start`: its row, one `pending` branch row per step, and its first
+/// events.
+#[derive(Clone, Debug)]
+pub struct NewTx {
+    pub id: TxId,
+    pub definition: Definition,
+    pub state: TxState,
+    pub labels: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    pub owner: String,
+    pub epoch: i64,
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// Event seqs start at 1.
+    pub events: Vec<NewEvent>,
+}
+
+/// A change to one transaction by its owner. Applied only if the row still has this `owner` and
+/// `epoch` (fencing); otherwise nothing of it is written and the outcome is
+/// [`WriteOutcome::Fenced`].
+#[derive(Clone, Debug)]
+pub struct TxUpdate {
+    pub id: TxId,
+    pub owner: String,
+    pub epoch: i64,
+    pub state: TxState,
+    pub stage: u32,
+    pub last_error: Option<String>,
+    pub cancel_requested: bool,
+    /// Clear the owner after this write (the transaction is resting or handed back), so that any
+    /// coordinator may claim it at once.
+    pub release: bool,
+    /// Branch rows that changed, written whole (matched by index).
+    pub branches: Vec<BranchRecord>,
+    /// Appended to the history; seqs continue the transaction's sequence.
+    pub events: Vec<NewEvent>,
+}
+
+/// An event not yet written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub branch: Option<u32>,
+    pub detail: String,
+}
+
+/// One write handed to the log.
+#[derive(Clone, Debug)]
+pub enum LogWrite {
+    Create(Box<NewTx>),
+    Update(Box<TxUpdate>),
+}
+
+/// What became of one [`LogWrite`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The transaction was inserted.
+    Created,
+    /// Its idempotency key already named this transaction; nothing was written.
+    Existing(TxId),
+    /// The update was applied.
+    Updated,
+    /// The row's owner or epoch differ (or the row is gone); nothing was written.
+    Fenced,
+}
+
+/// Filters for [`TxLog::list`]. Results are newest first.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Any state when empty.
+    pub states: Vec<TxState>,
+    /// Transactions carrying all of these labels.
+    pub labels: BTreeMap<String, String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// Keyset paging: only ids strictly less than this (ids sort by creation time).
+    pub before_id: Option<TxId>,
+    pub limit: u32,
+}
+
+/// The durable log of transactions, their branches and history, plus the participant registry and
+/// coordinator membership.
+#[async_trait]
+pub trait TxLog: Send + Sync + 'static {
+    /// Creates or upgrades the schema.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Applies the writes in one database transaction, in order, and returns one outcome per
+    /// write. Either every outcome holds or (on `Err`) nothing was written.
+    async fn apply(&self, batch: &[LogWrite]) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    /// The transaction with its branches (in index order), or `None`.
+    async fn get(&self, id: TxId) -> Result<Option<TxRecord>, StoreError>;
+
+    /// Transactions matching the filter, newest first, without their branches
+    /// (`branches` is empty).
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<TxRecord>, StoreError>;
+
+    /// Events with `seq > after_seq`, in seq order, at most `limit`.
+    async fn events(
+        &self,
+        id: TxId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Takes over unfinished (not resting) transactions owned by nobody, or by a coordinator other
+    /// than `owner` whose heartbeat (by the database's clock) is older than `lease_ms` or missing.
+    /// Sets owner and `epoch + 1`, at most `limit` rows, skipping rows locked by another claimer
+    /// (`FOR UPDATE SKIP LOCKED` on Postgres), and returns them with their branches.
+    async fn claim(
+        &self,
+        owner: &str,
+        lease_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<TxRecord>, StoreError>;
+
+    /// Hands back every unfinished transaction `owner` holds: owner cleared and `epoch + 1`, so
+    /// that any coordinator (this one after a restart, or another) claims them at once and the
+    /// old drivers are fenced. Returns how many.
+    async fn release_owned(&self, owner: &str) -> Result<u64, StoreError>;
+
+    /// Takes over one resting or unowned transaction (for an operator's retry): sets owner and
+    /// `epoch + 1` if its epoch is still `expected_epoch`. Returns the claimed record or `None`.
+    async fn claim_one(
+        &self,
+        id: TxId,
+        owner: &str,
+        expected_epoch: i64,
+    ) -> Result<Option<TxRecord>, StoreError>;
+
+    /// Inserts or replaces a participant registration; `ttl_ms = 0` never expires. Expiry is
+    /// computed with the database's clock.
+    async fn register_participant(
+        &self,
+        service: &str,
+        endpoint: &str,
+        weight: u32,
+        zone: &str,
+        ttl_ms: u64,
+    ) -> Result<ParticipantRecord, StoreError>;
+
+    /// Extends a registration; `None` if there is none (expired ones count as none).
+    async fn heartbeat_participant(
+        &self,
+        service: &str,
+        endpoint: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<ParticipantRecord>, StoreError>;
+
+    /// Removes a registration; whether there was one.
+    async fn deregister_participant(&self, service: &str, endpoint: &str)
+        -> Result<bool, StoreError>;
+
+    /// Unexpired registrations (of one service, or all), ordered by service then endpoint.
+    async fn list_participants(
+        &self,
+        service: Option<&str>,
+    ) -> Result<Vec<ParticipantRecord>, StoreError>;
+
+    /// Inserts or refreshes this coordinator's heartbeat row (heartbeat_at = the database's now).
+    async fn heartbeat_coordinator(
+        &self,
+        id: &str,
+        address: &str,
+        version: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Removes this coordinator's row (graceful exit).
+    async fn remove_coordinator(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Coordinators whose heartbeat is younger than `lease_ms`, with how many unfinished
+    /// transactions each owns.
+    async fn list_coordinators(&self, lease_ms: u64)
+        -> Result<Vec<CoordinatorRecord>, StoreError>;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Options for opening a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Connections in the pool (PostgreSQL); SQLite uses its own small pool.
+    pub max_connections: u32,
+    /// How long to wait for a connection before reporting the database unavailable.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 16,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Opens the store named by `url` (`postgres://…` or `sqlite://path`), without migrating.
+pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn TxLog>, StoreError> {
+    // STORE HELPER: replace this body once PgLog and SqliteLog implement TxLog:
+    // postgres:// and postgresql:// -> PgLog::connect, sqlite: -> SqliteLog::open,
+    // anything else -> StoreError::UnsupportedUrl.
+    let _ = (url, options);
+    todo!("store helper")
+}
