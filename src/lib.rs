@@ -22,3 +22,6 @@ pub mod store;
 pub mod proto {
     tonic::include_proto!("baton.v1");
 }
+
+/// This build's version, recorded in the coordinator membership table.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,1 +1,566 @@
-//! (in progress)
+//! The coordinator's gRPC service (`baton.v1.Coordinator`) and the server that hosts it.
+//!
+//! Requests are validated here (see [`convert`]), then handed to the
+//! [`Coordinator`](crate::coordinator::Coordinator). Errors become gRPC statuses in one place,
+//! [`status_of`], with lowercase messages that name the field or id.
+
+pub mod convert;
+mod server;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::coordinator::{CoordError, Coordinator, Started};
+use crate::model::{Definition, TxId, TxRecord, TxState};
+use crate::proto;
+use crate::store::{ListFilter, NewEvent, NewTx, StoreError};
+
+pub use convert::Limits;
+pub use server::{serve, ServeConfig, ServeError, Serving};
+
+/// Maps a coordinator error to the status a client sees.
+pub fn status_of(e: CoordError) -> Status {
+    match e {
+        CoordError::NotFound(_) => Status::not_found(e.to_string()),
+        CoordError::Refused(text) => Status::failed_precondition(text),
+        CoordError::Busy(_) => Status::resource_exhausted(e.to_string()),
+        CoordError::Unavailable(text) => Status::unavailable(text),
+        CoordError::Conflict(text) => Status::aborted(text),
+        CoordError::Stopping => Status::unavailable(e.to_string()),
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+fn parse_id(text: &str) -> Result<TxId, Status> {
+    if text.is_empty() {
+        return Err(Status::invalid_argument("tx_id: must not be empty"));
+    }
+    text.parse::<TxId>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// The `baton.v1.Coordinator` service.
+pub struct CoordinatorService {
+    co: Arc<Coordinator>,
+    limits: Limits,
+}
+
+impl CoordinatorService {
+    pub fn new(co: Arc<Coordinator>, limits: Limits) -> Self {
+        CoordinatorService { co, limits }
+    }
+
+    async fn load(&self, id: TxId) -> Result<TxRecord, Status> {
+        self.co
+            .store()
+            .get(id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("transaction {id} not found")))
+    }
+
+    /// Checks that every service a step names has an endpoint now.
+    async fn check_services(&self, def: &Definition) -> Result<(), Status> {
+        let Definition::Saga(saga) = def else {
+            return Ok(());
+        };
+        for (i, step) in saga.steps.iter().enumerate() {
+            if let crate::model::Target::Service(name) = &step.target {
+                let known = self
+                    .co
+                    .registry()
+                    .knows(name)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                if !known {
+                    return Err(Status::invalid_argument(format!(
+                        "saga.steps[{i}].service: unknown participant service {name:?} (register an endpoint for it first, or give an endpoint)"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks until the transaction rests or `timeout` passes; returns it as it then is.
+    async fn wait_for_rest(&self, id: TxId, timeout: Duration) -> Result<TxRecord, Status> {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            // Subscribe before reading, so no outcome slips between the two.
+            let live = self.co.subscribe(id);
+            let tx = self.load(id).await?;
+            if tx.state.is_resting() || tokio::time::Instant::now() >= until {
+                return Ok(tx);
+            }
+            match live {
+                Some(mut rx) => loop {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Err(_) => break,
+                        Ok(Ok(e)) if convert::is_outcome_event(&e) => break,
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(_)) => break,
+                    }
+                },
+                // Driven by another coordinator (or not yet claimed): look again shortly.
+                None => {
+                    let _ = tokio::time::timeout_at(until, tokio::time::sleep(Duration::from_millis(200)))
+                        .await;
+                }
+            }
+        }
+    }
+
+    fn wait_timeout(&self, requested_ms: u64) -> Duration {
+        let ms = if requested_ms == 0 {
+            self.limits.max_wait_ms
+        } else {
+            requested_ms.min(self.limits.max_wait_ms)
+        };
+        Duration::from_millis(ms)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::TxEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::coordinator_server::Coordinator for CoordinatorService {
+    async fn start(
+        &self,
+        request: Request<proto::StartRequest>,
+    ) -> Result<Response<proto::StartResponse>, Status> {
+        let req = request.into_inner();
+        let config = self.co.config();
+        let definition = match &req.definition {
+            None => {
+                return Err(Status::invalid_argument(
+                    "definition: give a saga or a two_phase",
+                ))
+            }
+            Some(proto::start_request::Definition::Saga(saga)) => Definition::Saga(convert::saga(
+                saga,
+                config.default_timeout.as_millis() as u64,
+                &config.default_retry,
+                &self.limits,
+            )?),
+            Some(proto::start_request::Definition::TwoPhase(_)) => {
+                return Err(Status::unimplemented(
+                    "two_phase: this coordinator does not run two-phase commits yet",
+                ))
+            }
+        };
+        let labels = convert::labels("labels", &req.labels, &self.limits)?;
+        let idempotency_key = if req.idempotency_key.is_empty() {
+            None
+        } else {
+            if req.idempotency_key.len() > self.limits.max_name_len {
+                return Err(Status::resource_exhausted(format!(
+                    "idempotency_key: {} bytes exceed the limit of {}",
+                    req.idempotency_key.len(),
+                    self.limits.max_name_len
+                )));
+            }
+            Some(req.idempotency_key.clone())
+        };
+        self.check_services(&definition).await?;
+        let now = chrono::Utc::now();
+        let deadline_at = (req.timeout_ms > 0).then(|| {
+            now + chrono::Duration::milliseconds(req.timeout_ms.min(i64::MAX as u64 / 2) as i64)
+        });
+        let steps = definition.branch_names().len();
+        let new = NewTx {
+            id: TxId::new(),
+            definition: definition.clone(),
+            state: TxState::Running,
+            labels,
+            idempotency_key: idempotency_key.clone(),
+            owner: config.id.clone(),
+            epoch: 1,
+            deadline_at,
+            events: vec![NewEvent {
+                seq: 1,
+                at: now,
+                kind: "accepted".into(),
+                branch: None,
+                detail: format!("{} with {steps} steps", definition.kind().as_str()),
+            }],
+        };
+        let (id, created) = match self.co.start(new).await.map_err(status_of)? {
+            Started::Created(id) => (id, true),
+            Started::Existing(id) => {
+                let existing = self.load(id).await?;
+                if existing.definition != definition {
+                    return Err(Status::already_exists(format!(
+                        "idempotency_key: {:?} already names transaction {id}, which has a different definition",
+                        idempotency_key.unwrap_or_default()
+                    )));
+                }
+                (id, false)
+            }
+        };
+        let transaction = if req.wait {
+            let tx = self
+                .wait_for_rest(id, self.wait_timeout(req.wait_timeout_ms))
+                .await?;
+            Some(convert::transaction(&tx))
+        } else {
+            None
+        };
+        Ok(Response::new(proto::StartResponse {
+            tx_id: id.to_string(),
+            created,
+            transaction,
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::Transaction>, Status> {
+        let id = parse_id(&request.get_ref().tx_id)?;
+        Ok(Response::new(convert::transaction(&self.load(id).await?)))
+    }
+
+    async fn wait(
+        &self,
+        request: Request<proto::WaitRequest>,
+    ) -> Result<Response<proto::Transaction>, Status> {
+        let req = request.into_inner();
+        let id = parse_id(&req.tx_id)?;
+        let tx = self
+            .wait_for_rest(id, self.wait_timeout(req.timeout_ms))
+            .await?;
+        Ok(Response::new(convert::transaction(&tx)))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let id = parse_id(&request.get_ref().tx_id)?;
+        let live = self.co.subscribe(id);
+        // Fail fast on an unknown id, before the stream starts.
+        self.load(id).await?;
+        let (out, rx) = mpsc::channel(64);
+        let co = self.co.clone();
+        tokio::spawn(watch(co, id, live, out));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list(
+        &self,
+        request: Request<proto::ListRequest>,
+    ) -> Result<Response<proto::ListResponse>, Status> {
+        let req = request.into_inner();
+        let mut states = Vec::new();
+        for (i, s) in req.states.iter().enumerate() {
+            states.push(convert::state_model(*s).ok_or_else(|| {
+                Status::invalid_argument(format!("states[{i}]: unknown state {s}"))
+            })?);
+        }
+        let labels = convert::labels("labels", &req.labels, &self.limits)?;
+        let time = |field: &str, v: i64| -> Result<Option<chrono::DateTime<chrono::Utc>>, Status> {
+            if v == 0 {
+                return Ok(None);
+            }
+            chrono::DateTime::from_timestamp_millis(v)
+                .map(Some)
+                .ok_or_else(|| Status::invalid_argument(format!("{field}: {v} is out of range")))
+        };
+        if req.limit > 1000 {
+            return Err(Status::invalid_argument(format!(
+                "limit: {} exceeds the maximum page size of 1000",
+                req.limit
+            )));
+        }
+        let limit = if req.limit == 0 { 50 } else { req.limit };
+        let before_id = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(req.page_token.parse::<TxId>().map_err(|_| {
+                Status::invalid_argument("page_token: not a token from a previous list response")
+            })?)
+        };
+        let filter = ListFilter {
+            states,
+            labels,
+            created_after: time("created_after_ms", req.created_after_ms)?,
+            created_before: time("created_before_ms", req.created_before_ms)?,
+            before_id,
+            limit,
+        };
+        let found = self.co.store().list(&filter).await.map_err(store_status)?;
+        let next_page_token = if found.len() as u32 == limit {
+            found.last().map(|t| t.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(proto::ListResponse {
+            transactions: found.iter().map(convert::transaction).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn events(
+        &self,
+        request: Request<proto::EventsRequest>,
+    ) -> Result<Response<proto::EventsResponse>, Status> {
+        let req = request.into_inner();
+        let id = parse_id(&req.tx_id)?;
+        if req.limit > 10_000 {
+            return Err(Status::invalid_argument(format!(
+                "limit: {} exceeds the maximum of 10000",
+                req.limit
+            )));
+        }
+        let limit = if req.limit == 0 { 1000 } else { req.limit };
+        let events = self
+            .co
+            .store()
+            .events(id, req.after_seq, limit)
+            .await
+            .map_err(store_status)?;
+        if events.is_empty() && req.after_seq == 0 {
+            self.load(id).await?;
+        }
+        Ok(Response::new(proto::EventsResponse {
+            events: events.iter().map(convert::event).collect(),
+        }))
+    }
+
+    async fn retry(
+        &self,
+        request: Request<proto::RetryRequest>,
+    ) -> Result<Response<proto::Transaction>, Status> {
+        let id = parse_id(&request.get_ref().tx_id)?;
+        self.co.retry(id).await.map_err(status_of)?;
+        Ok(Response::new(convert::transaction(&self.load(id).await?)))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<proto::CancelRequest>,
+    ) -> Result<Response<proto::Transaction>, Status> {
+        let req = request.into_inner();
+        let id = parse_id(&req.tx_id)?;
+        if req.reason.len() > self.limits.max_name_len {
+            return Err(Status::resource_exhausted(format!(
+                "reason: {} bytes exceed the limit of {}",
+                req.reason.len(),
+                self.limits.max_name_len
+            )));
+        }
+        let reason = if req.reason.is_empty() {
+            "requested by a client".to_string()
+        } else {
+            req.reason
+        };
+        self.co.cancel(id, reason).await.map_err(status_of)?;
+        Ok(Response::new(convert::transaction(&self.load(id).await?)))
+    }
+
+    async fn register_participant(
+        &self,
+        request: Request<proto::RegisterParticipantRequest>,
+    ) -> Result<Response<proto::RegisterParticipantResponse>, Status> {
+        let req = request.into_inner();
+        check_registration(&req.service, &req.endpoint, &self.limits)?;
+        let record = self
+            .co
+            .store()
+            .register_participant(
+                &req.service,
+                &req.endpoint,
+                req.weight.max(1),
+                &req.zone,
+                req.ttl_ms,
+            )
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(proto::RegisterParticipantResponse {
+            participant: Some(convert::participant(&record)),
+        }))
+    }
+
+    async fn heartbeat_participant(
+        &self,
+        request: Request<proto::HeartbeatParticipantRequest>,
+    ) -> Result<Response<proto::HeartbeatParticipantResponse>, Status> {
+        let req = request.into_inner();
+        check_registration(&req.service, &req.endpoint, &self.limits)?;
+        let record = self
+            .co
+            .store()
+            .heartbeat_participant(&req.service, &req.endpoint, req.ttl_ms)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "participant {} at {} is not registered (or its registration expired); register again",
+                    req.service, req.endpoint
+                ))
+            })?;
+        Ok(Response::new(proto::HeartbeatParticipantResponse {
+            participant: Some(convert::participant(&record)),
+        }))
+    }
+
+    async fn deregister_participant(
+        &self,
+        request: Request<proto::DeregisterParticipantRequest>,
+    ) -> Result<Response<proto::DeregisterParticipantResponse>, Status> {
+        let req = request.into_inner();
+        check_registration(&req.service, &req.endpoint, &self.limits)?;
+        let removed = self
+            .co
+            .store()
+            .deregister_participant(&req.service, &req.endpoint)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(proto::DeregisterParticipantResponse {
+            removed,
+        }))
+    }
+
+    async fn list_participants(
+        &self,
+        request: Request<proto::ListParticipantsRequest>,
+    ) -> Result<Response<proto::ListParticipantsResponse>, Status> {
+        let service = request.into_inner().service;
+        let found = self
+            .co
+            .store()
+            .list_participants((!service.is_empty()).then_some(service.as_str()))
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(proto::ListParticipantsResponse {
+            participants: found.iter().map(convert::participant).collect(),
+        }))
+    }
+
+    async fn list_coordinators(
+        &self,
+        _request: Request<proto::ListCoordinatorsRequest>,
+    ) -> Result<Response<proto::ListCoordinatorsResponse>, Status> {
+        let found = self
+            .co
+            .store()
+            .list_coordinators(self.co.config().lease.as_millis() as u64)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(proto::ListCoordinatorsResponse {
+            coordinators: found
+                .into_iter()
+                .map(|c| proto::CoordinatorInfo {
+                    id: c.id,
+                    address: c.address,
+                    started_at_ms: c.started_at.timestamp_millis(),
+                    heartbeat_at_ms: c.heartbeat_at.timestamp_millis(),
+                    version: c.version,
+                    owned: c.owned,
+                })
+                .collect(),
+        }))
+    }
+}
+
+fn check_registration(service: &str, endpoint: &str, limits: &Limits) -> Result<(), Status> {
+    if service.is_empty() {
+        return Err(Status::invalid_argument("service: must not be empty"));
+    }
+    if service.len() > limits.max_name_len || endpoint.len() > limits.max_name_len {
+        return Err(Status::resource_exhausted(format!(
+            "service, endpoint: limited to {} bytes",
+            limits.max_name_len
+        )));
+    }
+    if !crate::registry::valid_endpoint(endpoint) {
+        return Err(Status::invalid_argument(format!(
+            "endpoint: {endpoint:?} is not an http:// or https:// url"
+        )));
+    }
+    Ok(())
+}
+
+/// Streams the stored history, then live events, until the transaction rests or the client
+/// goes away.
+async fn watch(
+    co: Arc<Coordinator>,
+    id: TxId,
+    mut live: Option<broadcast::Receiver<crate::model::EventRecord>>,
+    out: mpsc::Sender<Result<proto::TxEvent, Status>>,
+) {
+    let mut last_seq = 0u64;
+    loop {
+        // Catch up from the log.
+        loop {
+            match co.store().events(id, last_seq, 1000).await {
+                Ok(events) => {
+                    let n = events.len();
+                    for e in events {
+                        last_seq = e.seq;
+                        if out.send(Ok(convert::event(&e))).await.is_err() {
+                            return;
+                        }
+                    }
+                    if n < 1000 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = out.send(Err(store_status(e))).await;
+                    return;
+                }
+            }
+        }
+        match co.store().get(id).await {
+            Ok(Some(tx)) if tx.state.is_resting() && tx.last_seq <= last_seq => return,
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                let _ = out.send(Err(store_status(e))).await;
+                return;
+            }
+        }
+        match live.as_mut() {
+            Some(rx) => loop {
+                match rx.recv().await {
+                    Ok(e) if e.seq <= last_seq => continue,
+                    Ok(e) if e.seq == last_seq + 1 => {
+                        last_seq = e.seq;
+                        let outcome = convert::is_outcome_event(&e);
+                        if out.send(Ok(convert::event(&e))).await.is_err() {
+                            return;
+                        }
+                        if outcome {
+                            return;
+                        }
+                    }
+                    // A gap, a lag or the driver ended: catch up from the log again.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        live = None;
+                        break;
+                    }
+                }
+            },
+            None => {
+                if out.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                live = co.subscribe(id);
+            }
+        }
+    }
+}

@@ -1,19 +1,308 @@
-//! `baton serve` and `baton migrate` (owned by the coordinator work; in progress).
+//! `baton serve` and `baton migrate`.
+//!
+//! Settings come from flags, `BATON_*` environment variables, or a TOML file (`--config`), in
+//! that order of precedence; anything unset takes the default shown in `--help`.
 
-/// Options of `baton serve`.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use crate::api::{self, Limits, ServeConfig};
+use crate::coordinator::Config;
+use crate::model::RetryPolicy;
+use crate::registry::RegistryConfig;
+use crate::store::{self, StoreOptions};
+
+/// Default store: an SQLite file in the working directory (no setup).
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://baton.db";
+/// Default gRPC address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7600";
+
+/// Options of `baton serve`. Each has a `BATON_*` variable and a key of the same name (with `_`)
+/// in the TOML file.
+#[derive(Debug, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ServeArgs {
+    /// A TOML file with any of these settings (flags and environment win over it).
+    #[arg(long, env = "BATON_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7600].
+    #[arg(long, env = "BATON_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The log: postgres://user@host/db, or sqlite://path for the embedded store
+    /// [default: sqlite://baton.db]. An SQLite file serves one coordinator only.
+    #[arg(long, env = "BATON_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// This coordinator's id in the log; keep it stable across restarts so that a restart
+    /// resumes its own transactions at once [default: baton-<hostname>-<port>].
+    #[arg(long, env = "BATON_ID")]
+    pub id: Option<String>,
+    /// Do not apply schema migrations at start-up (run `baton migrate` instead).
+    #[arg(long, env = "BATON_NO_MIGRATE", num_args = 0..=1, default_missing_value = "true")]
+    pub no_migrate: Option<bool>,
+    /// Per-call timeout of steps that set none, in ms [default: 10000].
+    #[arg(long, env = "BATON_DEFAULT_TIMEOUT_MS")]
+    pub default_timeout_ms: Option<u64>,
+    /// Attempts per call of steps that set no retry policy [default: 5].
+    #[arg(long, env = "BATON_DEFAULT_MAX_ATTEMPTS")]
+    pub default_max_attempts: Option<u32>,
+    /// First retry backoff in ms [default: 100]; it doubles up to the max, with full jitter.
+    #[arg(long, env = "BATON_DEFAULT_INITIAL_BACKOFF_MS")]
+    pub default_initial_backoff_ms: Option<u64>,
+    /// Largest retry backoff in ms [default: 10000].
+    #[arg(long, env = "BATON_DEFAULT_MAX_BACKOFF_MS")]
+    pub default_max_backoff_ms: Option<u64>,
+    /// Largest step payload in bytes [default: 1048576].
+    #[arg(long, env = "BATON_MAX_PAYLOAD_BYTES")]
+    pub max_payload_bytes: Option<usize>,
+    /// Most steps in one saga [default: 100].
+    #[arg(long, env = "BATON_MAX_STEPS")]
+    pub max_steps: Option<usize>,
+    /// Unfinished transactions driven at once; Start beyond it is refused [default: 10000].
+    #[arg(long, env = "BATON_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
+    /// Coordinator lease in ms: a coordinator silent this long is dead [default: 15000].
+    #[arg(long, env = "BATON_LEASE_MS")]
+    pub lease_ms: Option<u64>,
+    /// Heartbeat and claim interval in ms [default: 2000].
+    #[arg(long, env = "BATON_CLAIM_INTERVAL_MS")]
+    pub claim_interval_ms: Option<u64>,
+    /// Database connections [default: 16].
+    #[arg(long, env = "BATON_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
+    /// A participant endpoint configured statically, as service=http://host:port (repeatable;
+    /// in the environment, comma-separated).
+    #[arg(long = "endpoint", env = "BATON_ENDPOINTS", value_delimiter = ',')]
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
 
 /// Options of `baton migrate`.
 #[derive(Debug, clap::Args)]
-pub struct MigrateArgs {}
-
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("not yet")
+pub struct MigrateArgs {
+    /// The log to migrate [default: sqlite://baton.db].
+    #[arg(long, env = "BATON_DATABASE_URL")]
+    pub database_url: Option<String>,
 }
 
+impl ServeArgs {
+    /// Flags and environment over the file's values.
+    fn merged(self) -> anyhow::Result<ServeArgs> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let file: ServeArgs = toml::from_str(&text)
+            .with_context(|| format!("config file {} is not valid", path.display()))?;
+        Ok(ServeArgs {
+            config: self.config,
+            listen: self.listen.or(file.listen),
+            database_url: self.database_url.or(file.database_url),
+            id: self.id.or(file.id),
+            no_migrate: self.no_migrate.or(file.no_migrate),
+            default_timeout_ms: self.default_timeout_ms.or(file.default_timeout_ms),
+            default_max_attempts: self.default_max_attempts.or(file.default_max_attempts),
+            default_initial_backoff_ms: self
+                .default_initial_backoff_ms
+                .or(file.default_initial_backoff_ms),
+            default_max_backoff_ms: self.default_max_backoff_ms.or(file.default_max_backoff_ms),
+            max_payload_bytes: self.max_payload_bytes.or(file.max_payload_bytes),
+            max_steps: self.max_steps.or(file.max_steps),
+            max_inflight: self.max_inflight.or(file.max_inflight),
+            lease_ms: self.lease_ms.or(file.lease_ms),
+            claim_interval_ms: self.claim_interval_ms.or(file.claim_interval_ms),
+            max_connections: self.max_connections.or(file.max_connections),
+            endpoints: if self.endpoints.is_empty() {
+                file.endpoints
+            } else {
+                self.endpoints
+            },
+        })
+    }
+
+    /// The server configuration these options describe.
+    pub fn to_config(self) -> anyhow::Result<ServeConfig> {
+        let args = self.merged()?;
+        let listen = args
+            .listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses"));
+        let defaults = Config::default();
+        let retry_default = RetryPolicy::default();
+        let default_retry = RetryPolicy {
+            max_attempts: args
+                .default_max_attempts
+                .unwrap_or(retry_default.max_attempts)
+                .max(1),
+            initial_backoff_ms: args
+                .default_initial_backoff_ms
+                .unwrap_or(retry_default.initial_backoff_ms),
+            max_backoff_ms: args
+                .default_max_backoff_ms
+                .unwrap_or(retry_default.max_backoff_ms),
+        };
+        if default_retry.max_backoff_ms < default_retry.initial_backoff_ms {
+            anyhow::bail!("default_max_backoff_ms must be at least default_initial_backoff_ms");
+        }
+        let mut static_endpoints: HashMap<String, Vec<String>> = HashMap::new();
+        for entry in &args.endpoints {
+            let (service, url) = entry.split_once('=').with_context(|| {
+                format!("endpoint {entry:?}: expected service=http://host:port")
+            })?;
+            if service.is_empty() || !crate::registry::valid_endpoint(url) {
+                anyhow::bail!("endpoint {entry:?}: expected service=http://host:port");
+            }
+            static_endpoints
+                .entry(service.to_string())
+                .or_default()
+                .push(url.to_string());
+        }
+        let limits_default = Limits::default();
+        Ok(ServeConfig {
+            listen,
+            database_url: args
+                .database_url
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
+            store: StoreOptions {
+                max_connections: args
+                    .max_connections
+                    .unwrap_or(StoreOptions::default().max_connections)
+                    .max(1),
+                ..StoreOptions::default()
+            },
+            migrate: !args.no_migrate.unwrap_or(false),
+            coordinator: Config {
+                id: args
+                    .id
+                    .unwrap_or_else(|| format!("baton-{}-{}", hostname(), listen.port())),
+                address: String::new(),
+                default_timeout: Duration::from_millis(args.default_timeout_ms.unwrap_or(10_000).max(1)),
+                default_retry,
+                max_inflight: args.max_inflight.unwrap_or(defaults.max_inflight).max(1),
+                lease: args
+                    .lease_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(defaults.lease),
+                claim_interval: args
+                    .claim_interval_ms
+                    .map(|ms| Duration::from_millis(ms.max(10)))
+                    .unwrap_or(defaults.claim_interval),
+                ..defaults
+            },
+            registry: RegistryConfig {
+                static_endpoints,
+                ..RegistryConfig::default()
+            },
+            limits: Limits {
+                max_payload_bytes: args
+                    .max_payload_bytes
+                    .unwrap_or(limits_default.max_payload_bytes),
+                max_steps: args.max_steps.unwrap_or(limits_default.max_steps).max(1),
+                ..limits_default
+            },
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_string())
+}
+
+/// Runs the coordinator until SIGTERM or Ctrl-C, then shuts down cleanly.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let serving = api::serve(config).await?;
+    println!("baton coordinator listening on {}", serving.endpoint());
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    serving.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Applies the schema migrations and exits.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("not yet")
+    let url = args
+        .database_url
+        .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
+    let log = store::open(&url, &StoreOptions::default()).await?;
+    log.migrate().await?;
+    println!("migrated {}", redact(&url));
+    Ok(())
+}
+
+/// The URL without its password, for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://baton.db"), "sqlite://baton.db");
+    }
+
+    #[test]
+    fn defaults_and_static_endpoints() {
+        let config = ServeArgs {
+            endpoints: vec!["inventory=http://127.0.0.1:9000".into()],
+            ..ServeArgs::default()
+        }
+        .to_config()
+        .unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.registry.static_endpoints["inventory"], vec!["http://127.0.0.1:9000"]);
+        assert!(config.migrate);
+        let bad = ServeArgs {
+            endpoints: vec!["inventory".into()],
+            ..ServeArgs::default()
+        };
+        assert!(bad.to_config().is_err());
+    }
 }

@@ -1,1 +1,455 @@
-//! (in progress)
+//! The coordinator: drives accepted transactions to their outcome.
+//!
+//! Each unfinished transaction this coordinator owns has one driver task ([`driver`]) that feeds
+//! events to the pure [`engine`](crate::engine), records the result through the shared
+//! [`writer::LogWriter`] (group commit), and makes the participant calls ([`call`]). Ownership is
+//! fenced by `(owner, epoch)` on every write, so a driver that lost its transaction can never
+//! overwrite the new owner's progress.
+
+pub mod call;
+mod driver;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::{Event, Refused};
+use crate::model::{BranchRecord, EventRecord, RetryPolicy, TxId, TxRecord, TxState};
+use crate::registry::Registry;
+use crate::store::{LogWrite, NewTx, StoreError, TxLog, WriteOutcome};
+
+pub use writer::{LogWriter, WriteError};
+
+/// How a coordinator behaves; every time is configurable so tests run in milliseconds.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This coordinator's id in the log (`owner` of the transactions it drives).
+    pub id: String,
+    /// The gRPC address it serves, shown to operators.
+    pub address: String,
+    /// Per-call timeout of a step that does not set one.
+    pub default_timeout: Duration,
+    /// Retry policy of a step that does not set one.
+    pub default_retry: RetryPolicy,
+    /// Unfinished transactions driven at once; `Start` beyond it is refused.
+    pub max_inflight: usize,
+    /// Largest group-commit batch.
+    pub max_batch: usize,
+    /// A coordinator whose heartbeat is older than this is dead; its transactions are claimed.
+    pub lease: Duration,
+    /// How often this coordinator heartbeats and claims unowned or orphaned transactions.
+    pub claim_interval: Duration,
+    /// Transactions claimed per claim query.
+    pub claim_batch: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: "baton".into(),
+            address: String::new(),
+            default_timeout: Duration::from_secs(10),
+            default_retry: RetryPolicy::default(),
+            max_inflight: 10_000,
+            max_batch: 512,
+            lease: Duration::from_secs(15),
+            claim_interval: Duration::from_secs(2),
+            claim_batch: 500,
+        }
+    }
+}
+
+/// Why a coordinator verb did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("transaction {0} not found")]
+    NotFound(TxId),
+    /// The transaction's state does not allow the verb.
+    #[error("{0}")]
+    Refused(String),
+    /// The in-flight limit is reached.
+    #[error("too many transactions in flight (limit {0}); retry later")]
+    Busy(usize),
+    /// The log could not be written or read.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The transaction changed under the request (another coordinator took it).
+    #[error("{0}")]
+    Conflict(String),
+    /// The coordinator is shutting down.
+    #[error("coordinator is shutting down")]
+    Stopping,
+}
+
+impl From<StoreError> for CoordError {
+    fn from(e: StoreError) -> Self {
+        CoordError::Unavailable(e.to_string())
+    }
+}
+
+impl From<WriteError> for CoordError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Closed => CoordError::Stopping,
+            WriteError::Store(text) => CoordError::Unavailable(text),
+        }
+    }
+}
+
+/// A request to a running driver.
+pub(crate) enum Command {
+    Cancel {
+        reason: String,
+        reply: oneshot::Sender<Result<(), Refused>>,
+    },
+}
+
+struct DriverHandle {
+    inbox: mpsc::Sender<Command>,
+    events: broadcast::Sender<EventRecord>,
+}
+
+/// What `start` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Started {
+    Created(TxId),
+    /// The idempotency key already named this transaction.
+    Existing(TxId),
+}
+
+/// A running coordinator: its log, writer, registry and drivers.
+pub struct Coordinator {
+    config: Config,
+    store: Arc<dyn TxLog>,
+    registry: Arc<Registry>,
+    writer: LogWriter,
+    drivers: Mutex<HashMap<TxId, DriverHandle>>,
+    inflight: Arc<Semaphore>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    writer_stop: CancellationToken,
+}
+
+impl Coordinator {
+    /// Creates the coordinator and its log writer. Call [`Coordinator::recover`] and
+    /// [`Coordinator::run_background`] to resume work and keep membership.
+    pub fn new(config: Config, store: Arc<dyn TxLog>, registry: Arc<Registry>) -> Arc<Self> {
+        let tracker = TaskTracker::new();
+        let writer_stop = CancellationToken::new();
+        let writer = LogWriter::start(
+            store.clone(),
+            config.max_batch,
+            config.max_inflight.max(64) * 2,
+            &tracker,
+            writer_stop.clone(),
+        );
+        Arc::new(Coordinator {
+            inflight: Arc::new(Semaphore::new(config.max_inflight)),
+            config,
+            store,
+            registry,
+            writer,
+            drivers: Mutex::new(HashMap::new()),
+            tracker,
+            stop: CancellationToken::new(),
+            writer_stop,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn TxLog> {
+        &self.store
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Records a new transaction durably (before answering) and starts driving it. With an
+    /// idempotency key that already names a transaction, nothing is written or started.
+    pub async fn start(self: &Arc<Self>, new: NewTx) -> Result<Started, CoordError> {
+        if self.is_stopping() {
+            return Err(CoordError::Stopping);
+        }
+        let permit = self
+            .inflight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| CoordError::Busy(self.config.max_inflight))?;
+        let record = record_of(&new);
+        let outcome = self.writer.write(LogWrite::Create(Box::new(new))).await?;
+        match outcome {
+            WriteOutcome::Created => {
+                let id = record.id;
+                self.spawn_driver(record, Event::Resume, permit);
+                Ok(Started::Created(id))
+            }
+            WriteOutcome::Existing(id) => Ok(Started::Existing(id)),
+            other => Err(CoordError::Unavailable(format!(
+                "unexpected log outcome {other:?} for a new transaction"
+            ))),
+        }
+    }
+
+    /// Live events of a transaction driven here, or `None` if no driver runs it here.
+    pub fn subscribe(&self, id: TxId) -> Option<broadcast::Receiver<EventRecord>> {
+        let drivers = self.drivers.lock().unwrap_or_else(|e| e.into_inner());
+        drivers.get(&id).map(|d| d.events.subscribe())
+    }
+
+    /// Asks the transaction to cancel (a running saga compensates).
+    pub async fn cancel(&self, id: TxId, reason: String) -> Result<(), CoordError> {
+        let inbox = {
+            let drivers = self.drivers.lock().unwrap_or_else(|e| e.into_inner());
+            drivers.get(&id).map(|d| d.inbox.clone())
+        };
+        let Some(inbox) = inbox else {
+            let tx = self.store.get(id).await?.ok_or(CoordError::NotFound(id))?;
+            return Err(if tx.state.is_resting() {
+                CoordError::Refused(resting_refusal(&tx, "cancelled"))
+            } else {
+                CoordError::Conflict(format!(
+                    "transaction {id} is driven by coordinator {}; send the cancel there",
+                    tx.owner.as_deref().unwrap_or("(none yet)")
+                ))
+            });
+        };
+        let (reply, answer) = oneshot::channel();
+        inbox
+            .send(Command::Cancel { reason, reply })
+            .await
+            .map_err(|_| CoordError::Conflict(format!("transaction {id} just ended")))?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refused)) => Err(CoordError::Refused(refused.0)),
+            Err(_) => Err(CoordError::Conflict(format!(
+                "transaction {id} stopped being driven here"
+            ))),
+        }
+    }
+
+    /// Resumes a `failed` transaction: takes it over and lets the engine retry.
+    pub async fn retry(self: &Arc<Self>, id: TxId) -> Result<(), CoordError> {
+        if self.is_stopping() {
+            return Err(CoordError::Stopping);
+        }
+        let tx = self.store.get(id).await?.ok_or(CoordError::NotFound(id))?;
+        if tx.state != TxState::Failed {
+            return Err(CoordError::Refused(format!(
+                "transaction {id} is {}; only a failed transaction can be retried",
+                tx.state
+            )));
+        }
+        let permit = self
+            .inflight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| CoordError::Busy(self.config.max_inflight))?;
+        let claimed = self
+            .store
+            .claim_one(id, &self.config.id, tx.epoch)
+            .await?
+            .ok_or_else(|| {
+                CoordError::Conflict(format!("transaction {id} changed meanwhile; look again"))
+            })?;
+        self.spawn_driver(claimed, Event::Retry, permit);
+        Ok(())
+    }
+
+    /// Resumes unfinished work at start-up: hands back what an earlier run of this coordinator
+    /// (same id) held, then claims unowned and orphaned transactions. Returns how many it took.
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, CoordError> {
+        self.store
+            .heartbeat_coordinator(&self.config.id, &self.config.address, crate::VERSION)
+            .await?;
+        let released = self.store.release_owned(&self.config.id).await?;
+        if released > 0 {
+            tracing::info!(released, "handed back transactions of this coordinator's last run");
+        }
+        let mut total = 0;
+        loop {
+            let n = self.claim_some().await?;
+            total += n;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Claims up to one batch of unowned or orphaned transactions, as far as the in-flight limit
+    /// allows, and starts driving them.
+    async fn claim_some(self: &Arc<Self>) -> Result<usize, CoordError> {
+        let room = self
+            .inflight
+            .available_permits()
+            .min(self.config.claim_batch as usize);
+        if room == 0 || self.is_stopping() {
+            return Ok(0);
+        }
+        let claimed = self
+            .store
+            .claim(
+                &self.config.id,
+                self.config.lease.as_millis() as u64,
+                room as u32,
+            )
+            .await?;
+        let n = claimed.len();
+        for tx in claimed {
+            let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+                break;
+            };
+            tracing::info!(tx_id = %tx.id, epoch = tx.epoch, "claimed transaction");
+            self.spawn_driver(tx, Event::Resume, permit);
+        }
+        Ok(n)
+    }
+
+    /// Keeps this coordinator's heartbeat fresh and claims work that has no live owner, until
+    /// shutdown.
+    pub fn run_background(self: &Arc<Self>) {
+        let this = self.clone();
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(this.config.claim_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = this
+                    .store
+                    .heartbeat_coordinator(&this.config.id, &this.config.address, crate::VERSION)
+                    .await
+                {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                    continue;
+                }
+                if let Err(e) = this.claim_some().await {
+                    tracing::warn!(error = %e, "claim failed");
+                }
+            }
+        });
+    }
+
+    /// Stops driving: drivers end where they are (their progress is in the log), the writer
+    /// commits what is queued, and this coordinator's unfinished transactions are handed back so
+    /// that a restart or another coordinator resumes them at once.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        // Drivers first, then the writer they write through.
+        let drivers_done = async {
+            loop {
+                let empty = self
+                    .drivers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+                if empty {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), drivers_done).await;
+        self.writer_stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        match self.store.release_owned(&self.config.id).await {
+            Ok(n) if n > 0 => tracing::info!(handed_back = n, "handed back unfinished transactions"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not hand back transactions; they resume after the lease"),
+        }
+        if let Err(e) = self.store.remove_coordinator(&self.config.id).await {
+            tracing::warn!(error = %e, "could not remove the coordinator row");
+        }
+    }
+
+    fn spawn_driver(self: &Arc<Self>, tx: TxRecord, first: Event, permit: OwnedSemaphorePermit) {
+        let (inbox, commands) = mpsc::channel(16);
+        let (events, _) = broadcast::channel(256);
+        let id = tx.id;
+        {
+            let mut drivers = self.drivers.lock().unwrap_or_else(|e| e.into_inner());
+            drivers.insert(
+                id,
+                DriverHandle {
+                    inbox,
+                    events: events.clone(),
+                },
+            );
+        }
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            driver::drive(&this, tx, first, commands, events).await;
+            this.drivers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            drop(permit);
+        });
+    }
+}
+
+/// The refusal text for a verb on a resting transaction.
+pub fn resting_refusal(tx: &TxRecord, verb: &str) -> String {
+    if tx.state == TxState::Failed {
+        format!(
+            "transaction {} has failed and waits for an operator's retry; it cannot be {verb}",
+            tx.id
+        )
+    } else {
+        format!(
+            "transaction {} has already ended ({}); it cannot be {verb}",
+            tx.id, tx.state
+        )
+    }
+}
+
+/// The in-memory record of a transaction just written by `Create`.
+fn record_of(new: &NewTx) -> TxRecord {
+    let now = chrono::Utc::now();
+    TxRecord {
+        id: new.id,
+        kind: new.definition.kind(),
+        state: new.state,
+        definition: new.definition.clone(),
+        labels: new.labels.clone(),
+        idempotency_key: new.idempotency_key.clone(),
+        owner: Some(new.owner.clone()),
+        epoch: new.epoch,
+        stage: 0,
+        last_error: None,
+        cancel_requested: false,
+        deadline_at: new.deadline_at,
+        created_at: now,
+        updated_at: now,
+        last_seq: new.events.len() as u64,
+        branches: new
+            .definition
+            .branch_names()
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| BranchRecord {
+                index: i as u32,
+                name: name.to_string(),
+                ..BranchRecord::default()
+            })
+            .collect(),
+    }
+}

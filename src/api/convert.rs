@@ -1,0 +1,591 @@
+//! Between the wire and the model: validating and normalizing definitions from `StartRequest`,
+//! and turning records into the messages clients read. Every rejection names the field.
+
+use std::collections::{BTreeMap, HashSet};
+
+use tonic::Status;
+
+use crate::model::{
+    BranchRecord, Definition, EventRecord, ParticipantRecord, RetryPolicy, SagaDef, StepDef,
+    StepKind, Target, TxKind, TxRecord, TxState,
+};
+use crate::proto;
+
+/// Input limits; everything a client sends is bounded.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest payload of one step, in bytes.
+    pub max_payload_bytes: usize,
+    /// Most steps in one saga.
+    pub max_steps: usize,
+    /// Most labels on one transaction, and the longest label key or value.
+    pub max_labels: usize,
+    pub max_label_len: usize,
+    /// Longest idempotency key, step name, action, service or endpoint.
+    pub max_name_len: usize,
+    /// Longest per-call timeout a step may ask for, in ms.
+    pub max_call_timeout_ms: u64,
+    /// Most attempts a retry policy may ask for.
+    pub max_attempts: u32,
+    /// Longest a `Wait` (or `Start` with `wait`) blocks, in ms.
+    pub max_wait_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 1 << 20,
+            max_steps: 100,
+            max_labels: 32,
+            max_label_len: 256,
+            max_name_len: 256,
+            max_call_timeout_ms: 3_600_000,
+            max_attempts: 1000,
+            max_wait_ms: 300_000,
+        }
+    }
+}
+
+fn invalid(field: &str, what: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {what}"))
+}
+
+fn too_large(field: &str, what: impl std::fmt::Display) -> Status {
+    Status::resource_exhausted(format!("{field}: {what}"))
+}
+
+fn check_name(field: &str, text: &str, limits: &Limits) -> Result<(), Status> {
+    if text.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if text.len() > limits.max_name_len {
+        return Err(too_large(
+            field,
+            format!(
+                "{} bytes exceed the limit of {}",
+                text.len(),
+                limits.max_name_len
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Labels after checking their count and sizes.
+pub fn labels(
+    field: &str,
+    given: &std::collections::HashMap<String, String>,
+    limits: &Limits,
+) -> Result<BTreeMap<String, String>, Status> {
+    if given.len() > limits.max_labels {
+        return Err(too_large(
+            field,
+            format!(
+                "{} labels exceed the limit of {}",
+                given.len(),
+                limits.max_labels
+            ),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (k, v) in given {
+        if k.is_empty() {
+            return Err(invalid(field, "a label key must not be empty"));
+        }
+        if k.len() > limits.max_label_len || v.len() > limits.max_label_len {
+            return Err(too_large(
+                &format!("{field}[{k:?}]"),
+                format!("keys and values are limited to {} bytes", limits.max_label_len),
+            ));
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    Ok(out)
+}
+
+fn retry_policy(
+    field: &str,
+    given: Option<&proto::RetryPolicy>,
+    default: &RetryPolicy,
+    limits: &Limits,
+) -> Result<RetryPolicy, Status> {
+    let Some(given) = given else {
+        return Ok(*default);
+    };
+    if given.max_attempts > limits.max_attempts {
+        return Err(too_large(
+            &format!("{field}.max_attempts"),
+            format!(
+                "{} exceeds the limit of {}",
+                given.max_attempts, limits.max_attempts
+            ),
+        ));
+    }
+    let max_attempts = if given.max_attempts == 0 {
+        default.max_attempts
+    } else {
+        given.max_attempts
+    };
+    let initial = if given.initial_backoff_ms == 0 {
+        default.initial_backoff_ms
+    } else {
+        given.initial_backoff_ms
+    };
+    let max = if given.max_backoff_ms == 0 {
+        default.max_backoff_ms.max(initial)
+    } else {
+        given.max_backoff_ms
+    };
+    if max < initial {
+        return Err(invalid(
+            &format!("{field}.max_backoff_ms"),
+            format!("{max} is below initial_backoff_ms {initial}"),
+        ));
+    }
+    Ok(RetryPolicy {
+        max_attempts,
+        initial_backoff_ms: initial,
+        max_backoff_ms: max,
+    })
+}
+
+fn target(
+    field: &str,
+    service: &str,
+    endpoint: &str,
+    limits: &Limits,
+) -> Result<Target, Status> {
+    match (service.is_empty(), endpoint.is_empty()) {
+        (true, true) => Err(invalid(field, "give a service or an endpoint")),
+        (false, false) => Err(invalid(
+            field,
+            "give either a service or an endpoint, not both",
+        )),
+        (false, true) => {
+            check_name(&format!("{field}.service"), service, limits)?;
+            Ok(Target::Service(service.to_string()))
+        }
+        (true, false) => {
+            check_name(&format!("{field}.endpoint"), endpoint, limits)?;
+            if !crate::registry::valid_endpoint(endpoint) {
+                return Err(invalid(
+                    &format!("{field}.endpoint"),
+                    format!("{endpoint:?} is not an http:// or https:// url"),
+                ));
+            }
+            Ok(Target::Endpoint(endpoint.to_string()))
+        }
+    }
+}
+
+/// The saga as the engine expects it: defaults filled in, structure checked.
+///
+/// Rules beyond the per-field ones: stages do not decrease along the steps; at most one pivot,
+/// alone in its stage and without a compensation; every step after the pivot is retriable, and
+/// retriable steps come only after a pivot.
+pub fn saga(
+    given: &proto::Saga,
+    default_timeout_ms: u64,
+    default_retry: &RetryPolicy,
+    limits: &Limits,
+) -> Result<SagaDef, Status> {
+    if given.steps.is_empty() {
+        return Err(invalid("saga.steps", "a saga needs at least one step"));
+    }
+    if given.steps.len() > limits.max_steps {
+        return Err(too_large(
+            "saga.steps",
+            format!(
+                "{} steps exceed the limit of {}",
+                given.steps.len(),
+                limits.max_steps
+            ),
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut steps = Vec::with_capacity(given.steps.len());
+    for (i, s) in given.steps.iter().enumerate() {
+        let field = format!("saga.steps[{i}]");
+        check_name(&format!("{field}.name"), &s.name, limits)?;
+        if !names.insert(s.name.as_str()) {
+            return Err(invalid(
+                &format!("{field}.name"),
+                format!("duplicate step name {:?}", s.name),
+            ));
+        }
+        let target = target(&field, &s.service, &s.endpoint, limits)?;
+        check_name(&format!("{field}.action"), &s.action, limits)?;
+        let compensate = if s.compensate.is_empty() {
+            None
+        } else {
+            check_name(&format!("{field}.compensate"), &s.compensate, limits)?;
+            Some(s.compensate.clone())
+        };
+        if s.payload.len() > limits.max_payload_bytes {
+            return Err(too_large(
+                &format!("{field}.payload"),
+                format!(
+                    "{} bytes exceed the limit of {}",
+                    s.payload.len(),
+                    limits.max_payload_bytes
+                ),
+            ));
+        }
+        let kind = match proto::StepKind::try_from(s.kind) {
+            Ok(proto::StepKind::Unspecified | proto::StepKind::Compensatable) => {
+                StepKind::Compensatable
+            }
+            Ok(proto::StepKind::Pivot) => StepKind::Pivot,
+            Ok(proto::StepKind::Retriable) => StepKind::Retriable,
+            Err(_) => {
+                return Err(invalid(
+                    &format!("{field}.kind"),
+                    format!("unknown step kind {}", s.kind),
+                ))
+            }
+        };
+        if s.timeout_ms > limits.max_call_timeout_ms {
+            return Err(invalid(
+                &format!("{field}.timeout_ms"),
+                format!(
+                    "{} exceeds the limit of {}",
+                    s.timeout_ms, limits.max_call_timeout_ms
+                ),
+            ));
+        }
+        if let Some(prev) = steps.last().map(|p: &StepDef| p.stage) {
+            if s.stage < prev {
+                return Err(invalid(
+                    &format!("{field}.stage"),
+                    format!("stage {} comes after stage {prev}; stages must not decrease along the steps", s.stage),
+                ));
+            }
+        }
+        steps.push(StepDef {
+            name: s.name.clone(),
+            target,
+            action: s.action.clone(),
+            compensate,
+            payload: s.payload.clone(),
+            kind,
+            stage: s.stage,
+            timeout_ms: if s.timeout_ms == 0 {
+                default_timeout_ms
+            } else {
+                s.timeout_ms
+            },
+            retry: retry_policy(&format!("{field}.retry"), s.retry.as_ref(), default_retry, limits)?,
+        });
+    }
+    check_kinds(&steps)?;
+    Ok(SagaDef { steps })
+}
+
+fn check_kinds(steps: &[StepDef]) -> Result<(), Status> {
+    let pivots: Vec<usize> = steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.kind == StepKind::Pivot)
+        .map(|(i, _)| i)
+        .collect();
+    if pivots.len() > 1 {
+        return Err(invalid(
+            &format!("saga.steps[{}].kind", pivots[1]),
+            "a saga has at most one pivot step",
+        ));
+    }
+    let pivot = pivots.first().copied();
+    if let Some(p) = pivot {
+        let stage = steps[p].stage;
+        if steps[p].compensate.is_some() {
+            return Err(invalid(
+                &format!("saga.steps[{p}].compensate"),
+                "a pivot step has no compensation: it is the point of no return",
+            ));
+        }
+        if let Some((i, _)) = steps
+            .iter()
+            .enumerate()
+            .find(|(i, s)| *i != p && s.stage == stage)
+        {
+            return Err(invalid(
+                &format!("saga.steps[{i}].stage"),
+                "a pivot step runs alone in its stage",
+            ));
+        }
+    }
+    for (i, s) in steps.iter().enumerate() {
+        let after_pivot = pivot.is_some_and(|p| i > p);
+        if after_pivot && s.kind != StepKind::Retriable {
+            return Err(invalid(
+                &format!("saga.steps[{i}].kind"),
+                "steps after the pivot must be retriable",
+            ));
+        }
+        if !after_pivot && s.kind == StepKind::Retriable {
+            return Err(invalid(
+                &format!("saga.steps[{i}].kind"),
+                "a retriable step must come after a pivot step",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn kind_proto(kind: TxKind) -> proto::TxKind {
+    match kind {
+        TxKind::Saga => proto::TxKind::Saga,
+        TxKind::TwoPhase => proto::TxKind::TwoPhase,
+    }
+}
+
+/// The wire form of a state.
+pub fn state_proto(state: TxState) -> proto::TxState {
+    match state {
+        TxState::Running => proto::TxState::Running,
+        TxState::Compensating => proto::TxState::Compensating,
+        TxState::Committed => proto::TxState::Committed,
+        TxState::Compensated => proto::TxState::Compensated,
+        TxState::Failed => proto::TxState::Failed,
+        TxState::Preparing => proto::TxState::Preparing,
+        TxState::Committing => proto::TxState::Committing,
+        TxState::Aborting => proto::TxState::Aborting,
+        TxState::Aborted => proto::TxState::Aborted,
+    }
+}
+
+/// The model state of a wire state, if it names one.
+pub fn state_model(state: i32) -> Option<TxState> {
+    Some(match proto::TxState::try_from(state).ok()? {
+        proto::TxState::Unspecified => return None,
+        proto::TxState::Running => TxState::Running,
+        proto::TxState::Compensating => TxState::Compensating,
+        proto::TxState::Committed => TxState::Committed,
+        proto::TxState::Compensated => TxState::Compensated,
+        proto::TxState::Failed => TxState::Failed,
+        proto::TxState::Preparing => TxState::Preparing,
+        proto::TxState::Committing => TxState::Committing,
+        proto::TxState::Aborting => TxState::Aborting,
+        proto::TxState::Aborted => TxState::Aborted,
+    })
+}
+
+fn step_kind_proto(kind: StepKind) -> proto::StepKind {
+    match kind {
+        StepKind::Compensatable => proto::StepKind::Compensatable,
+        StepKind::Pivot => proto::StepKind::Pivot,
+        StepKind::Retriable => proto::StepKind::Retriable,
+    }
+}
+
+fn branch_proto(def: &Definition, b: &BranchRecord) -> proto::Branch {
+    let mut out = proto::Branch {
+        index: b.index,
+        name: b.name.clone(),
+        state: b.status.as_str().to_string(),
+        attempts: b.attempts,
+        output: b.output.clone().unwrap_or_default(),
+        last_error: b.last_error.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    match def {
+        Definition::Saga(saga) => {
+            if let Some(step) = saga.steps.get(b.index as usize) {
+                out.stage = step.stage;
+                out.kind = step_kind_proto(step.kind) as i32;
+                out.target = step.target.to_string();
+                out.action = step.action.clone();
+                out.compensate = step.compensate.clone().unwrap_or_default();
+            }
+        }
+        Definition::TwoPhase(tp) => {
+            if let Some(branch) = tp.branches.get(b.index as usize) {
+                out.target = branch.target.to_string();
+                out.action = branch.action.clone();
+            }
+        }
+    }
+    out
+}
+
+/// The wire form of a transaction (with branches if the record has them).
+pub fn transaction(tx: &TxRecord) -> proto::Transaction {
+    proto::Transaction {
+        tx_id: tx.id.to_string(),
+        kind: kind_proto(tx.kind) as i32,
+        state: state_proto(tx.state) as i32,
+        labels: tx.labels.clone().into_iter().collect(),
+        idempotency_key: tx.idempotency_key.clone().unwrap_or_default(),
+        created_at_ms: ms(tx.created_at),
+        updated_at_ms: ms(tx.updated_at),
+        deadline_at_ms: tx.deadline_at.map(ms).unwrap_or(0),
+        last_error: tx.last_error.clone().unwrap_or_default(),
+        branches: tx
+            .branches
+            .iter()
+            .map(|b| branch_proto(&tx.definition, b))
+            .collect(),
+        owner: tx.owner.clone().unwrap_or_default(),
+        epoch: tx.epoch.max(0) as u64,
+        in_doubt: false,
+    }
+}
+
+/// The wire form of a history entry.
+pub fn event(e: &EventRecord) -> proto::TxEvent {
+    proto::TxEvent {
+        tx_id: e.tx_id.to_string(),
+        seq: e.seq,
+        at_ms: ms(e.at),
+        kind: e.kind.clone(),
+        branch: e.branch.map(|b| b as i32).unwrap_or(-1),
+        detail: e.detail.clone(),
+    }
+}
+
+/// The wire form of a registration.
+pub fn participant(p: &ParticipantRecord) -> proto::ParticipantEndpoint {
+    proto::ParticipantEndpoint {
+        service: p.service.clone(),
+        endpoint: p.endpoint.clone(),
+        weight: p.weight,
+        zone: p.zone.clone(),
+        expires_at_ms: p.expires_at.map(ms).unwrap_or(0),
+    }
+}
+
+/// Whether this history entry is the transaction coming to rest.
+pub fn is_outcome_event(e: &EventRecord) -> bool {
+    e.branch.is_none()
+        && matches!(
+            e.kind.as_str(),
+            "committed" | "compensated" | "failed" | "aborted"
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(name: &str) -> proto::SagaStep {
+        proto::SagaStep {
+            name: name.into(),
+            service: "svc".into(),
+            action: "do".into(),
+            compensate: "undo".into(),
+            ..Default::default()
+        }
+    }
+
+    fn check(steps: Vec<proto::SagaStep>) -> Result<SagaDef, Status> {
+        saga(
+            &proto::Saga { steps },
+            1000,
+            &RetryPolicy::default(),
+            &Limits::default(),
+        )
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let def = check(vec![step("a")]).unwrap();
+        assert_eq!(def.steps[0].timeout_ms, 1000);
+        assert_eq!(def.steps[0].retry, RetryPolicy::default());
+        assert_eq!(def.steps[0].kind, StepKind::Compensatable);
+    }
+
+    #[test]
+    fn bad_definitions_name_the_field() {
+        let cases: Vec<(Vec<proto::SagaStep>, &str)> = vec![
+            (vec![], "saga.steps: a saga needs"),
+            (vec![step("a"), step("a")], "saga.steps[1].name: duplicate"),
+            (
+                vec![proto::SagaStep {
+                    service: String::new(),
+                    ..step("a")
+                }],
+                "saga.steps[0]: give a service or an endpoint",
+            ),
+            (
+                vec![proto::SagaStep {
+                    endpoint: "http://127.0.0.1:1".into(),
+                    ..step("a")
+                }],
+                "not both",
+            ),
+            (
+                vec![proto::SagaStep {
+                    action: String::new(),
+                    ..step("a")
+                }],
+                "saga.steps[0].action: must not be empty",
+            ),
+            (
+                vec![
+                    proto::SagaStep {
+                        stage: 2,
+                        ..step("a")
+                    },
+                    proto::SagaStep {
+                        stage: 1,
+                        ..step("b")
+                    },
+                ],
+                "saga.steps[1].stage",
+            ),
+            (
+                vec![proto::SagaStep {
+                    kind: proto::StepKind::Retriable as i32,
+                    ..step("a")
+                }],
+                "saga.steps[0].kind: a retriable step must come after a pivot",
+            ),
+            (
+                vec![proto::SagaStep {
+                    kind: proto::StepKind::Pivot as i32,
+                    ..step("a")
+                }],
+                "saga.steps[0].compensate: a pivot step has no compensation",
+            ),
+            (
+                vec![
+                    proto::SagaStep {
+                        kind: proto::StepKind::Pivot as i32,
+                        compensate: String::new(),
+                        stage: 0,
+                        ..step("a")
+                    },
+                    proto::SagaStep {
+                        stage: 1,
+                        ..step("b")
+                    },
+                ],
+                "saga.steps[1].kind: steps after the pivot must be retriable",
+            ),
+        ];
+        for (steps, want) in cases {
+            let err = check(steps).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{want}");
+            assert!(err.message().contains(want), "{:?} lacks {want:?}", err.message());
+        }
+    }
+
+    #[test]
+    fn limits_are_resource_exhausted() {
+        let big = proto::SagaStep {
+            payload: vec![0; (1 << 20) + 1],
+            ..step("a")
+        };
+        let err = check(vec![big]).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().starts_with("saga.steps[0].payload: 1048577 bytes exceed"));
+        let many: Vec<_> = (0..101).map(|i| step(&format!("s{i}"))).collect();
+        let err = check(many).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().starts_with("saga.steps: 101 steps exceed the limit of 100"));
+    }
+}

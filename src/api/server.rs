@@ -1,0 +1,131 @@
+//! Hosting the coordinator: open the store, migrate, recover, serve gRPC, shut down cleanly.
+//! `baton serve` and the in-process quickstart both use [`serve`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{CoordinatorService, Limits};
+use crate::coordinator::{Config, Coordinator};
+use crate::proto::coordinator_server::CoordinatorServer;
+use crate::registry::{Registry, RegistryConfig};
+use crate::store::{self, StoreError, StoreOptions};
+
+/// Everything `serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Where to listen for gRPC; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `postgres://...` or `sqlite://path`.
+    pub database_url: String,
+    pub store: StoreOptions,
+    /// Apply the schema migrations at start-up.
+    pub migrate: bool,
+    pub coordinator: Config,
+    pub registry: RegistryConfig,
+    pub limits: Limits,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("recovery failed: {0}")]
+    Recover(String),
+}
+
+/// A running coordinator server.
+pub struct Serving {
+    /// The bound gRPC address.
+    pub addr: SocketAddr,
+    coordinator: Arc<Coordinator>,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Serving {
+    /// `http://addr`, for clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.coordinator
+    }
+
+    /// Stops accepting requests, stops the drivers (their progress is in the log), hands back
+    /// unfinished transactions and returns.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "grpc server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "grpc server task failed"),
+        }
+        self.coordinator.shutdown().await;
+    }
+}
+
+/// Opens the store, migrates if asked, resumes unfinished transactions and serves gRPC.
+pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
+    let log = store::open(&config.database_url, &config.store).await?;
+    if config.migrate {
+        log.migrate().await?;
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    if config.coordinator.address.is_empty() {
+        config.coordinator.address = format!("http://{addr}");
+    }
+    let registry = Arc::new(Registry::new(log.clone(), config.registry.clone()));
+    let coordinator = Coordinator::new(config.coordinator.clone(), log, registry);
+    let resumed = coordinator
+        .recover()
+        .await
+        .map_err(|e| ServeError::Recover(e.to_string()))?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed unfinished transactions");
+    }
+    coordinator.run_background();
+
+    let stop = CancellationToken::new();
+    let max_message = (config.limits.max_payload_bytes * 4).max(4 << 20);
+    let service = CoordinatorServer::new(CoordinatorService::new(
+        coordinator.clone(),
+        config.limits.clone(),
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
+    let shutdown = stop.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                shutdown.cancelled().await
+            }),
+    );
+    tracing::info!(%addr, id = %config.coordinator.id, "coordinator serving");
+    Ok(Serving {
+        addr,
+        coordinator,
+        stop,
+        server,
+    })
+}

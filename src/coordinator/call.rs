@@ -1,0 +1,169 @@
+//! One participant call: pick the endpoint, send the phase's RPC with a deadline, and classify the
+//! result for the engine. The status-code classification lives here and only here.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tonic::Code;
+
+use crate::engine::CallResult;
+use crate::model::{Phase, Target, TxId};
+use crate::proto::participant_client::ParticipantClient;
+use crate::proto::{BranchRequest, Outcome, StepOutput};
+use crate::registry::Registry;
+
+/// How a gRPC status from a participant is treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusClass {
+    /// Retried with backoff within the step's budget; the call may have taken effect.
+    Transient,
+    /// The call was refused; retrying the same call cannot help.
+    Permanent,
+}
+
+/// The one place that maps participant status codes to retry behaviour (DESIGN §3).
+///
+/// Codes DESIGN lists as transient, plus those that leave the outcome unknown (`UNKNOWN`,
+/// `INTERNAL`, `CANCELLED`, `DATA_LOSS`: a crash or a proxy in between) are retried: with the
+/// stable key a repeat is harmless, while giving up would guess. The refusals are permanent.
+pub fn classify(code: Code) -> StatusClass {
+    match code {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::Unknown
+        | Code::Internal
+        | Code::Cancelled
+        | Code::DataLoss => StatusClass::Transient,
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::Unimplemented
+        | Code::PermissionDenied
+        | Code::FailedPrecondition
+        | Code::AlreadyExists
+        | Code::OutOfRange
+        | Code::Unauthenticated
+        | Code::Ok => StatusClass::Permanent,
+    }
+}
+
+/// Everything a call needs, copied out of the transaction so the call runs on its own.
+#[derive(Clone, Debug)]
+pub struct CallSpec {
+    pub tx_id: TxId,
+    pub branch: u32,
+    pub branch_name: String,
+    pub target: Target,
+    pub phase: Phase,
+    pub action: String,
+    pub payload: Vec<u8>,
+    pub attempt: u32,
+    pub timeout: Duration,
+    pub outputs: Vec<StepOutput>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Sends the call and classifies what came back. Never panics on what the network returns.
+pub async fn call(registry: &Registry, spec: CallSpec) -> CallResult {
+    let endpoint = match registry.pick(&spec.target).await {
+        Ok(e) => e,
+        // No endpoint now may change when one registers: transient.
+        Err(e) => return CallResult::Transient(e.to_string()),
+    };
+    let channel = match registry.channel(&endpoint) {
+        Ok(c) => c,
+        Err(e) => return CallResult::Permanent(e.to_string()),
+    };
+    let deadline_ms = chrono::Utc::now().timestamp_millis().max(0) as u64
+        + spec.timeout.as_millis() as u64;
+    let mut request = tonic::Request::new(BranchRequest {
+        tx_id: spec.tx_id.to_string(),
+        branch_index: spec.branch,
+        branch_name: spec.branch_name,
+        action: spec.action,
+        payload: spec.payload,
+        attempt: spec.attempt,
+        deadline_unix_ms: deadline_ms,
+        outputs: spec.outputs,
+        labels: spec.labels.into_iter().collect(),
+    });
+    request.set_timeout(spec.timeout);
+    let mut client = ParticipantClient::new(channel);
+    let sent = async {
+        match spec.phase {
+            Phase::Execute => client.execute(request).await,
+            Phase::Compensate => client.compensate(request).await,
+            Phase::Prepare => client.prepare(request).await,
+            Phase::Commit => client.commit(request).await,
+            Phase::Abort => client.abort(request).await,
+        }
+    };
+    // The gRPC deadline is sent to the server; this guard also covers a stuck connect.
+    let answer = match tokio::time::timeout(spec.timeout, sent).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            return CallResult::Transient(format!(
+                "{endpoint}: no answer within {} ms",
+                spec.timeout.as_millis()
+            ))
+        }
+    };
+    match answer {
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            match Outcome::try_from(reply.outcome) {
+                Ok(Outcome::Ok) => CallResult::Ok(reply.output),
+                Ok(Outcome::Failed) => CallResult::Failed(if reply.message.is_empty() {
+                    "participant reported failure".to_string()
+                } else {
+                    reply.message
+                }),
+                _ => CallResult::Permanent(format!(
+                    "{endpoint}: reply has no outcome (expected OUTCOME_OK or OUTCOME_FAILED)"
+                )),
+            }
+        }
+        Err(status) => {
+            let text = format!(
+                "{endpoint}: {} ({:?})",
+                if status.message().is_empty() {
+                    "no message"
+                } else {
+                    status.message()
+                },
+                status.code()
+            );
+            match classify(status.code()) {
+                StatusClass::Transient => CallResult::Transient(text),
+                StatusClass::Permanent => CallResult::Permanent(text),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn design_codes_are_classified_as_written() {
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Aborted,
+        ] {
+            assert_eq!(classify(code), StatusClass::Transient, "{code:?}");
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::Unimplemented,
+            Code::PermissionDenied,
+            Code::FailedPrecondition,
+        ] {
+            assert_eq!(classify(code), StatusClass::Permanent, "{code:?}");
+        }
+    }
+}

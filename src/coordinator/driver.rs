@@ -1,0 +1,324 @@
+//! The driver of one transaction: feeds events to the engine, records each decision through the
+//! log writer (fenced by owner and epoch), then carries out the decision's calls and timers.
+//!
+//! A decision is recorded before its calls go out, and history reaches watchers only after it is
+//! committed, so a waiting client never hears of an outcome that is not durable. If a write fails,
+//! the driver re-reads the transaction: if it still owns it, it resumes from what the log says
+//! (re-sending in-flight calls with the same keys); if not, it stops.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::call::{self, CallSpec};
+use super::{Command, Coordinator, WriteError};
+use crate::engine::{self, Action, Decision, Event, Refused};
+use crate::model::{Definition, EventRecord, Phase, TxRecord};
+use crate::proto::StepOutput;
+use crate::store::{LogWrite, NewEvent, TxUpdate, WriteOutcome};
+
+/// The driver cannot go on with this transaction (fenced, or shutting down).
+struct Stop;
+
+enum Persisted {
+    Written,
+    /// The write failed and the transaction was re-read from the log.
+    Reloaded,
+}
+
+pub(super) async fn drive(
+    co: &Arc<Coordinator>,
+    tx: TxRecord,
+    first: Event,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<EventRecord>,
+) {
+    let span = tracing::info_span!("tx", tx_id = %tx.id);
+    Driver {
+        co: co.clone(),
+        tx,
+        work: JoinSet::new(),
+        events,
+        resume_after_reload: false,
+    }
+    .run(first, commands)
+    .instrument(span)
+    .await;
+}
+
+struct Driver {
+    co: Arc<Coordinator>,
+    tx: TxRecord,
+    /// In-flight calls and retry timers; each yields the event it produces.
+    work: JoinSet<Event>,
+    events: broadcast::Sender<EventRecord>,
+    /// Set when a failed write made the driver re-read the transaction.
+    resume_after_reload: bool,
+}
+
+impl Driver {
+    async fn run(mut self, first: Event, mut commands: mpsc::Receiver<Command>) {
+        let stop = self.co.stop.clone();
+        let mut queue = VecDeque::from([first]);
+        let mut deadline = self.tx.deadline_at.map(|at| {
+            let left = (at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::time::Instant::now() + left
+        });
+        loop {
+            while let Some(event) = queue.pop_front() {
+                match self.apply(event).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(refused)) => tracing::debug!(%refused, "event refused"),
+                    Err(Stop) => return,
+                }
+                if self.reloaded_needs_resume() {
+                    queue.push_back(Event::Resume);
+                }
+            }
+            if self.tx.state.is_resting() {
+                tracing::debug!(state = %self.tx.state, "transaction at rest");
+                return;
+            }
+            if self.work.is_empty() {
+                tracing::warn!(state = %self.tx.state, "nothing in flight for an unfinished transaction");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(done) = self.work.join_next() => {
+                    if let Ok(event) = done {
+                        queue.push_back(event);
+                    }
+                }
+                Some(command) = commands.recv() => match command {
+                    Command::Cancel { reason, reply } => {
+                        match self.apply(Event::Cancel { reason }).await {
+                            Ok(answer) => { let _ = reply.send(answer); }
+                            Err(Stop) => {
+                                let _ = reply.send(Err(Refused(format!(
+                                    "transaction {} is no longer driven by this coordinator", self.tx.id
+                                ))));
+                                return;
+                            }
+                        }
+                        if self.reloaded_needs_resume() {
+                            queue.push_back(Event::Resume);
+                        }
+                    }
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    deadline = None;
+                    queue.push_back(Event::DeadlineExpired);
+                }
+            }
+        }
+    }
+
+    /// After a reload the in-memory calls no longer match the log; resume from the log.
+    fn reloaded_needs_resume(&mut self) -> bool {
+        std::mem::take(&mut self.resume_after_reload)
+    }
+
+    /// One event: decide, record, act.
+    async fn apply(&mut self, event: Event) -> Result<Result<(), Refused>, Stop> {
+        let jitter: f64 = rand::random();
+        let decision = match engine::decide(&mut self.tx, event, chrono::Utc::now(), jitter) {
+            Ok(d) => d,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        match self.persist(&decision).await? {
+            Persisted::Written => {
+                for action in decision.actions {
+                    self.launch(action);
+                }
+            }
+            Persisted::Reloaded => {
+                self.work.abort_all();
+                self.work = JoinSet::new();
+                self.resume_after_reload = true;
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Records the decision: changed rows and history, conditional on owner and epoch.
+    async fn persist(&mut self, decision: &Decision) -> Result<Persisted, Stop> {
+        if decision.notes.is_empty() && decision.changed.is_empty() && !decision.tx_changed {
+            return Ok(Persisted::Written);
+        }
+        let now = chrono::Utc::now();
+        let events: Vec<NewEvent> = decision
+            .notes
+            .iter()
+            .enumerate()
+            .map(|(i, note)| NewEvent {
+                seq: self.tx.last_seq + 1 + i as u64,
+                at: now,
+                kind: note.kind.to_string(),
+                branch: note.branch,
+                detail: note.detail.clone(),
+            })
+            .collect();
+        let release = self.tx.state.is_resting();
+        let update = TxUpdate {
+            id: self.tx.id,
+            owner: self.co.config.id.clone(),
+            epoch: self.tx.epoch,
+            state: self.tx.state,
+            stage: self.tx.stage,
+            last_error: self.tx.last_error.clone(),
+            cancel_requested: self.tx.cancel_requested,
+            release,
+            branches: decision
+                .changed
+                .iter()
+                .filter_map(|&i| self.tx.branches.get(i as usize).cloned())
+                .collect(),
+            events: events.clone(),
+        };
+        match self.co.writer.write(LogWrite::Update(Box::new(update))).await {
+            Ok(WriteOutcome::Updated) => {
+                self.tx.last_seq += events.len() as u64;
+                self.tx.updated_at = now;
+                if release {
+                    self.tx.owner = None;
+                }
+                for e in events {
+                    let _ = self.events.send(EventRecord {
+                        tx_id: self.tx.id,
+                        seq: e.seq,
+                        at: e.at,
+                        kind: e.kind,
+                        branch: e.branch,
+                        detail: e.detail,
+                    });
+                }
+                Ok(Persisted::Written)
+            }
+            Ok(WriteOutcome::Fenced) => {
+                tracing::warn!(epoch = self.tx.epoch, "fenced: another coordinator owns the transaction now");
+                Err(Stop)
+            }
+            Ok(other) => {
+                tracing::error!(?other, "unexpected log outcome for an update");
+                Err(Stop)
+            }
+            Err(WriteError::Closed) => Err(Stop),
+            Err(WriteError::Store(error)) => {
+                tracing::warn!(%error, "could not record progress; re-reading the transaction");
+                self.reload().await
+            }
+        }
+    }
+
+    /// Re-reads the transaction after a failed write, with backoff while the log is unreachable.
+    async fn reload(&mut self) -> Result<Persisted, Stop> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            tokio::select! {
+                _ = self.co.stop.cancelled() => return Err(Stop),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+            match self.co.store.get(self.tx.id).await {
+                Ok(Some(stored)) if stored.epoch == self.tx.epoch
+                    && (stored.owner.as_deref() == Some(self.co.config.id.as_str())
+                        || (stored.owner.is_none() && stored.state.is_resting())) =>
+                {
+                    self.tx = stored;
+                    return Ok(Persisted::Reloaded);
+                }
+                Ok(_) => return Err(Stop),
+                Err(error) => tracing::warn!(%error, "log still unreachable"),
+            }
+        }
+    }
+
+    /// Starts a call or a retry timer; its event comes back through `work`.
+    fn launch(&mut self, action: Action) {
+        match action {
+            Action::Schedule {
+                branch,
+                phase,
+                attempt,
+                after,
+            } => {
+                self.work.spawn(async move {
+                    tokio::time::sleep(after).await;
+                    Event::Due {
+                        branch,
+                        phase,
+                        attempt,
+                    }
+                });
+            }
+            Action::Call {
+                branch,
+                phase,
+                attempt,
+            } => {
+                let Some(spec) = self.call_spec(branch, phase, attempt) else {
+                    tracing::error!(branch, %phase, "engine asked for a call the definition has no step for");
+                    return;
+                };
+                let registry = self.co.registry.clone();
+                self.work.spawn(async move {
+                    let result = call::call(&registry, spec).await;
+                    Event::Reply {
+                        branch,
+                        phase,
+                        attempt,
+                        result,
+                    }
+                });
+            }
+        }
+    }
+
+    fn call_spec(&self, branch: u32, phase: Phase, attempt: u32) -> Option<CallSpec> {
+        let Definition::Saga(saga) = &self.tx.definition else {
+            return None;
+        };
+        let step = saga.steps.get(branch as usize)?;
+        let action = match phase {
+            Phase::Compensate => step.compensate.clone()?,
+            _ => step.action.clone(),
+        };
+        let outputs = self
+            .tx
+            .branches
+            .iter()
+            .filter(|b| phase == Phase::Compensate || b.index != branch)
+            .filter_map(|b| {
+                b.output.as_ref().map(|output| StepOutput {
+                    index: b.index,
+                    name: b.name.clone(),
+                    output: output.clone(),
+                })
+            })
+            .collect();
+        Some(CallSpec {
+            tx_id: self.tx.id,
+            branch,
+            branch_name: step.name.clone(),
+            target: step.target.clone(),
+            phase,
+            action,
+            payload: step.payload.clone(),
+            attempt,
+            timeout: Duration::from_millis(step.timeout_ms.max(1)),
+            outputs,
+            labels: self.tx.labels.clone(),
+        })
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
