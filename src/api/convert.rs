@@ -95,7 +95,10 @@ pub fn labels(
         if k.len() > limits.max_label_len || v.len() > limits.max_label_len {
             return Err(too_large(
                 &format!("{field}[{k:?}]"),
-                format!("keys and values are limited to {} bytes", limits.max_label_len),
+                format!(
+                    "keys and values are limited to {} bytes",
+                    limits.max_label_len
+                ),
             ));
         }
         out.insert(k.clone(), v.clone());
@@ -149,12 +152,7 @@ fn retry_policy(
     })
 }
 
-fn target(
-    field: &str,
-    service: &str,
-    endpoint: &str,
-    limits: &Limits,
-) -> Result<Target, Status> {
+fn target(field: &str, service: &str, endpoint: &str, limits: &Limits) -> Result<Target, Status> {
     match (service.is_empty(), endpoint.is_empty()) {
         (true, true) => Err(invalid(field, "give a service or an endpoint")),
         (false, false) => Err(invalid(
@@ -274,7 +272,12 @@ pub fn saga(
             } else {
                 s.timeout_ms
             },
-            retry: retry_policy(&format!("{field}.retry"), s.retry.as_ref(), default_retry, limits)?,
+            retry: retry_policy(
+                &format!("{field}.retry"),
+                s.retry.as_ref(),
+                default_retry,
+                limits,
+            )?,
         });
     }
     check_kinds(&steps)?;
@@ -570,7 +573,11 @@ mod tests {
         for (steps, want) in cases {
             let err = check(steps).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{want}");
-            assert!(err.message().contains(want), "{:?} lacks {want:?}", err.message());
+            assert!(
+                err.message().contains(want),
+                "{:?} lacks {want:?}",
+                err.message()
+            );
         }
     }
 
@@ -582,10 +589,14 @@ mod tests {
         };
         let err = check(vec![big]).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-        assert!(err.message().starts_with("saga.steps[0].payload: 1048577 bytes exceed"));
+        assert!(err
+            .message()
+            .starts_with("saga.steps[0].payload: 1048577 bytes exceed"));
         let many: Vec<_> = (0..101).map(|i| step(&format!("s{i}"))).collect();
         let err = check(many).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-        assert!(err.message().starts_with("saga.steps: 101 steps exceed the limit of 100"));
+        assert!(err
+            .message()
+            .starts_with("saga.steps: 101 steps exceed the limit of 100"));
     }
 }

@@ -112,8 +112,11 @@ impl CoordinatorService {
                 },
                 // Driven by another coordinator (or not yet claimed): look again shortly.
                 None => {
-                    let _ = tokio::time::timeout_at(until, tokio::time::sleep(Duration::from_millis(200)))
-                        .await;
+                    let _ = tokio::time::timeout_at(
+                        until,
+                        tokio::time::sleep(Duration::from_millis(200)),
+                    )
+                    .await;
                 }
             }
         }

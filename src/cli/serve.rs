@@ -181,7 +181,9 @@ impl ServeArgs {
                     .id
                     .unwrap_or_else(|| format!("baton-{}-{}", hostname(), listen.port())),
                 address: String::new(),
-                default_timeout: Duration::from_millis(args.default_timeout_ms.unwrap_or(10_000).max(1)),
+                default_timeout: Duration::from_millis(
+                    args.default_timeout_ms.unwrap_or(10_000).max(1),
+                ),
                 default_retry,
                 max_inflight: args.max_inflight.unwrap_or(defaults.max_inflight).max(1),
                 lease: args
@@ -297,7 +299,10 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
-        assert_eq!(config.registry.static_endpoints["inventory"], vec!["http://127.0.0.1:9000"]);
+        assert_eq!(
+            config.registry.static_endpoints["inventory"],
+            vec!["http://127.0.0.1:9000"]
+        );
         assert!(config.migrate);
         let bad = ServeArgs {
             endpoints: vec!["inventory".into()],

@@ -75,8 +75,8 @@ pub async fn call(registry: &Registry, spec: CallSpec) -> CallResult {
         Ok(c) => c,
         Err(e) => return CallResult::Permanent(e.to_string()),
     };
-    let deadline_ms = chrono::Utc::now().timestamp_millis().max(0) as u64
-        + spec.timeout.as_millis() as u64;
+    let deadline_ms =
+        chrono::Utc::now().timestamp_millis().max(0) as u64 + spec.timeout.as_millis() as u64;
     let mut request = tonic::Request::new(BranchRequest {
         tx_id: spec.tx_id.to_string(),
         branch_index: spec.branch,

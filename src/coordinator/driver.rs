@@ -179,7 +179,12 @@ impl Driver {
                 .collect(),
             events: events.clone(),
         };
-        match self.co.writer.write(LogWrite::Update(Box::new(update))).await {
+        match self
+            .co
+            .writer
+            .write(LogWrite::Update(Box::new(update)))
+            .await
+        {
             Ok(WriteOutcome::Updated) => {
                 self.tx.last_seq += events.len() as u64;
                 self.tx.updated_at = now;
@@ -199,7 +204,10 @@ impl Driver {
                 Ok(Persisted::Written)
             }
             Ok(WriteOutcome::Fenced) => {
-                tracing::warn!(epoch = self.tx.epoch, "fenced: another coordinator owns the transaction now");
+                tracing::warn!(
+                    epoch = self.tx.epoch,
+                    "fenced: another coordinator owns the transaction now"
+                );
                 Err(Stop)
             }
             Ok(other) => {
@@ -224,9 +232,10 @@ impl Driver {
             }
             delay = (delay * 2).min(Duration::from_secs(5));
             match self.co.store.get(self.tx.id).await {
-                Ok(Some(stored)) if stored.epoch == self.tx.epoch
-                    && (stored.owner.as_deref() == Some(self.co.config.id.as_str())
-                        || (stored.owner.is_none() && stored.state.is_resting())) =>
+                Ok(Some(stored))
+                    if stored.epoch == self.tx.epoch
+                        && (stored.owner.as_deref() == Some(self.co.config.id.as_str())
+                            || (stored.owner.is_none() && stored.state.is_resting())) =>
                 {
                     self.tx = stored;
                     return Ok(Persisted::Reloaded);

@@ -277,7 +277,10 @@ impl Coordinator {
             .await?;
         let released = self.store.release_owned(&self.config.id).await?;
         if released > 0 {
-            tracing::info!(released, "handed back transactions of this coordinator's last run");
+            tracing::info!(
+                released,
+                "handed back transactions of this coordinator's last run"
+            );
         }
         let mut total = 0;
         loop {
@@ -371,9 +374,13 @@ impl Coordinator {
         self.tracker.close();
         self.tracker.wait().await;
         match self.store.release_owned(&self.config.id).await {
-            Ok(n) if n > 0 => tracing::info!(handed_back = n, "handed back unfinished transactions"),
+            Ok(n) if n > 0 => {
+                tracing::info!(handed_back = n, "handed back unfinished transactions")
+            }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not hand back transactions; they resume after the lease"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand back transactions; they resume after the lease")
+            }
         }
         if let Err(e) = self.store.remove_coordinator(&self.config.id).await {
             tracing::warn!(error = %e, "could not remove the coordinator row");

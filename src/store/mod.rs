@@ -228,8 +228,11 @@ pub trait TxLog: Send + Sync + 'static {
     ) -> Result<Option<ParticipantRecord>, StoreError>;
 
     /// Removes a registration; whether there was one.
-    async fn deregister_participant(&self, service: &str, endpoint: &str)
-        -> Result<bool, StoreError>;
+    async fn deregister_participant(
+        &self,
+        service: &str,
+        endpoint: &str,
+    ) -> Result<bool, StoreError>;
 
     /// Unexpired registrations (of one service, or all), ordered by service then endpoint.
     async fn list_participants(
@@ -250,8 +253,7 @@ pub trait TxLog: Send + Sync + 'static {
 
     /// Coordinators whose heartbeat is younger than `lease_ms`, with how many unfinished
     /// transactions each owns.
-    async fn list_coordinators(&self, lease_ms: u64)
-        -> Result<Vec<CoordinatorRecord>, StoreError>;
+    async fn list_coordinators(&self, lease_ms: u64) -> Result<Vec<CoordinatorRecord>, StoreError>;
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
