@@ -2,6 +2,10 @@
 //! changes to persist and the calls to make. No I/O, no clock, no randomness of its own (the
 //! caller passes `now` and a jitter value), so its invariants are property-tested.
 //!
+//! Sagas are decided in `saga`: forward stage by stage, then, after a failure, a cancel or the
+//! deadline before the pivot, compensation of every step that may have run in reverse order of
+//! completion. Two-phase commits are not decided here yet.
+//!
 //! The driver (`coordinator::driver`) feeds it events — replies, due retries, cancels, the
 //! deadline, an operator's retry — and carries out the [`Action`]s it returns.
 
@@ -9,7 +13,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Phase, TxRecord};
+use crate::model::{Definition, Phase, TxRecord};
+
+mod saga;
+#[cfg(test)]
+mod tests;
 
 /// What happened to a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,13 +108,20 @@ pub struct Refused(pub String);
 ///
 /// `jitter` is a number in `[0, 1)` used for the backoff of any retry this event schedules.
 /// Stale events (a reply or due retry whose attempt is no longer the current one) change nothing.
-/// `Cancel` and `Retry` in a state that does not allow them return [`Refused`] and change nothing.
+/// `Cancel` and `Retry` in a state that does not allow them return [`Refused`] and change nothing;
+/// a saga cannot be cancelled once its pivot step has been sent (it may have run and has no
+/// compensation), and the deadline is then ignored.
 pub fn decide(
     tx: &mut TxRecord,
     event: Event,
     now: DateTime<Utc>,
     jitter: f64,
 ) -> Result<Decision, Refused> {
-    let _ = (tx, event, now, jitter);
-    todo!("engine helper")
+    // Sagas need no clock: deadlines and due retries arrive as events.
+    let _ = now;
+    match tx.definition {
+        Definition::Saga(_) => saga::decide(tx, event, jitter),
+        // Two-phase commit is not decided here yet.
+        Definition::TwoPhase(_) => Ok(Decision::default()),
+    }
 }
