@@ -1,2 +1,102 @@
-//! The `baton` command line (CLI helper owns this file; `serve.rs` belongs to the coordinator work).
+//! The `baton` command line: `serve`, `migrate`, and the operator commands `tx` and
+//! `participants`, which talk to a coordinator through the client SDK.
+
+pub mod output;
+mod participants;
 pub mod serve;
+mod tx;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use self::participants::ParticipantsCommand;
+pub use self::tx::TxCommand;
+use crate::client::Client;
+
+/// Baton: a distributed-transaction coordinator for sagas and two-phase commits.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "BATON_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The `baton` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a coordinator.
+    Serve(serve::ServeArgs),
+    /// Apply the database migrations and exit.
+    Migrate(serve::MigrateArgs),
+    /// Inspect and operate transactions.
+    Tx {
+        /// Where the coordinator is, and how to print.
+        #[command(flatten)]
+        remote: Remote,
+        /// The transaction command.
+        #[command(subcommand)]
+        command: TxCommand,
+    },
+    /// Inspect the participant registry.
+    Participants {
+        /// Where the coordinator is, and how to print.
+        #[command(flatten)]
+        remote: Remote,
+        /// The participants command.
+        #[command(subcommand)]
+        command: ParticipantsCommand,
+    },
+}
+
+/// Options of every command that talks to a running coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct Remote {
+    /// The coordinator's gRPC address.
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_ADDR",
+        default_value = "http://127.0.0.1:7600"
+    )]
+    pub addr: String,
+    /// Print one JSON document instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Remote {
+    async fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(self.addr.clone()).await?)
+    }
+}
+
+/// Run the parsed command line to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Migrate(args) => serve::migrate(args).await,
+        Command::Tx { remote, command } => tx::run(&remote, command).await,
+        Command::Participants { remote, command } => participants::run(&remote, command).await,
+    }
+}
+
+/// Print a JSON document on stdout.
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,562 @@
+//! Rendering for the operator commands: aligned tables, times, durations and JSON documents.
+//!
+//! A small formatter written here rather than a table crate: the CLI needs left-aligned columns
+//! and nothing else, which is a few lines.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::client::{Branch, ParticipantEndpoint, StepKind, Transaction, TxEvent, TxKind, TxState};
+
+/// A table with a header row; columns are as wide as their widest cell.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column titles.
+    pub fn new<S: Into<String>>(header: impl IntoIterator<Item = S>) -> Self {
+        Table {
+            header: header.into_iter().map(Into::into).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Add a row; missing cells are blank, extra cells are dropped.
+    pub fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) {
+        let mut cells: Vec<String> = cells.into_iter().map(Into::into).collect();
+        cells.resize(self.header.len(), String::new());
+        self.rows.push(cells);
+    }
+
+    /// The table as text: columns separated by two spaces, the last column unpadded so lines
+    /// carry no trailing blanks.
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let last = row.len().saturating_sub(1);
+            let mut line = String::new();
+            for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                line.push_str(cell);
+                if i < last {
+                    let pad = width - cell.chars().count();
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A Unix-millisecond time as RFC 3339 in UTC; 0 (unset) as `-`.
+pub fn time(ms: i64) -> String {
+    if ms == 0 {
+        return "-".to_string();
+    }
+    match DateTime::<Utc>::from_timestamp_millis(ms) {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
+        None => format!("{ms}ms"),
+    }
+}
+
+/// A signed millisecond difference as `+12ms` (negative when the clocks disagreed).
+pub fn delta(ms: i64) -> String {
+    if ms < 0 {
+        format!("{ms}ms")
+    } else {
+        format!("+{ms}ms")
+    }
+}
+
+/// Parse `--since`: an RFC 3339 time, or a duration back from `now` such as `90s`, `15m`, `1h`,
+/// `2d` or `1h30m`.
+pub fn parse_since(text: &str, now: SystemTime) -> Result<SystemTime, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(SystemTime::from(t));
+    }
+    let ago = parse_duration(text).map_err(|e| {
+        format!("{e} (expected an RFC 3339 time like 2024-05-01T12:00:00Z or a duration like 1h)")
+    })?;
+    now.checked_sub(ago)
+        .ok_or_else(|| format!("{text:?} reaches too far back"))
+}
+
+/// Parse a duration made of `<number><unit>` parts, units `ms`, `s`, `m`, `h`, `d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".to_string());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!("invalid duration {text:?}"));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.chars().take_while(char::is_ascii_alphabetic).count();
+        let unit_ms: u64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => return Err(format!("duration {text:?} needs a unit (ms, s, m, h, d)")),
+            unit => return Err(format!("unknown unit {unit:?} in duration {text:?}")),
+        };
+        rest = &rest[unit_len..];
+        let part = number
+            .checked_mul(unit_ms)
+            .ok_or_else(|| format!("duration {text:?} is too long"))?;
+        total = total
+            .checked_add(Duration::from_millis(part))
+            .ok_or_else(|| format!("duration {text:?} is too long"))?;
+    }
+    Ok(total)
+}
+
+/// Parse a transaction state as operators write it (`running`, `failed`, ...).
+pub fn parse_state(text: &str) -> Result<TxState, String> {
+    let name = format!("TX_STATE_{}", text.trim().to_ascii_uppercase());
+    match TxState::from_str_name(&name) {
+        Some(TxState::Unspecified) | None => Err(format!(
+            "unknown state {text:?} (one of running, compensating, committed, compensated, \
+             failed, preparing, committing, aborting, aborted)"
+        )),
+        Some(state) => Ok(state),
+    }
+}
+
+/// Parse a `key=value` label filter.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("label {text:?} must look like key=value")),
+    }
+}
+
+/// The lowercase name of a protobuf enum value (`TX_STATE_RUNNING` → `running`).
+fn enum_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
+}
+
+/// A transaction state's name; unknown numbers (a newer server) show as such.
+pub fn state_name(value: i32) -> String {
+    TxState::try_from(value)
+        .map(|s| enum_name(s.as_str_name(), "TX_STATE_"))
+        .unwrap_or_else(|_| format!("unknown({value})"))
+}
+
+/// A transaction kind's name.
+pub fn kind_name(value: i32) -> String {
+    TxKind::try_from(value)
+        .map(|k| enum_name(k.as_str_name(), "TX_KIND_"))
+        .unwrap_or_else(|_| format!("unknown({value})"))
+}
+
+/// A step kind's name; unspecified reads as the compensatable default it stands for.
+pub fn step_kind_name(value: i32) -> String {
+    match StepKind::try_from(value) {
+        Ok(StepKind::Unspecified) => "compensatable".to_string(),
+        Ok(kind) => enum_name(kind.as_str_name(), "STEP_KIND_"),
+        Err(_) => format!("unknown({value})"),
+    }
+}
+
+fn or_dash(text: &str) -> &str {
+    if text.is_empty() {
+        "-"
+    } else {
+        text
+    }
+}
+
+fn labels_text(labels: &std::collections::HashMap<String, String>) -> String {
+    let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    pairs.join(",")
+}
+
+/// The `tx list` table.
+pub fn tx_table(transactions: &[Transaction]) -> String {
+    let mut table = Table::new([
+        "ID",
+        "KIND",
+        "STATE",
+        "CREATED",
+        "UPDATED",
+        "BRANCHES",
+        "LABELS",
+        "LAST ERROR",
+    ]);
+    for tx in transactions {
+        table.row([
+            tx.tx_id.clone(),
+            kind_name(tx.kind),
+            state_name(tx.state),
+            time(tx.created_at_ms),
+            time(tx.updated_at_ms),
+            tx.branches.len().to_string(),
+            or_dash(&labels_text(&tx.labels)).to_string(),
+            or_dash(&tx.last_error).to_string(),
+        ]);
+    }
+    table.render()
+}
+
+/// The transaction's header and branches, as `tx show` prints them before the timeline.
+pub fn tx_detail(tx: &Transaction) -> String {
+    let mut state = state_name(tx.state);
+    if tx.in_doubt {
+        state.push_str(" (in doubt)");
+    }
+    let owner = if tx.owner.is_empty() {
+        "-".to_string()
+    } else {
+        format!("{} (epoch {})", tx.owner, tx.epoch)
+    };
+    let mut header = Table::new(["", ""]);
+    let fields = [
+        ("id:", tx.tx_id.clone()),
+        ("kind:", kind_name(tx.kind)),
+        ("state:", state),
+        ("labels:", or_dash(&labels_text(&tx.labels)).to_string()),
+        ("idempotency key:", or_dash(&tx.idempotency_key).to_string()),
+        ("created:", time(tx.created_at_ms)),
+        ("updated:", time(tx.updated_at_ms)),
+        ("deadline:", time(tx.deadline_at_ms)),
+        ("last error:", or_dash(&tx.last_error).to_string()),
+        ("owner:", owner),
+    ];
+    for (name, value) in fields {
+        header.row([name.to_string(), value]);
+    }
+    // The header table's empty title row is not wanted.
+    let header = header.render();
+    let header = header.split_once('\n').map_or("", |(_, rest)| rest);
+
+    let mut branches = Table::new([
+        "INDEX",
+        "NAME",
+        "STAGE",
+        "KIND",
+        "TARGET",
+        "STATE",
+        "ATTEMPTS",
+        "LAST ERROR",
+    ]);
+    for b in &tx.branches {
+        branches.row([
+            b.index.to_string(),
+            b.name.clone(),
+            b.stage.to_string(),
+            step_kind_name(b.kind),
+            or_dash(&b.target).to_string(),
+            or_dash(&b.state).to_string(),
+            b.attempts.to_string(),
+            or_dash(&b.last_error).to_string(),
+        ]);
+    }
+    format!("{header}\nbranches:\n{}", branches.render())
+}
+
+/// The event timeline: each event's time, the time since the previous event and since the first,
+/// the branch (by name when `branches` are known), kind and detail.
+pub fn timeline(events: &[TxEvent], branches: &[Branch]) -> String {
+    let mut table = Table::new(["TIME", "+PREV", "+START", "BRANCH", "KIND", "DETAIL"]);
+    let start = events.first().map_or(0, |e| e.at_ms);
+    let mut previous = start;
+    for event in events {
+        let branch = match u32::try_from(event.branch) {
+            Err(_) => "-".to_string(),
+            Ok(index) => match branches.iter().find(|b| b.index == index) {
+                Some(b) => format!("{index} {}", b.name),
+                None => index.to_string(),
+            },
+        };
+        table.row([
+            time(event.at_ms),
+            delta(event.at_ms.saturating_sub(previous)),
+            delta(event.at_ms.saturating_sub(start)),
+            branch,
+            event.kind.clone(),
+            or_dash(&event.detail).to_string(),
+        ]);
+        previous = event.at_ms;
+    }
+    table.render()
+}
+
+/// The `participants list` table.
+pub fn participants_table(participants: &[ParticipantEndpoint]) -> String {
+    let mut table = Table::new(["SERVICE", "ENDPOINT", "WEIGHT", "ZONE", "EXPIRES"]);
+    for p in participants {
+        let expires = if p.expires_at_ms == 0 {
+            "never".to_string()
+        } else {
+            time(p.expires_at_ms)
+        };
+        table.row([
+            p.service.clone(),
+            p.endpoint.clone(),
+            p.weight.to_string(),
+            or_dash(&p.zone).to_string(),
+            expires,
+        ]);
+    }
+    table.render()
+}
+
+/// Bytes for JSON output: text when they are UTF-8 (the JSON convention), base64 otherwise.
+fn bytes_json(map: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => map.insert(name.to_string(), Value::from(text)),
+        Err(_) => map.insert(
+            format!("{name}_base64"),
+            Value::from(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    };
+}
+
+/// A transaction as JSON. Proto types do not derive `Serialize`, and the field names here are the
+/// stable interface scripts rely on.
+pub fn tx_json(tx: &Transaction) -> Value {
+    let branches: Vec<Value> = tx
+        .branches
+        .iter()
+        .map(|b| {
+            let mut map = Map::new();
+            map.insert("index".into(), json!(b.index));
+            map.insert("name".into(), json!(b.name));
+            map.insert("stage".into(), json!(b.stage));
+            map.insert("kind".into(), json!(step_kind_name(b.kind)));
+            map.insert("target".into(), json!(b.target));
+            map.insert("action".into(), json!(b.action));
+            map.insert("compensate".into(), json!(b.compensate));
+            map.insert("state".into(), json!(b.state));
+            map.insert("attempts".into(), json!(b.attempts));
+            bytes_json(&mut map, "output", &b.output);
+            map.insert("last_error".into(), json!(b.last_error));
+            Value::Object(map)
+        })
+        .collect();
+    json!({
+        "tx_id": tx.tx_id,
+        "kind": kind_name(tx.kind),
+        "state": state_name(tx.state),
+        "labels": tx.labels,
+        "idempotency_key": tx.idempotency_key,
+        "created_at": time_json(tx.created_at_ms),
+        "updated_at": time_json(tx.updated_at_ms),
+        "deadline_at": time_json(tx.deadline_at_ms),
+        "last_error": tx.last_error,
+        "owner": tx.owner,
+        "epoch": tx.epoch,
+        "in_doubt": tx.in_doubt,
+        "branches": branches,
+    })
+}
+
+/// An event as JSON; `branch` is null for events about the whole transaction.
+pub fn event_json(event: &TxEvent) -> Value {
+    json!({
+        "tx_id": event.tx_id,
+        "seq": event.seq,
+        "at": time_json(event.at_ms),
+        "at_ms": event.at_ms,
+        "kind": event.kind,
+        "branch": u32::try_from(event.branch).ok(),
+        "detail": event.detail,
+    })
+}
+
+/// A participant endpoint as JSON.
+pub fn participant_json(p: &ParticipantEndpoint) -> Value {
+    json!({
+        "service": p.service,
+        "endpoint": p.endpoint,
+        "weight": p.weight,
+        "zone": p.zone,
+        "expires_at": time_json(p.expires_at_ms),
+    })
+}
+
+fn time_json(ms: i64) -> Value {
+    if ms == 0 {
+        Value::Null
+    } else {
+        Value::from(time(ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns_without_trailing_blanks() {
+        let mut table = Table::new(["ID", "STATE", "NOTE"]);
+        table.row(["1", "committed", ""]);
+        table.row(["12345", "failed", "boom"]);
+        table.row(["7"]);
+        assert_eq!(
+            table.render(),
+            "ID     STATE      NOTE\n\
+             1      committed\n\
+             12345  failed     boom\n\
+             7\n"
+        );
+    }
+
+    #[test]
+    fn times_and_deltas() {
+        assert_eq!(time(0), "-");
+        assert_eq!(time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(delta(0), "+0ms");
+        assert_eq!(delta(1530), "+1530ms");
+        assert_eq!(delta(-5), "-5ms");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
+        assert!(parse_duration("3w").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn since_takes_a_time_or_a_duration_back() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(10_000);
+        assert_eq!(
+            parse_since("1h", now),
+            Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(6_400))
+        );
+        assert_eq!(
+            parse_since("1970-01-01T00:00:10Z", now),
+            Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(10))
+        );
+        assert!(parse_since("yesterday", now).is_err());
+    }
+
+    #[test]
+    fn states_labels_and_enum_names() {
+        assert_eq!(parse_state("failed"), Ok(TxState::Failed));
+        assert_eq!(parse_state("Running"), Ok(TxState::Running));
+        assert!(parse_state("unspecified").is_err());
+        assert!(parse_state("done").is_err());
+        assert_eq!(parse_label("order=42"), Ok(("order".into(), "42".into())));
+        assert_eq!(parse_label("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_label("order").is_err());
+        assert!(parse_label("=1").is_err());
+        assert_eq!(state_name(TxState::Compensated as i32), "compensated");
+        assert_eq!(state_name(99), "unknown(99)");
+        assert_eq!(kind_name(TxKind::TwoPhase as i32), "two_phase");
+        assert_eq!(step_kind_name(0), "compensatable");
+        assert_eq!(step_kind_name(StepKind::Pivot as i32), "pivot");
+    }
+
+    fn sample() -> (Transaction, Vec<TxEvent>) {
+        let tx = Transaction {
+            tx_id: "t1".into(),
+            kind: TxKind::Saga as i32,
+            state: TxState::Compensated as i32,
+            labels: [("order".to_string(), "42".to_string())].into(),
+            created_at_ms: 1_700_000_000_000,
+            updated_at_ms: 1_700_000_000_250,
+            last_error: "charge: card declined".into(),
+            owner: "c1".into(),
+            epoch: 2,
+            branches: vec![Branch {
+                index: 0,
+                name: "reserve".into(),
+                kind: StepKind::Compensatable as i32,
+                target: "inventory".into(),
+                state: "compensated".into(),
+                attempts: 1,
+                output: vec![0xff, 0x00],
+                ..Branch::default()
+            }],
+            ..Transaction::default()
+        };
+        let event = |seq: u64, at_ms: i64, branch: i32, kind: &str| TxEvent {
+            tx_id: "t1".into(),
+            seq,
+            at_ms,
+            kind: kind.into(),
+            branch,
+            detail: String::new(),
+        };
+        let events = vec![
+            event(1, 1_700_000_000_000, -1, "started"),
+            event(2, 1_700_000_000_040, 0, "step_done"),
+            event(3, 1_700_000_000_250, 0, "compensated"),
+        ];
+        (tx, events)
+    }
+
+    #[test]
+    fn detail_and_timeline() {
+        let (tx, events) = sample();
+        let detail = tx_detail(&tx);
+        assert!(detail.starts_with("id:               t1\n"), "{detail}");
+        assert!(detail.contains("state:            compensated\n"));
+        assert!(detail.contains("labels:           order=42\n"));
+        assert!(detail.contains("deadline:         -\n"));
+        assert!(detail.contains("owner:            c1 (epoch 2)\n"));
+        assert!(detail.contains("INDEX  NAME     STAGE  KIND           TARGET     STATE"));
+        let timeline = timeline(&events, &tx.branches);
+        let lines: Vec<&str> = timeline.lines().collect();
+        assert_eq!(
+            lines[0],
+            "TIME                      +PREV   +START  BRANCH     KIND         DETAIL"
+        );
+        assert_eq!(
+            lines[1],
+            "2023-11-14T22:13:20.000Z  +0ms    +0ms    -          started      -"
+        );
+        assert_eq!(
+            lines[3],
+            "2023-11-14T22:13:20.250Z  +210ms  +250ms  0 reserve  compensated  -"
+        );
+    }
+
+    #[test]
+    fn json_documents() {
+        let (tx, events) = sample();
+        let value = tx_json(&tx);
+        assert_eq!(value["state"], "compensated");
+        assert_eq!(value["deadline_at"], Value::Null);
+        assert_eq!(value["created_at"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(value["branches"][0]["output_base64"], "/wA=");
+        assert_eq!(event_json(&events[0])["branch"], Value::Null);
+        assert_eq!(event_json(&events[1])["branch"], 0);
+    }
+}

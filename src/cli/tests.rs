@@ -1,0 +1,142 @@
+//! Command-line parsing.
+
+use clap::Parser;
+
+use super::*;
+use crate::client::TxState;
+
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("baton").chain(args.iter().copied()))
+}
+
+#[test]
+fn the_command_line_is_well_formed() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+}
+
+#[test]
+fn tx_list_filters() {
+    let cli = parse(&[
+        "tx",
+        "list",
+        "--state",
+        "failed",
+        "--state",
+        "running",
+        "--label",
+        "order=42",
+        "--since",
+        "1h",
+        "--limit",
+        "10",
+        "--page-token",
+        "p2",
+        "--json",
+    ])
+    .unwrap();
+    let Command::Tx { remote, command } = cli.command else {
+        panic!("expected tx, got {:?}", cli.command);
+    };
+    assert!(remote.json);
+    let TxCommand::List {
+        states,
+        labels,
+        since,
+        limit,
+        page_token,
+    } = command
+    else {
+        panic!("expected tx list, got {command:?}");
+    };
+    assert_eq!(states, [TxState::Failed, TxState::Running]);
+    assert_eq!(labels, [("order".to_string(), "42".to_string())]);
+    let ago = std::time::SystemTime::now()
+        .duration_since(since.unwrap())
+        .unwrap();
+    assert!(ago.as_secs() >= 3599 && ago.as_secs() < 3700, "{ago:?}");
+    assert_eq!(limit, Some(10));
+    assert_eq!(page_token.as_deref(), Some("p2"));
+}
+
+#[test]
+fn remote_options_go_before_or_after_the_subcommand() {
+    let cli = parse(&["tx", "--addr", "http://127.0.0.1:9", "show", "abc"]).unwrap();
+    let Command::Tx { remote, command } = cli.command else {
+        panic!("expected tx");
+    };
+    assert_eq!(remote.addr, "http://127.0.0.1:9");
+    assert!(!remote.json);
+    assert_eq!(command, TxCommand::Show { id: "abc".into() });
+
+    let cli = parse(&[
+        "participants",
+        "list",
+        "--service",
+        "inventory",
+        "--addr",
+        "http://h:1",
+    ])
+    .unwrap();
+    let Command::Participants { remote, command } = cli.command else {
+        panic!("expected participants");
+    };
+    assert_eq!(remote.addr, "http://h:1");
+    assert_eq!(
+        command,
+        ParticipantsCommand::List {
+            service: Some("inventory".into())
+        }
+    );
+}
+
+#[test]
+fn other_tx_verbs() {
+    let cli = parse(&["tx", "cancel", "abc", "--reason", "customer asked"]).unwrap();
+    let Command::Tx { command, .. } = cli.command else {
+        panic!("expected tx");
+    };
+    assert_eq!(
+        command,
+        TxCommand::Cancel {
+            id: "abc".into(),
+            reason: "customer asked".into()
+        }
+    );
+    assert!(matches!(
+        parse(&["tx", "retry", "abc"]).unwrap().command,
+        Command::Tx {
+            command: TxCommand::Retry { .. },
+            ..
+        }
+    ));
+    assert!(matches!(
+        parse(&["tx", "events", "abc"]).unwrap().command,
+        Command::Tx {
+            command: TxCommand::Events { .. },
+            ..
+        }
+    ));
+    assert!(matches!(
+        parse(&["serve"]).unwrap().command,
+        Command::Serve(_)
+    ));
+    assert!(matches!(
+        parse(&["migrate"]).unwrap().command,
+        Command::Migrate(_)
+    ));
+    let cli = parse(&["--log-format", "json", "migrate"]).unwrap();
+    assert_eq!(cli.log_format, LogFormat::Json);
+}
+
+#[test]
+fn bad_arguments_are_rejected_with_the_reason() {
+    let err = parse(&["tx", "list", "--state", "done"]).unwrap_err();
+    assert!(err.to_string().contains("unknown state \"done\""), "{err}");
+    let err = parse(&["tx", "list", "--label", "order"]).unwrap_err();
+    assert!(err.to_string().contains("key=value"), "{err}");
+    let err = parse(&["tx", "list", "--since", "soon"]).unwrap_err();
+    assert!(err.to_string().contains("RFC 3339"), "{err}");
+    assert!(parse(&["tx", "show"]).is_err(), "an id is required");
+    assert!(parse(&["tx"]).is_err(), "a verb is required");
+}

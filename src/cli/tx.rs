@@ -1,0 +1,149 @@
+//! `baton tx ...`: list, inspect, retry and cancel transactions.
+
+use std::time::SystemTime;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::{output, print_json, Remote};
+use crate::client::{Client, ListQuery, Transaction, TxEvent, TxState};
+
+/// Events fetched per `Events` call; the coordinator's default page size.
+const EVENTS_PAGE: u32 = 1000;
+/// A bound on the pages fetched for one transaction, so a misbehaving server cannot make the CLI
+/// loop forever.
+const MAX_EVENT_PAGES: usize = 1000;
+
+/// The `tx` subcommands.
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum TxCommand {
+    /// Transactions, newest first.
+    List {
+        /// Only transactions in this state (repeatable).
+        #[arg(long = "state", value_name = "STATE", value_parser = output::parse_state)]
+        states: Vec<TxState>,
+        /// Only transactions with this label, as key=value (repeatable; all must match).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = output::parse_label)]
+        labels: Vec<(String, String)>,
+        /// Only transactions created since this RFC 3339 time or this long ago (1h, 30m, 2d).
+        #[arg(long, value_name = "TIME|DURATION", value_parser = parse_since_now)]
+        since: Option<SystemTime>,
+        /// Page size (the coordinator's default is 50).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Continue from the token a previous page printed.
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// A transaction: its header, branches and event timeline.
+    Show {
+        /// The transaction id.
+        id: String,
+    },
+    /// A transaction's event timeline.
+    Events {
+        /// The transaction id.
+        id: String,
+    },
+    /// Resume a failed or stuck transaction.
+    Retry {
+        /// The transaction id.
+        id: String,
+    },
+    /// Cancel a transaction: a running saga compensates, a 2PC before its decision aborts.
+    Cancel {
+        /// The transaction id.
+        id: String,
+        /// Why, recorded in the transaction's history.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+fn parse_since_now(text: &str) -> Result<SystemTime, String> {
+    output::parse_since(text, SystemTime::now())
+}
+
+pub(super) async fn run(remote: &Remote, command: TxCommand) -> anyhow::Result<()> {
+    let client = remote.connect().await?;
+    match command {
+        TxCommand::List {
+            states,
+            labels,
+            since,
+            limit,
+            page_token,
+        } => {
+            let query = ListQuery {
+                states,
+                labels: labels.into_iter().collect(),
+                created_after: since,
+                created_before: None,
+                limit: limit.unwrap_or(0),
+                page_token: page_token.unwrap_or_default(),
+            };
+            let page = client.list(query).await?;
+            if remote.json {
+                let list: Vec<_> = page.transactions.iter().map(output::tx_json).collect();
+                return print_json(&json!({
+                    "transactions": list,
+                    "next_page_token": page.next_page_token,
+                }));
+            }
+            print!("{}", output::tx_table(&page.transactions));
+            if !page.next_page_token.is_empty() {
+                println!("\nmore: --page-token {}", page.next_page_token);
+            }
+            Ok(())
+        }
+        TxCommand::Show { id } => {
+            let tx = client.get(&id).await?;
+            let events = all_events(&client, &id).await?;
+            if remote.json {
+                let mut value = output::tx_json(&tx);
+                value["events"] = events.iter().map(output::event_json).collect();
+                return print_json(&value);
+            }
+            print!("{}", output::tx_detail(&tx));
+            println!("\nevents:");
+            print!("{}", output::timeline(&events, &tx.branches));
+            Ok(())
+        }
+        TxCommand::Events { id } => {
+            let events = all_events(&client, &id).await?;
+            if remote.json {
+                let list: Vec<_> = events.iter().map(output::event_json).collect();
+                return print_json(&json!({ "tx_id": id, "events": list }));
+            }
+            print!("{}", output::timeline(&events, &[]));
+            Ok(())
+        }
+        TxCommand::Retry { id } => print_tx(remote, &client.retry(&id).await?),
+        TxCommand::Cancel { id, reason } => print_tx(remote, &client.cancel(&id, &reason).await?),
+    }
+}
+
+fn print_tx(remote: &Remote, tx: &Transaction) -> anyhow::Result<()> {
+    if remote.json {
+        return print_json(&output::tx_json(tx));
+    }
+    print!("{}", output::tx_detail(tx));
+    Ok(())
+}
+
+/// The whole history, page by page.
+async fn all_events(client: &Client, id: &str) -> anyhow::Result<Vec<TxEvent>> {
+    let mut events: Vec<TxEvent> = Vec::new();
+    for _ in 0..MAX_EVENT_PAGES {
+        let after = events.last().map_or(0, |e| e.seq);
+        let page = client.events(id, after, EVENTS_PAGE).await?;
+        let full = page.len() >= EVENTS_PAGE as usize;
+        // A page that does not move forward would repeat forever.
+        let moved = page.last().is_some_and(|e| e.seq > after);
+        events.extend(page);
+        if !full || !moved {
+            break;
+        }
+    }
+    Ok(events)
+}

@@ -1,0 +1,135 @@
+//! Registering a running participant with a coordinator's registry and keeping it alive.
+
+use std::time::Duration;
+
+use tonic::transport::Endpoint;
+use tonic::Code;
+
+use super::server::{ServeError, ServerHandle};
+use crate::proto::coordinator_client::CoordinatorClient;
+use crate::proto::{
+    DeregisterParticipantRequest, HeartbeatParticipantRequest, RegisterParticipantRequest,
+};
+
+/// How a participant announces itself to a coordinator. See [`ServerHandle::register`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    coordinator: String,
+    service: String,
+    endpoint: Option<String>,
+    weight: u32,
+    zone: String,
+    ttl: Duration,
+}
+
+impl Registration {
+    /// Register as an endpoint of `service` with the coordinator at `coordinator`
+    /// (such as `http://127.0.0.1:7600`). The registration expires after 10s without heartbeats.
+    pub fn new(coordinator: impl Into<String>, service: impl Into<String>) -> Self {
+        Registration {
+            coordinator: coordinator.into(),
+            service: service.into(),
+            endpoint: None,
+            weight: 1,
+            zone: String::new(),
+            ttl: Duration::from_secs(10),
+        }
+    }
+
+    /// Advertise this URL instead of the listening address (behind NAT or a proxy).
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// The endpoint's share of traffic under weighted load balancing.
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// The endpoint's zone.
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = zone.into();
+        self
+    }
+
+    /// How long the registration lives without a heartbeat; heartbeats go every third of it.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+}
+
+impl ServerHandle {
+    /// Register this server with a coordinator, then renew the registration in a background task
+    /// until [`shutdown`](ServerHandle::shutdown), which deregisters it.
+    pub async fn register(&self, registration: Registration) -> Result<(), ServeError> {
+        let endpoint = registration
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| self.endpoint());
+        let channel = Endpoint::from_shared(registration.coordinator.clone())
+            .map_err(|source| ServeError::Connect {
+                addr: registration.coordinator.clone(),
+                source,
+            })?
+            .connect()
+            .await
+            .map_err(|source| ServeError::Connect {
+                addr: registration.coordinator.clone(),
+                source,
+            })?;
+        let mut client = CoordinatorClient::new(channel);
+        let ttl_ms = registration.ttl.as_millis().try_into().unwrap_or(u64::MAX);
+        let register = RegisterParticipantRequest {
+            service: registration.service.clone(),
+            endpoint: endpoint.clone(),
+            weight: registration.weight,
+            zone: registration.zone.clone(),
+            ttl_ms,
+        };
+        client.register_participant(register.clone()).await?;
+        let stop = self.registration_stop.clone();
+        let period = (registration.ttl / 3).max(Duration::from_millis(100));
+        let service = registration.service;
+        self.registrations.spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.tick().await;
+            loop {
+                // With a TTL of 0 the registration never expires: no heartbeats, but it still
+                // deregisters on shutdown.
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = ticker.tick(), if ttl_ms > 0 => {}
+                }
+                let beat = HeartbeatParticipantRequest {
+                    service: service.clone(),
+                    endpoint: endpoint.clone(),
+                    ttl_ms,
+                };
+                match client.heartbeat_participant(beat).await {
+                    Ok(_) => {}
+                    // The registration expired (say, the coordinator was down longer than the
+                    // TTL): register again rather than silently dropping out of the registry.
+                    Err(status) if status.code() == Code::NotFound => {
+                        if let Err(error) = client.register_participant(register.clone()).await {
+                            tracing::warn!(%service, %endpoint, %error, "participant re-registration failed");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%service, %endpoint, %error, "participant heartbeat failed");
+                    }
+                }
+            }
+            let leave = DeregisterParticipantRequest {
+                service: service.clone(),
+                endpoint: endpoint.clone(),
+            };
+            if let Err(error) = client.deregister_participant(leave).await {
+                tracing::warn!(%service, %endpoint, %error, "participant deregistration failed");
+            }
+        });
+        Ok(())
+    }
+}
