@@ -1,0 +1,102 @@
+//! An order saga against a running coordinator (for example `baton serve` on PostgreSQL):
+//!
+//! ```sh
+//! cargo run -- serve --database-url postgres://postgres@127.0.0.1:5432/postgres &
+//! cargo run --example order_saga                # BATON_ADDR overrides http://127.0.0.1:7600
+//! cargo run -- tx list --label example=order_saga
+//! ```
+//!
+//! The example serves its own participants (inventory, payments, shipping) on free loopback
+//! ports, registers them with the coordinator, and places two orders: one that ships, and one
+//! whose shipping fails, so the payment is refunded and the stock released.
+
+use std::time::Duration;
+
+use baton::cli::output;
+use baton::client::{Client, Saga, Step};
+use baton::participant::{HandlerError, Participant, Registration, Reply, Request};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Order {
+    order: String,
+    sku: String,
+    qty: u32,
+    amount_cents: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let addr = std::env::var("BATON_ADDR").unwrap_or_else(|_| "http://127.0.0.1:7600".into());
+    let inventory = Participant::new()
+        .on_execute("reserve", |req: Request| async move {
+            let o: Order = req.json()?;
+            println!("  inventory: reserve {} x {} for {}", o.qty, o.sku, o.order);
+            Ok(Reply::ok())
+        })
+        .on_compensate("reserve", |req: Request| async move {
+            let o: Order = req.json()?;
+            println!("  inventory: release {} x {} of {}", o.qty, o.sku, o.order);
+            Ok(Reply::ok())
+        })
+        .serve("127.0.0.1:0")
+        .await?;
+    let payments = Participant::new()
+        .on_execute("charge", |req: Request| async move {
+            let o: Order = req.json()?;
+            println!("  payments: charge {} cents for {}", o.amount_cents, o.order);
+            Ok(Reply::output(format!("payment-{}", o.order).into_bytes()))
+        })
+        .on_compensate("charge", |req: Request| async move {
+            let payment = req
+                .output_of("charge")
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            println!("  payments: refund {payment}");
+            Ok(Reply::ok())
+        })
+        .serve("127.0.0.1:0")
+        .await?;
+    let shipping = Participant::new()
+        .on_execute("ship", |req: Request| async move {
+            let o: Order = req.json()?;
+            if o.sku == "FRAGILE" {
+                return Err(HandlerError::failed("no courier takes fragile goods today"));
+            }
+            println!("  shipping: ship {}", o.order);
+            Ok(Reply::ok())
+        })
+        .serve("127.0.0.1:0")
+        .await?;
+    for (service, server) in [
+        ("inventory", &inventory),
+        ("payments", &payments),
+        ("shipping", &shipping),
+    ] {
+        server.register(Registration::new(addr.clone(), service)).await?;
+    }
+
+    let client = Client::connect(addr.clone()).await?;
+    let run_id = std::process::id();
+    for (n, sku) in [(1, "BOOK"), (2, "FRAGILE")] {
+        let order = serde_json::json!({
+            "order": format!("o-{run_id}-{n}"), "sku": sku, "qty": 1, "amount_cents": 1299,
+        });
+        let saga = Saga::new()
+            .step(Step::new("reserve", "inventory").compensate("reserve").json(&order)?)
+            .step(Step::new("charge", "payments").compensate("charge").json(&order)?)
+            .step(Step::new("ship", "shipping").json(&order)?)
+            .idempotency_key(format!("order-{run_id}-{n}"))
+            .label("example", "order_saga")
+            .timeout(Duration::from_secs(60));
+        println!("\n== order {n} ({sku})");
+        let tx = client.run(saga).await?;
+        println!("{}", output::tx_detail(&tx));
+        let events = client.events(&tx.tx_id, 0, 1000).await?;
+        println!("{}", output::timeline(&events, &tx.branches));
+    }
+    inventory.shutdown().await;
+    payments.shutdown().await;
+    shipping.shutdown().await;
+    Ok(())
+}
