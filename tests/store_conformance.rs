@@ -62,6 +62,7 @@ conformance!(
     events_page_by_seq,
     participants_register_expire_deregister,
     coordinators_heartbeat_and_count_owned,
+    concurrent_claimers_never_share_work,
 );
 
 // ---- fixtures ----
@@ -827,7 +828,104 @@ async fn coordinators_heartbeat_and_count_owned(log: &dyn TxLog) {
     );
 }
 
+async fn concurrent_claimers_never_share_work(log: &dyn TxLog) {
+    let mut all = BTreeSet::new();
+    for _ in 0..24 {
+        all.insert(create(log, new_tx("dead", TxState::Running)).await.id);
+    }
+    for claimer in ["a", "b", "c"] {
+        log.heartbeat_coordinator(claimer, "x", "v")
+            .await
+            .expect("heartbeat");
+    }
+    let drain = |claimer: &'static str| async move {
+        let mut mine = Vec::new();
+        loop {
+            let batch = log.claim(claimer, 60_000, 3).await.expect("claim");
+            if batch.is_empty() {
+                return mine;
+            }
+            assert!(batch.iter().all(|r| r.owner.as_deref() == Some(claimer)));
+            mine.extend(ids(&batch));
+        }
+    };
+    let (a, b, c) = tokio::join!(drain("a"), drain("b"), drain("c"));
+    let mut claimed: Vec<TxId> = a.into_iter().chain(b).chain(c).collect();
+    claimed.sort();
+    let total = claimed.len();
+    claimed.dedup();
+    assert_eq!(total, claimed.len(), "a transaction was claimed twice");
+    assert_eq!(claimed.into_iter().collect::<BTreeSet<_>>(), all);
+}
+
 // ---- backend-specific behaviour ----
+
+#[tokio::test]
+async fn pg_unknown_state_text_is_corrupt() {
+    use sqlx::Connection;
+    let db = support::db::fresh_database().await;
+    let log = PgLog::connect(&db.url, &StoreOptions::default())
+        .await
+        .expect("connect");
+    log.migrate().await.expect("migrate");
+    let rec = create(&log, new_tx("c1", TxState::Running)).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("UPDATE baton_transactions SET state = 'exploded' WHERE id = $1")
+        .bind(rec.id.0)
+        .execute(&mut conn)
+        .await
+        .expect("corrupt the row");
+    match log.get(rec.id).await {
+        Err(StoreError::Corrupt { table, detail }) => {
+            assert_eq!(table, "baton_transactions");
+            assert!(detail.contains("exploded"), "{detail}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    sqlx::query("UPDATE baton_transactions SET state = 'running' WHERE id = $1")
+        .bind(rec.id.0)
+        .execute(&mut conn)
+        .await
+        .expect("repair the row");
+    sqlx::query("UPDATE baton_branches SET state = 'melted' WHERE tx_id = $1")
+        .bind(rec.id.0)
+        .execute(&mut conn)
+        .await
+        .expect("corrupt the branch");
+    assert!(matches!(
+        log.get(rec.id).await,
+        Err(StoreError::Corrupt {
+            table: "baton_branches",
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn sqlite_unknown_state_text_is_corrupt() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = support::db::sqlite_url(dir.path());
+    let log = SqliteLog::open(&url).await.expect("open");
+    log.migrate().await.expect("migrate");
+    let rec = create(&log, new_tx("c1", TxState::Running)).await;
+    // The advisory lock keeps out Baton processes, not a plain connection.
+    let mut conn = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
+    sqlx::query("UPDATE baton_transactions SET state = 'exploded' WHERE id = ?")
+        .bind(rec.id.to_string())
+        .execute(&mut conn)
+        .await
+        .expect("corrupt the row");
+    assert!(matches!(
+        log.list(&ListFilter::default()).await,
+        Err(StoreError::Corrupt {
+            table: "baton_transactions",
+            ..
+        })
+    ));
+}
 
 #[tokio::test]
 async fn sqlite_file_is_locked_against_a_second_process() {
