@@ -279,9 +279,176 @@ impl Default for StoreOptions {
 
 /// Opens the store named by `url` (`postgres://…` or `sqlite://path`), without migrating.
 pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn TxLog>, StoreError> {
-    // STORE HELPER: replace this body once PgLog and SqliteLog implement TxLog:
-    // postgres:// and postgresql:// -> PgLog::connect, sqlite: -> SqliteLog::open,
-    // anything else -> StoreError::UnsupportedUrl.
-    let _ = (url, options);
-    todo!("store helper")
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgLog::connect(url, options).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteLog::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+}
+
+/// Resting states as an SQL list, for the claim and ownership queries of both backends.
+/// Must match [`TxState::is_resting`]; the conformance suite claims every state to check it.
+const RESTING_SQL: &str = "('committed', 'compensated', 'aborted', 'failed')";
+
+/// Splits connection trouble (retry later) from everything else the database said.
+fn db_err(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        other => StoreError::Database(other),
+    }
+}
+
+/// A column that must hold a `u32` but does not is a corrupt row, not a panic.
+fn to_u32(table: &'static str, column: &str, value: i64) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| StoreError::Corrupt {
+        table,
+        detail: format!("{column} {value} is out of range"),
+    })
+}
+
+/// Integers are stored as signed 64-bit; this keeps `u64` values that do not fit from wrapping.
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A `baton_transactions` row as either backend reads it, before its text columns are checked.
+struct RawTx {
+    id: TxId,
+    kind: String,
+    state: String,
+    definition: String,
+    labels: String,
+    idempotency_key: Option<String>,
+    owner: Option<String>,
+    epoch: i64,
+    stage: i64,
+    last_error: Option<String>,
+    cancel_requested: bool,
+    deadline_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    last_seq: i64,
+}
+
+impl RawTx {
+    /// Checks and converts the row; branches are left empty for the caller to fill.
+    fn into_record(self) -> Result<TxRecord, StoreError> {
+        const TABLE: &str = "baton_transactions";
+        let corrupt = |detail: String| StoreError::Corrupt {
+            table: TABLE,
+            detail: format!("transaction {}: {detail}", self.id),
+        };
+        let kind = self.kind.parse().map_err(corrupt)?;
+        let state = self.state.parse().map_err(corrupt)?;
+        let definition: Definition = serde_json::from_str(&self.definition)
+            .map_err(|e| corrupt(format!("definition: {e}")))?;
+        let labels =
+            serde_json::from_str(&self.labels).map_err(|e| corrupt(format!("labels: {e}")))?;
+        let last_seq = u64::try_from(self.last_seq)
+            .map_err(|_| corrupt(format!("last_seq {} is negative", self.last_seq)))?;
+        Ok(TxRecord {
+            id: self.id,
+            kind,
+            state,
+            definition,
+            labels,
+            idempotency_key: self.idempotency_key,
+            owner: self.owner,
+            epoch: self.epoch,
+            stage: to_u32(TABLE, "stage", self.stage)?,
+            last_error: self.last_error,
+            cancel_requested: self.cancel_requested,
+            deadline_at: self.deadline_at,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            last_seq,
+            branches: Vec::new(),
+        })
+    }
+}
+
+/// A `baton_branches` row as either backend reads it.
+struct RawBranch {
+    tx_id: TxId,
+    index: i64,
+    name: String,
+    state: String,
+    attempts: i64,
+    output: Option<Vec<u8>>,
+    last_error: Option<String>,
+    done_order: Option<i64>,
+}
+
+impl RawBranch {
+    fn into_record(self) -> Result<BranchRecord, StoreError> {
+        const TABLE: &str = "baton_branches";
+        Ok(BranchRecord {
+            index: to_u32(TABLE, "idx", self.index)?,
+            status: self.state.parse().map_err(|detail| StoreError::Corrupt {
+                table: TABLE,
+                detail: format!("transaction {} branch {}: {detail}", self.tx_id, self.index),
+            })?,
+            name: self.name,
+            attempts: to_u32(TABLE, "attempts", self.attempts)?,
+            output: self.output,
+            last_error: self.last_error,
+            done_order: self
+                .done_order
+                .map(|d| to_u32(TABLE, "done_order", d))
+                .transpose()?,
+        })
+    }
+}
+
+/// Builds records from transaction rows and the branch rows of all of them (in any order of
+/// transactions, index order within one).
+fn assemble(txs: Vec<RawTx>, branches: Vec<RawBranch>) -> Result<Vec<TxRecord>, StoreError> {
+    let mut records = txs
+        .into_iter()
+        .map(RawTx::into_record)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut by_tx: BTreeMap<TxId, Vec<BranchRecord>> = BTreeMap::new();
+    for branch in branches {
+        let tx_id = branch.tx_id;
+        by_tx.entry(tx_id).or_default().push(branch.into_record()?);
+    }
+    for record in &mut records {
+        let mut own = by_tx.remove(&record.id).unwrap_or_default();
+        own.sort_by_key(|b| b.index);
+        record.branches = own;
+    }
+    Ok(records)
+}
+
+/// The event row decoded; `at` and ids are already typed by the backend.
+fn event_record(
+    tx_id: TxId,
+    seq: i64,
+    at: DateTime<Utc>,
+    kind: String,
+    branch: Option<i64>,
+    detail: String,
+) -> Result<EventRecord, StoreError> {
+    const TABLE: &str = "baton_events";
+    Ok(EventRecord {
+        tx_id,
+        seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt {
+            table: TABLE,
+            detail: format!("transaction {tx_id}: seq {seq} is negative"),
+        })?,
+        at,
+        kind,
+        branch: branch.map(|b| to_u32(TABLE, "branch", b)).transpose()?,
+        detail,
+    })
+}
+
+/// Page sizes the store serves: at least one row, at most a thousand.
+fn clamp_limit(limit: u32) -> i64 {
+    i64::from(limit.clamp(1, 1000))
 }

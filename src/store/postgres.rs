@@ -1,15 +1,577 @@
-//! PostgreSQL implementation of [`TxLog`](super::TxLog).
+//! PostgreSQL implementation of [`TxLog`](super::TxLog): the store several coordinators share.
+//!
+//! Every time that matters to leases and expiry comes from the database's `now()`, so the
+//! coordinators' clocks never have to agree. Each write of a batch is one statement (arrays bound
+//! with `UNNEST` carry its branch and event rows), which keeps group commits short.
 
-use super::{StoreError, StoreOptions};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{PgConnection, QueryBuilder, Row};
+use uuid::Uuid;
+
+use super::{
+    assemble, clamp_limit, db_err, event_record, to_i64, ListFilter, LogWrite, NewTx, RawBranch,
+    RawTx, StoreError, StoreOptions, TxLog, TxUpdate, WriteOutcome, RESTING_SQL,
+};
+use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord};
 
 /// The PostgreSQL log.
 pub struct PgLog {
     pub(crate) pool: sqlx::PgPool,
 }
 
+/// The transaction columns every read selects, in the order [`raw_tx`] decodes them.
+const TX_COLUMNS: &str = "id, kind, state, definition::text AS definition, \
+     labels::text AS labels, idempotency_key, owner, epoch, stage, last_error, cancel_requested, \
+     deadline_at, created_at, updated_at, last_seq";
+
+const BRANCH_COLUMNS: &str = "tx_id, idx, name, state, attempts, output, last_error, done_order";
+
+const PARTICIPANT_COLUMNS: &str = "service, endpoint, weight, zone, expires_at";
+
 impl PgLog {
+    /// Opens a connection pool; the schema is left alone until [`TxLog::migrate`].
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
-        let _ = (url, options);
-        todo!("store helper")
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(Duration::from_millis(options.acquire_timeout_ms))
+            .connect(url)
+            .await
+            .map_err(db_err)?;
+        Ok(PgLog { pool })
+    }
+
+    async fn create(conn: &mut PgConnection, new: &NewTx) -> Result<WriteOutcome, StoreError> {
+        let names = new.definition.branch_names();
+        let idx: Vec<i64> = (0..names.len() as i64).collect();
+        let ev = EventArrays::new(&new.events);
+        // One statement: the row, its pending branches and its first events. On a duplicate
+        // idempotency key the insert yields no id and the dependent inserts write nothing.
+        let inserted: Option<Uuid> = sqlx::query_scalar(
+            "WITH tx AS (
+                INSERT INTO baton_transactions
+                    (id, kind, state, definition, labels, idempotency_key, owner, epoch,
+                     deadline_at, last_seq)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                ON CONFLICT (idempotency_key) DO NOTHING
+                RETURNING id
+            ), branches AS (
+                INSERT INTO baton_branches (tx_id, idx, name, state)
+                SELECT tx.id, b.idx, b.name, 'pending'
+                FROM tx, UNNEST($11::bigint[], $12::text[]) AS b(idx, name)
+            ), events AS (
+                INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail)
+                SELECT tx.id, e.seq, e.at, e.kind, e.branch, e.detail
+                FROM tx, UNNEST($13::bigint[], $14::timestamptz[], $15::text[], $16::bigint[],
+                                $17::text[]) AS e(seq, at, kind, branch, detail)
+            )
+            SELECT id FROM tx",
+        )
+        .bind(new.id.0)
+        .bind(new.definition.kind().as_str())
+        .bind(new.state.as_str())
+        .bind(Json(&new.definition))
+        .bind(Json(&new.labels))
+        .bind(new.idempotency_key.as_deref())
+        .bind(&new.owner)
+        .bind(new.epoch)
+        .bind(new.deadline_at)
+        .bind(to_i64(ev.max_seq))
+        .bind(&idx)
+        .bind(&names)
+        .bind(&ev.seq)
+        .bind(&ev.at)
+        .bind(&ev.kind)
+        .bind(&ev.branch)
+        .bind(&ev.detail)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        if inserted.is_some() {
+            return Ok(WriteOutcome::Created);
+        }
+        // A separate statement, so that it sees a row another transaction committed while the
+        // insert waited on the key.
+        let existing: Uuid =
+            sqlx::query_scalar("SELECT id FROM baton_transactions WHERE idempotency_key = $1")
+                .bind(new.idempotency_key.as_deref())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db_err)?;
+        Ok(WriteOutcome::Existing(TxId(existing)))
+    }
+
+    async fn update(conn: &mut PgConnection, up: &TxUpdate) -> Result<WriteOutcome, StoreError> {
+        let ev = EventArrays::new(&up.events);
+        let b = &up.branches;
+        let b_idx: Vec<i64> = b.iter().map(|b| i64::from(b.index)).collect();
+        let b_name: Vec<&str> = b.iter().map(|b| b.name.as_str()).collect();
+        let b_state: Vec<&str> = b.iter().map(|b| b.status.as_str()).collect();
+        let b_attempts: Vec<i64> = b.iter().map(|b| i64::from(b.attempts)).collect();
+        let b_output: Vec<Option<&[u8]>> = b.iter().map(|b| b.output.as_deref()).collect();
+        let b_error: Vec<Option<&str>> = b.iter().map(|b| b.last_error.as_deref()).collect();
+        let b_done: Vec<Option<i64>> = b.iter().map(|b| b.done_order.map(i64::from)).collect();
+        // The fenced UPDATE gates the branch and event inserts: when it matches no row (another
+        // owner or epoch), nothing of this write lands.
+        let applied: i64 = sqlx::query_scalar(
+            "WITH tx AS (
+                UPDATE baton_transactions
+                SET state = $4, stage = $5, last_error = $6, cancel_requested = $7,
+                    owner = CASE WHEN $8 THEN NULL ELSE owner END,
+                    last_seq = GREATEST(last_seq, $9), updated_at = now()
+                WHERE id = $1 AND owner = $2 AND epoch = $3
+                RETURNING id
+            ), branches AS (
+                INSERT INTO baton_branches
+                    (tx_id, idx, name, state, attempts, output, last_error, done_order)
+                SELECT tx.id, b.* FROM tx,
+                    UNNEST($10::bigint[], $11::text[], $12::text[], $13::bigint[], $14::bytea[],
+                           $15::text[], $16::bigint[])
+                    AS b(idx, name, state, attempts, output, last_error, done_order)
+                ON CONFLICT (tx_id, idx) DO UPDATE SET
+                    name = excluded.name, state = excluded.state, attempts = excluded.attempts,
+                    output = excluded.output, last_error = excluded.last_error,
+                    done_order = excluded.done_order
+            ), events AS (
+                INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail)
+                SELECT tx.id, e.seq, e.at, e.kind, e.branch, e.detail
+                FROM tx, UNNEST($17::bigint[], $18::timestamptz[], $19::text[], $20::bigint[],
+                                $21::text[]) AS e(seq, at, kind, branch, detail)
+            )
+            SELECT count(*) FROM tx",
+        )
+        .bind(up.id.0)
+        .bind(&up.owner)
+        .bind(up.epoch)
+        .bind(up.state.as_str())
+        .bind(i64::from(up.stage))
+        .bind(up.last_error.as_deref())
+        .bind(up.cancel_requested)
+        .bind(up.release)
+        .bind(to_i64(ev.max_seq))
+        .bind(&b_idx)
+        .bind(&b_name)
+        .bind(&b_state)
+        .bind(&b_attempts)
+        .bind(&b_output)
+        .bind(&b_error)
+        .bind(&b_done)
+        .bind(&ev.seq)
+        .bind(&ev.at)
+        .bind(&ev.kind)
+        .bind(&ev.branch)
+        .bind(&ev.detail)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        Ok(if applied == 0 {
+            WriteOutcome::Fenced
+        } else {
+            WriteOutcome::Updated
+        })
+    }
+
+    /// Attaches the branches of `rows` (read in one query) to them.
+    async fn with_branches(&self, rows: Vec<PgRow>) -> Result<Vec<TxRecord>, StoreError> {
+        let txs = rows.iter().map(raw_tx).collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<Uuid> = txs.iter().map(|t| t.id.0).collect();
+        let branches = if ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query(&format!(
+                "SELECT {BRANCH_COLUMNS} FROM baton_branches WHERE tx_id = ANY($1) \
+                 ORDER BY tx_id, idx"
+            ))
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(raw_branch)
+            .collect::<Result<Vec<_>, _>>()?
+        };
+        assemble(txs, branches)
+    }
+}
+
+/// A batch of new events as parallel arrays, the shape `UNNEST` reads.
+struct EventArrays<'a> {
+    seq: Vec<i64>,
+    at: Vec<DateTime<Utc>>,
+    kind: Vec<&'a str>,
+    branch: Vec<Option<i64>>,
+    detail: Vec<&'a str>,
+    max_seq: u64,
+}
+
+impl<'a> EventArrays<'a> {
+    fn new(events: &'a [super::NewEvent]) -> Self {
+        EventArrays {
+            seq: events.iter().map(|e| to_i64(e.seq)).collect(),
+            at: events.iter().map(|e| e.at).collect(),
+            kind: events.iter().map(|e| e.kind.as_str()).collect(),
+            branch: events.iter().map(|e| e.branch.map(i64::from)).collect(),
+            detail: events.iter().map(|e| e.detail.as_str()).collect(),
+            max_seq: events.iter().map(|e| e.seq).max().unwrap_or(0),
+        }
+    }
+}
+
+fn raw_tx(row: &PgRow) -> Result<RawTx, StoreError> {
+    Ok(RawTx {
+        id: TxId(row.try_get("id")?),
+        kind: row.try_get("kind")?,
+        state: row.try_get("state")?,
+        definition: row.try_get("definition")?,
+        labels: row.try_get("labels")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        owner: row.try_get("owner")?,
+        epoch: row.try_get("epoch")?,
+        stage: row.try_get("stage")?,
+        last_error: row.try_get("last_error")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        deadline_at: row.try_get("deadline_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_seq: row.try_get("last_seq")?,
+    })
+}
+
+fn raw_branch(row: &PgRow) -> Result<RawBranch, StoreError> {
+    Ok(RawBranch {
+        tx_id: TxId(row.try_get("tx_id")?),
+        index: row.try_get("idx")?,
+        name: row.try_get("name")?,
+        state: row.try_get("state")?,
+        attempts: row.try_get("attempts")?,
+        output: row.try_get("output")?,
+        last_error: row.try_get("last_error")?,
+        done_order: row.try_get("done_order")?,
+    })
+}
+
+fn participant(row: &PgRow) -> Result<ParticipantRecord, StoreError> {
+    let weight: i64 = row.try_get("weight")?;
+    Ok(ParticipantRecord {
+        service: row.try_get("service")?,
+        endpoint: row.try_get("endpoint")?,
+        weight: super::to_u32("baton_participants", "weight", weight)?,
+        zone: row.try_get("zone")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+/// `ttl_ms` as a nullable interval in milliseconds: 0 means the registration never expires.
+fn ttl_param(ttl_ms: u64) -> Option<i64> {
+    (ttl_ms > 0).then(|| to_i64(ttl_ms))
+}
+
+#[async_trait]
+impl TxLog for PgLog {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("migrations/postgres")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn apply(&self, batch: &[LogWrite]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for write in batch {
+            outcomes.push(match write {
+                LogWrite::Create(new) => Self::create(&mut tx, new).await?,
+                LogWrite::Update(up) => Self::update(&mut tx, up).await?,
+            });
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(outcomes)
+    }
+
+    async fn get(&self, id: TxId) -> Result<Option<TxRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TX_COLUMNS} FROM baton_transactions WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(self.with_branches(rows).await?.pop())
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<TxRecord>, StoreError> {
+        let mut q = QueryBuilder::new(format!(
+            "SELECT {TX_COLUMNS} FROM baton_transactions WHERE TRUE"
+        ));
+        if !filter.states.is_empty() {
+            let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
+            q.push(" AND state = ANY(").push_bind(states).push(")");
+        }
+        if !filter.labels.is_empty() {
+            q.push(" AND labels @> ")
+                .push_bind(Json(&filter.labels))
+                .push("::jsonb");
+        }
+        if let Some(after) = filter.created_after {
+            q.push(" AND created_at >= ").push_bind(after);
+        }
+        if let Some(before) = filter.created_before {
+            q.push(" AND created_at < ").push_bind(before);
+        }
+        if let Some(before_id) = filter.before_id {
+            q.push(" AND id < ").push_bind(before_id.0);
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(clamp_limit(filter.limit));
+        q.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|row| raw_tx(row)?.into_record())
+            .collect()
+    }
+
+    async fn events(
+        &self,
+        id: TxId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, branch, detail FROM baton_events \
+             WHERE tx_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id.0)
+        .bind(to_i64(after_seq))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                event_record(
+                    id,
+                    row.try_get("seq")?,
+                    row.try_get("at")?,
+                    row.try_get("kind")?,
+                    row.try_get("branch")?,
+                    row.try_get("detail")?,
+                )
+            })
+            .collect()
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        lease_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<TxRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "UPDATE baton_transactions SET owner = $1, epoch = epoch + 1, updated_at = now()
+             WHERE id IN (
+                SELECT id FROM baton_transactions t
+                WHERE state NOT IN {RESTING_SQL}
+                  AND (owner IS NULL OR (owner <> $1 AND NOT EXISTS (
+                        SELECT 1 FROM baton_coordinators c
+                        WHERE c.id = t.owner
+                          AND c.heartbeat_at > now() - $2 * interval '1 millisecond')))
+                ORDER BY id
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED)
+             RETURNING {TX_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(to_i64(lease_ms))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut claimed = self.with_branches(rows).await?;
+        claimed.sort_by_key(|r| r.id);
+        Ok(claimed)
+    }
+
+    async fn release_owned(&self, owner: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE baton_transactions SET owner = NULL, epoch = epoch + 1, updated_at = now() \
+             WHERE owner = $1 AND state NOT IN {RESTING_SQL}"
+        ))
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn claim_one(
+        &self,
+        id: TxId,
+        owner: &str,
+        expected_epoch: i64,
+    ) -> Result<Option<TxRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE baton_transactions SET owner = $2, epoch = epoch + 1, updated_at = now() \
+             WHERE id = $1 AND epoch = $3 RETURNING {TX_COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(owner)
+        .bind(expected_epoch)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(self.with_branches(rows).await?.pop())
+    }
+
+    async fn register_participant(
+        &self,
+        service: &str,
+        endpoint: &str,
+        weight: u32,
+        zone: &str,
+        ttl_ms: u64,
+    ) -> Result<ParticipantRecord, StoreError> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO baton_participants (service, endpoint, weight, zone, expires_at)
+             VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')
+             ON CONFLICT (service, endpoint) DO UPDATE SET
+                weight = excluded.weight, zone = excluded.zone, expires_at = excluded.expires_at
+             RETURNING {PARTICIPANT_COLUMNS}"
+        ))
+        .bind(service)
+        .bind(endpoint)
+        .bind(i64::from(weight))
+        .bind(zone)
+        .bind(ttl_param(ttl_ms))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        participant(&row)
+    }
+
+    async fn heartbeat_participant(
+        &self,
+        service: &str,
+        endpoint: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<ParticipantRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE baton_participants SET expires_at = now() + $3 * interval '1 millisecond'
+             WHERE service = $1 AND endpoint = $2 AND (expires_at IS NULL OR expires_at > now())
+             RETURNING {PARTICIPANT_COLUMNS}"
+        ))
+        .bind(service)
+        .bind(endpoint)
+        .bind(ttl_param(ttl_ms))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(participant).transpose()
+    }
+
+    async fn deregister_participant(
+        &self,
+        service: &str,
+        endpoint: &str,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM baton_participants WHERE service = $1 AND endpoint = $2")
+                .bind(service)
+                .bind(endpoint)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_participants(
+        &self,
+        service: Option<&str>,
+    ) -> Result<Vec<ParticipantRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PARTICIPANT_COLUMNS} FROM baton_participants
+             WHERE ($1::text IS NULL OR service = $1)
+               AND (expires_at IS NULL OR expires_at > now())
+             ORDER BY service, endpoint"
+        ))
+        .bind(service)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(participant).collect()
+    }
+
+    async fn heartbeat_coordinator(
+        &self,
+        id: &str,
+        address: &str,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO baton_coordinators (id, address, started_at, heartbeat_at, version)
+             VALUES ($1, $2, now(), now(), $3)
+             ON CONFLICT (id) DO UPDATE SET
+                address = excluded.address, heartbeat_at = now(), version = excluded.version",
+        )
+        .bind(id)
+        .bind(address)
+        .bind(version)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn remove_coordinator(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM baton_coordinators WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn list_coordinators(&self, lease_ms: u64) -> Result<Vec<CoordinatorRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT c.id, c.address, c.started_at, c.heartbeat_at, c.version,
+                (SELECT count(*) FROM baton_transactions t
+                 WHERE t.owner = c.id AND t.state NOT IN {RESTING_SQL}) AS owned
+             FROM baton_coordinators c
+             WHERE c.heartbeat_at > now() - $1 * interval '1 millisecond'
+             ORDER BY c.id"
+        ))
+        .bind(to_i64(lease_ms))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let owned: i64 = row.try_get("owned")?;
+                Ok(CoordinatorRecord {
+                    id: row.try_get("id")?,
+                    address: row.try_get("address")?,
+                    started_at: row.try_get("started_at")?,
+                    heartbeat_at: row.try_get("heartbeat_at")?,
+                    version: row.try_get("version")?,
+                    owned: owned.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 }

@@ -1,0 +1,1027 @@
+//! One conformance suite for every `TxLog`: each check below runs against PostgreSQL (a fresh
+//! database per test) and SQLite (a fresh file per test).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use baton::model::{
+    BranchRecord, Definition, RetryPolicy, SagaDef, StepDef, StepKind, StepStatus, Target, TxId,
+    TxRecord, TxState,
+};
+use baton::store::postgres::PgLog;
+use baton::store::sqlite::SqliteLog;
+use baton::store::{
+    ListFilter, LogWrite, NewEvent, NewTx, StoreError, StoreOptions, TxLog, TxUpdate, WriteOutcome,
+};
+use chrono::{DateTime, Utc};
+
+/// Generates `pg::<check>` and `sqlite::<check>` tests for every check.
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod pg {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let db = crate::support::db::fresh_database().await;
+                    let options = crate::StoreOptions { max_connections: 4, ..Default::default() };
+                    let log = crate::PgLog::connect(&db.url, &options).await.expect("connect");
+                    crate::TxLog::migrate(&log).await.expect("migrate");
+                    super::$check(&log).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let url = crate::support::db::sqlite_url(dir.path());
+                    let log = crate::SqliteLog::open(&url).await.expect("open");
+                    crate::TxLog::migrate(&log).await.expect("migrate");
+                    super::$check(&log).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    create_then_get_round_trips,
+    idempotency_key_returns_existing,
+    update_applies_and_appends_events,
+    stale_owner_or_epoch_is_fenced,
+    release_clears_owner,
+    claim_takes_unowned_and_stale_work,
+    claim_skips_resting_states,
+    claim_respects_limit,
+    release_owned_hands_back_work,
+    claim_one_checks_epoch,
+    list_filters_and_pages,
+    events_page_by_seq,
+    participants_register_expire_deregister,
+    coordinators_heartbeat_and_count_owned,
+    concurrent_claimers_never_share_work,
+);
+
+// ---- fixtures ----
+
+/// Now, at the millisecond precision both stores keep.
+fn now_ms() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).expect("time in range")
+}
+
+fn saga(steps: &[&str]) -> Definition {
+    Definition::Saga(SagaDef {
+        steps: steps
+            .iter()
+            .enumerate()
+            .map(|(i, name)| StepDef {
+                name: name.to_string(),
+                target: Target::Service("inventory".into()),
+                action: "reserve".into(),
+                compensate: Some("release".into()),
+                payload: vec![i as u8, 0, 255],
+                kind: StepKind::Compensatable,
+                stage: i as u32,
+                timeout_ms: 1_000,
+                retry: RetryPolicy::default(),
+            })
+            .collect(),
+    })
+}
+
+fn event(seq: u64, kind: &str, branch: Option<u32>) -> NewEvent {
+    NewEvent {
+        seq,
+        at: now_ms(),
+        kind: kind.into(),
+        branch,
+        detail: format!("detail of {seq}"),
+    }
+}
+
+fn new_tx(owner: &str, state: TxState) -> NewTx {
+    NewTx {
+        id: TxId::new(),
+        definition: saga(&["reserve", "charge"]),
+        state,
+        labels: BTreeMap::from([("env".to_string(), "prod".to_string())]),
+        idempotency_key: None,
+        owner: owner.into(),
+        epoch: 1,
+        deadline_at: Some(now_ms() + chrono::Duration::seconds(60)),
+        events: vec![event(1, "accepted", None), event(2, "started", None)],
+    }
+}
+
+async fn create(log: &dyn TxLog, tx: NewTx) -> TxRecord {
+    let id = tx.id;
+    let outcomes = log
+        .apply(&[LogWrite::Create(Box::new(tx))])
+        .await
+        .expect("create");
+    assert_eq!(outcomes, vec![WriteOutcome::Created]);
+    get(log, id).await
+}
+
+async fn get(log: &dyn TxLog, id: TxId) -> TxRecord {
+    log.get(id).await.expect("get").expect("transaction exists")
+}
+
+/// An update by the record's current owner and epoch that changes nothing yet.
+fn update_of(rec: &TxRecord) -> TxUpdate {
+    TxUpdate {
+        id: rec.id,
+        owner: rec.owner.clone().unwrap_or_default(),
+        epoch: rec.epoch,
+        state: rec.state,
+        stage: rec.stage,
+        last_error: rec.last_error.clone(),
+        cancel_requested: rec.cancel_requested,
+        release: false,
+        branches: Vec::new(),
+        events: Vec::new(),
+    }
+}
+
+async fn apply_one(log: &dyn TxLog, up: TxUpdate) -> WriteOutcome {
+    let mut outcomes = log
+        .apply(&[LogWrite::Update(Box::new(up))])
+        .await
+        .expect("apply");
+    assert_eq!(outcomes.len(), 1);
+    outcomes.remove(0)
+}
+
+fn ids(records: &[TxRecord]) -> Vec<TxId> {
+    records.iter().map(|r| r.id).collect()
+}
+
+// ---- checks ----
+
+async fn create_then_get_round_trips(log: &dyn TxLog) {
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    let mut tx = new_tx("c1", TxState::Running);
+    tx.idempotency_key = Some("order-1".into());
+    tx.labels.insert("tenant".into(), "a b\"c".into());
+    let expected = tx.clone();
+    let rec = create(log, tx).await;
+
+    assert_eq!(rec.id, expected.id);
+    assert_eq!(rec.kind, baton::model::TxKind::Saga);
+    assert_eq!(rec.state, TxState::Running);
+    assert_eq!(rec.definition, expected.definition);
+    assert_eq!(rec.labels, expected.labels);
+    assert_eq!(rec.idempotency_key.as_deref(), Some("order-1"));
+    assert_eq!(rec.owner.as_deref(), Some("c1"));
+    assert_eq!(rec.epoch, 1);
+    assert_eq!(rec.stage, 0);
+    assert_eq!(rec.last_error, None);
+    assert!(!rec.cancel_requested);
+    assert_eq!(rec.deadline_at, expected.deadline_at);
+    assert_eq!(rec.last_seq, 2);
+    assert!(rec.created_at > before && rec.created_at < Utc::now() + chrono::Duration::seconds(5));
+    assert_eq!(rec.updated_at, rec.created_at);
+    let names: Vec<_> = rec.branches.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["reserve", "charge"]);
+    for (i, b) in rec.branches.iter().enumerate() {
+        assert_eq!(b.index, i as u32);
+        assert_eq!(b.status, StepStatus::Pending);
+        assert_eq!(
+            (b.attempts, &b.output, &b.last_error, b.done_order),
+            (0, &None, &None, None)
+        );
+    }
+
+    let events = log.events(rec.id, 0, 100).await.expect("events");
+    assert_eq!(events.len(), 2);
+    for (got, want) in events.iter().zip(&expected.events) {
+        assert_eq!(got.tx_id, rec.id);
+        assert_eq!(
+            (got.seq, got.at, &got.kind, got.branch, &got.detail),
+            (want.seq, want.at, &want.kind, want.branch, &want.detail)
+        );
+    }
+    assert!(log.get(TxId::new()).await.expect("get").is_none());
+    log.ping().await.expect("ping");
+}
+
+async fn idempotency_key_returns_existing(log: &dyn TxLog) {
+    let mut first = new_tx("c1", TxState::Running);
+    first.idempotency_key = Some("key-1".into());
+    let first = create(log, first).await;
+
+    let mut again = new_tx("c2", TxState::Running);
+    again.idempotency_key = Some("key-1".into());
+    let again_id = again.id;
+    let outcomes = log
+        .apply(&[LogWrite::Create(Box::new(again))])
+        .await
+        .expect("apply");
+    assert_eq!(outcomes, vec![WriteOutcome::Existing(first.id)]);
+    assert!(log.get(again_id).await.expect("get").is_none());
+    assert!(log
+        .events(again_id, 0, 10)
+        .await
+        .expect("events")
+        .is_empty());
+    assert_eq!(get(log, first.id).await, first);
+
+    // Two starts with one key in the same batch: the second sees the first.
+    let mut a = new_tx("c1", TxState::Running);
+    a.idempotency_key = Some("key-2".into());
+    let mut b = new_tx("c1", TxState::Running);
+    b.idempotency_key = Some("key-2".into());
+    let (a_id, b_id) = (a.id, b.id);
+    let outcomes = log
+        .apply(&[LogWrite::Create(Box::new(a)), LogWrite::Create(Box::new(b))])
+        .await
+        .expect("apply");
+    assert_eq!(
+        outcomes,
+        vec![WriteOutcome::Created, WriteOutcome::Existing(a_id)]
+    );
+    assert!(log.get(b_id).await.expect("get").is_none());
+    // Transactions without a key never collide.
+    create(log, new_tx("c1", TxState::Running)).await;
+    create(log, new_tx("c1", TxState::Running)).await;
+}
+
+async fn update_applies_and_appends_events(log: &dyn TxLog) {
+    let rec = create(log, new_tx("c1", TxState::Running)).await;
+    let mut up = update_of(&rec);
+    up.state = TxState::Compensating;
+    up.stage = 1;
+    up.last_error = Some("charge declined".into());
+    up.cancel_requested = true;
+    up.branches = vec![BranchRecord {
+        index: 0,
+        name: "reserve".into(),
+        status: StepStatus::Succeeded,
+        attempts: 2,
+        output: Some(vec![1, 2, 3, 0]),
+        last_error: Some("timeout once".into()),
+        done_order: Some(1),
+    }];
+    up.events = vec![
+        event(3, "step_succeeded", Some(0)),
+        event(4, "compensating", None),
+    ];
+    let new_events = up.events.clone();
+    assert_eq!(apply_one(log, up).await, WriteOutcome::Updated);
+
+    let after = get(log, rec.id).await;
+    assert_eq!(after.state, TxState::Compensating);
+    assert_eq!(after.stage, 1);
+    assert_eq!(after.last_error.as_deref(), Some("charge declined"));
+    assert!(after.cancel_requested);
+    assert_eq!(after.last_seq, 4);
+    assert_eq!((after.owner.as_deref(), after.epoch), (Some("c1"), 1));
+    assert!(after.updated_at >= rec.updated_at);
+    assert_eq!(after.branches[0].status, StepStatus::Succeeded);
+    assert_eq!(after.branches[0].attempts, 2);
+    assert_eq!(after.branches[0].output, Some(vec![1, 2, 3, 0]));
+    assert_eq!(
+        after.branches[0].last_error.as_deref(),
+        Some("timeout once")
+    );
+    assert_eq!(after.branches[0].done_order, Some(1));
+    assert_eq!(
+        after.branches[1], rec.branches[1],
+        "untouched branch changed"
+    );
+
+    let events = log.events(rec.id, 0, 100).await.expect("events");
+    let seqs: Vec<_> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(events[2].branch, Some(0));
+    assert_eq!(events[2].kind, new_events[0].kind);
+    assert_eq!(events[3].at, new_events[1].at);
+
+    // Branch rows are replaced whole: clearing the output clears it.
+    let mut up = update_of(&after);
+    up.branches = vec![BranchRecord {
+        output: None,
+        status: StepStatus::Compensated,
+        ..after.branches[0].clone()
+    }];
+    assert_eq!(apply_one(log, up).await, WriteOutcome::Updated);
+    let again = get(log, rec.id).await;
+    assert_eq!(again.branches[0].output, None);
+    assert_eq!(again.branches[0].status, StepStatus::Compensated);
+    assert_eq!(again.last_seq, 4, "an update without events keeps last_seq");
+}
+
+async fn stale_owner_or_epoch_is_fenced(log: &dyn TxLog) {
+    let rec = create(log, new_tx("c1", TxState::Running)).await;
+    let changes = |mut up: TxUpdate| {
+        up.state = TxState::Compensating;
+        up.branches = vec![BranchRecord {
+            status: StepStatus::Failed,
+            ..rec.branches[0].clone()
+        }];
+        up.events = vec![event(3, "should_not_land", None)];
+        up
+    };
+    let wrong_epoch = TxUpdate {
+        epoch: rec.epoch + 1,
+        ..changes(update_of(&rec))
+    };
+    assert_eq!(apply_one(log, wrong_epoch).await, WriteOutcome::Fenced);
+    let wrong_owner = TxUpdate {
+        owner: "c2".into(),
+        ..changes(update_of(&rec))
+    };
+    assert_eq!(apply_one(log, wrong_owner).await, WriteOutcome::Fenced);
+    let missing = TxUpdate {
+        id: TxId::new(),
+        ..changes(update_of(&rec))
+    };
+    assert_eq!(apply_one(log, missing).await, WriteOutcome::Fenced);
+    assert_eq!(
+        get(log, rec.id).await,
+        rec,
+        "a fenced write changed the row"
+    );
+    assert_eq!(log.events(rec.id, 0, 100).await.expect("events").len(), 2);
+
+    // In a mixed batch the fenced write is skipped and the others still apply.
+    let other = create(log, new_tx("c1", TxState::Running)).await;
+    let fresh = new_tx("c1", TxState::Running);
+    let fresh_id = fresh.id;
+    let mut good = update_of(&other);
+    good.state = TxState::Committed;
+    good.events = vec![event(3, "committed", None)];
+    let outcomes = log
+        .apply(&[
+            LogWrite::Update(Box::new(good)),
+            LogWrite::Update(Box::new(TxUpdate {
+                epoch: 7,
+                ..changes(update_of(&rec))
+            })),
+            LogWrite::Create(Box::new(fresh)),
+        ])
+        .await
+        .expect("apply");
+    assert_eq!(
+        outcomes,
+        vec![
+            WriteOutcome::Updated,
+            WriteOutcome::Fenced,
+            WriteOutcome::Created
+        ]
+    );
+    assert_eq!(get(log, other.id).await.state, TxState::Committed);
+    assert_eq!(get(log, other.id).await.last_seq, 3);
+    assert_eq!(get(log, rec.id).await, rec);
+    assert!(log.get(fresh_id).await.expect("get").is_some());
+}
+
+async fn release_clears_owner(log: &dyn TxLog) {
+    let rec = create(log, new_tx("c1", TxState::Running)).await;
+    let mut up = update_of(&rec);
+    up.state = TxState::Committed;
+    up.release = true;
+    up.events = vec![event(3, "committed", None)];
+    assert_eq!(apply_one(log, up).await, WriteOutcome::Updated);
+    let after = get(log, rec.id).await;
+    assert_eq!(after.owner, None);
+    assert_eq!(after.state, TxState::Committed);
+    assert_eq!(after.epoch, rec.epoch);
+    // The former owner can no longer write.
+    assert_eq!(apply_one(log, update_of(&rec)).await, WriteOutcome::Fenced);
+}
+
+async fn claim_takes_unowned_and_stale_work(log: &dyn TxLog) {
+    log.heartbeat_coordinator("stale", "10.0.0.2:7600", "0.1.0")
+        .await
+        .expect("heartbeat");
+    let live_tx = create(log, new_tx("live", TxState::Running)).await;
+    let dead_tx = create(log, new_tx("dead", TxState::Compensating)).await;
+    let stale_tx = create(log, new_tx("stale", TxState::Preparing)).await;
+    let mine = create(log, new_tx("me", TxState::Running)).await;
+    let unowned = create(log, new_tx("gone", TxState::Committing)).await;
+    let mut release = update_of(&unowned);
+    release.release = true;
+    assert_eq!(apply_one(log, release).await, WriteOutcome::Updated);
+    let resting = create(log, new_tx("dead", TxState::Committed)).await;
+
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    log.heartbeat_coordinator("live", "10.0.0.1:7600", "0.1.0")
+        .await
+        .expect("heartbeat");
+    let claimed = log.claim("me", 100, 100).await.expect("claim");
+    assert_eq!(ids(&claimed), vec![dead_tx.id, stale_tx.id, unowned.id]);
+    for (got, before) in claimed.iter().zip([&dead_tx, &stale_tx, &unowned]) {
+        assert_eq!(got.owner.as_deref(), Some("me"));
+        assert_eq!(got.epoch, before.epoch + 1);
+        assert_eq!(
+            got.branches.len(),
+            2,
+            "claimed records carry their branches"
+        );
+        assert_eq!(got.state, before.state);
+        assert_eq!(get(log, got.id).await.owner.as_deref(), Some("me"));
+    }
+    assert_eq!(get(log, live_tx.id).await, live_tx);
+    assert_eq!(get(log, mine.id).await, mine);
+    assert_eq!(get(log, resting.id).await, resting);
+    assert!(log.claim("me", 100, 100).await.expect("claim").is_empty());
+
+    // The old owner is fenced out.
+    assert_eq!(
+        apply_one(log, update_of(&dead_tx)).await,
+        WriteOutcome::Fenced
+    );
+    // With a long lease the stale coordinator counts as alive again.
+    let another = create(log, new_tx("stale", TxState::Running)).await;
+    assert!(log
+        .claim("other", 60_000, 100)
+        .await
+        .expect("claim")
+        .iter()
+        .all(|r| r.id != another.id));
+}
+
+async fn claim_skips_resting_states(log: &dyn TxLog) {
+    let mut by_id = BTreeMap::new();
+    for state in TxState::ALL {
+        let rec = create(log, new_tx("dead", state)).await;
+        by_id.insert(rec.id, state);
+    }
+    let claimed = log.claim("me", 1_000, 100).await.expect("claim");
+    let claimed_states: BTreeSet<&str> = claimed.iter().map(|r| by_id[&r.id].as_str()).collect();
+    let expected: BTreeSet<&str> = TxState::ALL
+        .into_iter()
+        .filter(|s| !s.is_resting())
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(claimed_states, expected);
+}
+
+async fn claim_respects_limit(log: &dyn TxLog) {
+    // Both claimers are alive, so neither takes the other's work.
+    for claimer in ["me", "you"] {
+        log.heartbeat_coordinator(claimer, "a", "v")
+            .await
+            .expect("heartbeat");
+    }
+    let mut all = Vec::new();
+    for _ in 0..5 {
+        all.push(create(log, new_tx("dead", TxState::Running)).await.id);
+    }
+    all.sort();
+    let first = log.claim("me", 1_000, 2).await.expect("claim");
+    assert_eq!(ids(&first), all[..2].to_vec(), "oldest first");
+    let second = log.claim("you", 1_000, 2).await.expect("claim");
+    assert_eq!(ids(&second), all[2..4].to_vec());
+    let third = log.claim("me", 1_000, 2).await.expect("claim");
+    assert_eq!(ids(&third), all[4..].to_vec());
+    assert!(log.claim("me", 1_000, 0).await.expect("claim").is_empty());
+}
+
+async fn release_owned_hands_back_work(log: &dyn TxLog) {
+    for live in ["c1", "c2"] {
+        log.heartbeat_coordinator(live, "a", "v")
+            .await
+            .expect("heartbeat");
+    }
+    let a = create(log, new_tx("c1", TxState::Running)).await;
+    let b = create(log, new_tx("c1", TxState::Aborting)).await;
+    let done = create(log, new_tx("c1", TxState::Failed)).await;
+    let others = create(log, new_tx("c2", TxState::Running)).await;
+    assert_eq!(log.release_owned("c1").await.expect("release"), 2);
+    for before in [&a, &b] {
+        let after = get(log, before.id).await;
+        assert_eq!((after.owner, after.epoch), (None, before.epoch + 1));
+    }
+    assert_eq!(get(log, done.id).await, done);
+    assert_eq!(get(log, others.id).await, others);
+    assert_eq!(apply_one(log, update_of(&a)).await, WriteOutcome::Fenced);
+    // Handed-back work is claimable at once, even while c1 is alive.
+    let claimed = log.claim("c1", 60_000, 10).await.expect("claim");
+    assert_eq!(ids(&claimed), vec![a.id, b.id]);
+    assert_eq!(log.release_owned("nobody").await.expect("release"), 0);
+}
+
+async fn claim_one_checks_epoch(log: &dyn TxLog) {
+    let rec = create(log, new_tx("c1", TxState::Failed)).await;
+    assert!(log
+        .claim_one(rec.id, "operator", rec.epoch + 5)
+        .await
+        .expect("claim_one")
+        .is_none());
+    assert_eq!(get(log, rec.id).await, rec);
+    let claimed = log
+        .claim_one(rec.id, "c2", rec.epoch)
+        .await
+        .expect("claim_one")
+        .expect("claimed");
+    assert_eq!(claimed.owner.as_deref(), Some("c2"));
+    assert_eq!(claimed.epoch, rec.epoch + 1);
+    assert_eq!(claimed.branches, rec.branches);
+    assert_eq!(get(log, rec.id).await.owner.as_deref(), Some("c2"));
+    assert!(log
+        .claim_one(rec.id, "c3", rec.epoch)
+        .await
+        .expect("claim_one")
+        .is_none());
+    assert!(log
+        .claim_one(TxId::new(), "c3", 1)
+        .await
+        .expect("claim_one")
+        .is_none());
+}
+
+async fn list_filters_and_pages(log: &dyn TxLog) {
+    let mut recs = Vec::new();
+    let states = [
+        TxState::Running,
+        TxState::Committed,
+        TxState::Running,
+        TxState::Compensated,
+        TxState::Committed,
+        TxState::Running,
+        TxState::Failed,
+    ];
+    for (i, state) in states.into_iter().enumerate() {
+        let mut tx = new_tx("c1", state);
+        let env = if i % 2 == 0 { "prod" } else { "dev" };
+        tx.labels = BTreeMap::from([
+            ("env".to_string(), env.to_string()),
+            ("team".to_string(), format!("t{}", i % 3)),
+        ]);
+        recs.push(create(log, tx).await);
+        // Distinct creation times (millisecond precision) for the range filter.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let newest_first: Vec<TxId> = recs.iter().rev().map(|r| r.id).collect();
+    let list = |filter: ListFilter| async move { log.list(&filter).await.expect("list") };
+
+    let all = list(ListFilter {
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&all), newest_first);
+    assert!(all.iter().all(|r| r.branches.is_empty()));
+    assert_eq!(all.last().map(|r| &r.definition), Some(&recs[0].definition));
+
+    let running = list(ListFilter {
+        states: vec![TxState::Running],
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&running), vec![recs[5].id, recs[2].id, recs[0].id]);
+    let two_states = list(ListFilter {
+        states: vec![TxState::Committed, TxState::Failed],
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&two_states), vec![recs[6].id, recs[4].id, recs[1].id]);
+
+    let prod = list(ListFilter {
+        labels: BTreeMap::from([("env".to_string(), "prod".to_string())]),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        ids(&prod),
+        vec![recs[6].id, recs[4].id, recs[2].id, recs[0].id]
+    );
+    let prod_t0 = list(ListFilter {
+        labels: BTreeMap::from([
+            ("env".to_string(), "prod".to_string()),
+            ("team".to_string(), "t0".to_string()),
+        ]),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&prod_t0), vec![recs[6].id, recs[0].id]);
+    let none = list(ListFilter {
+        labels: BTreeMap::from([("env".to_string(), "staging".to_string())]),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert!(none.is_empty());
+
+    // created_after is inclusive, created_before exclusive.
+    let window = list(ListFilter {
+        created_after: Some(recs[2].created_at),
+        created_before: Some(recs[5].created_at),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&window), vec![recs[4].id, recs[3].id, recs[2].id]);
+    let combined = list(ListFilter {
+        states: vec![TxState::Running],
+        labels: BTreeMap::from([("env".to_string(), "prod".to_string())]),
+        created_after: Some(recs[1].created_at),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&combined), vec![recs[2].id]);
+
+    // Keyset paging visits every transaction once, in order.
+    let mut paged = Vec::new();
+    let mut before_id = None;
+    loop {
+        let page = list(ListFilter {
+            before_id,
+            limit: 2,
+            ..Default::default()
+        })
+        .await;
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        before_id = Some(last.id);
+        paged.extend(ids(&page));
+    }
+    assert_eq!(paged, newest_first);
+    // A zero limit still returns a row rather than nothing.
+    assert_eq!(list(ListFilter::default()).await.len(), 1);
+}
+
+async fn events_page_by_seq(log: &dyn TxLog) {
+    let rec = create(log, new_tx("c1", TxState::Running)).await;
+    let mut up = update_of(&rec);
+    up.events = (3..=6)
+        .map(|seq| event(seq, "step", Some(seq as u32 % 2)))
+        .collect();
+    assert_eq!(apply_one(log, up).await, WriteOutcome::Updated);
+    let seqs =
+        |events: Vec<baton::model::EventRecord>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(log.events(rec.id, 2, 2).await.expect("events")),
+        [3, 4]
+    );
+    assert_eq!(
+        seqs(log.events(rec.id, 4, 100).await.expect("events")),
+        [5, 6]
+    );
+    assert!(log.events(rec.id, 6, 100).await.expect("events").is_empty());
+    assert!(log
+        .events(TxId::new(), 0, 100)
+        .await
+        .expect("events")
+        .is_empty());
+    let one = log.events(rec.id, 4, 1).await.expect("events");
+    assert_eq!(one.len(), 1);
+    assert_eq!(
+        (one[0].seq, one[0].branch, one[0].detail.as_str()),
+        (5, Some(1), "detail of 5")
+    );
+}
+
+async fn participants_register_expire_deregister(log: &dyn TxLog) {
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    let forever = log
+        .register_participant("payments", "http://10.0.0.2:9000", 1, "", 0)
+        .await
+        .expect("register");
+    assert_eq!(forever.expires_at, None);
+    let leased = log
+        .register_participant("payments", "http://10.0.0.1:9000", 3, "eu-1", 60_000)
+        .await
+        .expect("register");
+    assert_eq!((leased.weight, leased.zone.as_str()), (3, "eu-1"));
+    let expires = leased.expires_at.expect("expiry");
+    assert!(expires > before + chrono::Duration::seconds(55));
+    let short = log
+        .register_participant("inventory", "http://10.0.0.3:9000", 1, "", 50)
+        .await
+        .expect("register");
+    assert!(short.expires_at.is_some());
+
+    let all = log.list_participants(None).await.expect("list");
+    let keys: Vec<_> = all
+        .iter()
+        .map(|p| (p.service.as_str(), p.endpoint.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("inventory", "http://10.0.0.3:9000"),
+            ("payments", "http://10.0.0.1:9000"),
+            ("payments", "http://10.0.0.2:9000"),
+        ]
+    );
+    assert_eq!(all[1], leased);
+    assert_eq!(
+        log.list_participants(Some("payments"))
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(log
+        .list_participants(Some("inventory"))
+        .await
+        .expect("list")
+        .is_empty());
+    assert!(
+        log.heartbeat_participant("inventory", "http://10.0.0.3:9000", 60_000)
+            .await
+            .expect("heartbeat")
+            .is_none(),
+        "an expired registration cannot be revived by a heartbeat"
+    );
+    let renewed = log
+        .heartbeat_participant("payments", "http://10.0.0.1:9000", 120_000)
+        .await
+        .expect("heartbeat")
+        .expect("registered");
+    assert!(renewed.expires_at.expect("expiry") > expires);
+    assert!(log
+        .heartbeat_participant("payments", "http://nowhere", 1_000)
+        .await
+        .expect("heartbeat")
+        .is_none());
+
+    // Registering again replaces the row, including its expiry.
+    let replaced = log
+        .register_participant("payments", "http://10.0.0.1:9000", 7, "eu-2", 0)
+        .await
+        .expect("register");
+    assert_eq!(
+        (replaced.weight, replaced.zone.as_str(), replaced.expires_at),
+        (7, "eu-2", None)
+    );
+    // And an expired one comes back on registration.
+    log.register_participant("inventory", "http://10.0.0.3:9000", 1, "", 0)
+        .await
+        .expect("register");
+    assert_eq!(log.list_participants(None).await.expect("list").len(), 3);
+
+    assert!(log
+        .deregister_participant("payments", "http://10.0.0.1:9000")
+        .await
+        .expect("deregister"));
+    assert!(!log
+        .deregister_participant("payments", "http://10.0.0.1:9000")
+        .await
+        .expect("deregister"));
+    let left = log.list_participants(Some("payments")).await.expect("list");
+    assert_eq!(left, vec![forever]);
+}
+
+async fn coordinators_heartbeat_and_count_owned(log: &dyn TxLog) {
+    log.heartbeat_coordinator("c1", "10.0.0.1:7600", "0.1.0")
+        .await
+        .expect("heartbeat");
+    log.heartbeat_coordinator("c2", "10.0.0.2:7600", "0.1.0")
+        .await
+        .expect("heartbeat");
+    create(log, new_tx("c1", TxState::Running)).await;
+    create(log, new_tx("c1", TxState::Committing)).await;
+    create(log, new_tx("c1", TxState::Committed)).await;
+
+    let listed = log.list_coordinators(60_000).await.expect("list");
+    let summary: Vec<_> = listed
+        .iter()
+        .map(|c| (c.id.as_str(), c.address.as_str(), c.owned))
+        .collect();
+    assert_eq!(
+        summary,
+        [("c1", "10.0.0.1:7600", 2), ("c2", "10.0.0.2:7600", 0)]
+    );
+    let first = listed[0].clone();
+    assert_eq!(first.version, "0.1.0");
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    log.heartbeat_coordinator("c1", "10.0.0.9:7600", "0.2.0")
+        .await
+        .expect("heartbeat");
+    let listed = log.list_coordinators(60_000).await.expect("list");
+    assert_eq!(
+        listed[0].started_at, first.started_at,
+        "a heartbeat keeps started_at"
+    );
+    assert!(listed[0].heartbeat_at > first.heartbeat_at);
+    assert_eq!(
+        (listed[0].address.as_str(), listed[0].version.as_str()),
+        ("10.0.0.9:7600", "0.2.0")
+    );
+
+    log.remove_coordinator("c2").await.expect("remove");
+    let listed = log.list_coordinators(60_000).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["c1"]
+    );
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        log.list_coordinators(50).await.expect("list").is_empty(),
+        "stale ones are not listed"
+    );
+}
+
+async fn concurrent_claimers_never_share_work(log: &dyn TxLog) {
+    let mut all = BTreeSet::new();
+    for _ in 0..24 {
+        all.insert(create(log, new_tx("dead", TxState::Running)).await.id);
+    }
+    for claimer in ["a", "b", "c"] {
+        log.heartbeat_coordinator(claimer, "x", "v")
+            .await
+            .expect("heartbeat");
+    }
+    let drain = |claimer: &'static str| async move {
+        let mut mine = Vec::new();
+        loop {
+            let batch = log.claim(claimer, 60_000, 3).await.expect("claim");
+            if batch.is_empty() {
+                return mine;
+            }
+            assert!(batch.iter().all(|r| r.owner.as_deref() == Some(claimer)));
+            mine.extend(ids(&batch));
+        }
+    };
+    let (a, b, c) = tokio::join!(drain("a"), drain("b"), drain("c"));
+    let mut claimed: Vec<TxId> = a.into_iter().chain(b).chain(c).collect();
+    claimed.sort();
+    let total = claimed.len();
+    claimed.dedup();
+    assert_eq!(total, claimed.len(), "a transaction was claimed twice");
+    assert_eq!(claimed.into_iter().collect::<BTreeSet<_>>(), all);
+}
+
+// ---- backend-specific behaviour ----
+
+#[tokio::test]
+async fn pg_unknown_state_text_is_corrupt() {
+    use sqlx::Connection;
+    let db = support::db::fresh_database().await;
+    let log = PgLog::connect(&db.url, &StoreOptions::default())
+        .await
+        .expect("connect");
+    log.migrate().await.expect("migrate");
+    let rec = create(&log, new_tx("c1", TxState::Running)).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("UPDATE baton_transactions SET state = 'exploded' WHERE id = $1")
+        .bind(rec.id.0)
+        .execute(&mut conn)
+        .await
+        .expect("corrupt the row");
+    match log.get(rec.id).await {
+        Err(StoreError::Corrupt { table, detail }) => {
+            assert_eq!(table, "baton_transactions");
+            assert!(detail.contains("exploded"), "{detail}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    sqlx::query("UPDATE baton_transactions SET state = 'running' WHERE id = $1")
+        .bind(rec.id.0)
+        .execute(&mut conn)
+        .await
+        .expect("repair the row");
+    sqlx::query("UPDATE baton_branches SET state = 'melted' WHERE tx_id = $1")
+        .bind(rec.id.0)
+        .execute(&mut conn)
+        .await
+        .expect("corrupt the branch");
+    assert!(matches!(
+        log.get(rec.id).await,
+        Err(StoreError::Corrupt {
+            table: "baton_branches",
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn sqlite_unknown_state_text_is_corrupt() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = support::db::sqlite_url(dir.path());
+    let log = SqliteLog::open(&url).await.expect("open");
+    log.migrate().await.expect("migrate");
+    let rec = create(&log, new_tx("c1", TxState::Running)).await;
+    // The advisory lock keeps out Baton processes, not a plain connection.
+    let mut conn = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
+    sqlx::query("UPDATE baton_transactions SET state = 'exploded' WHERE id = ?")
+        .bind(rec.id.to_string())
+        .execute(&mut conn)
+        .await
+        .expect("corrupt the row");
+    assert!(matches!(
+        log.list(&ListFilter::default()).await,
+        Err(StoreError::Corrupt {
+            table: "baton_transactions",
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn sqlite_file_is_locked_against_a_second_process() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = support::db::sqlite_url(dir.path());
+    let first = SqliteLog::open(&url).await.expect("open");
+    first.migrate().await.expect("migrate");
+    match SqliteLog::open(&url).await {
+        Err(StoreError::Locked(message)) => {
+            assert!(
+                message.contains("in use by another baton process"),
+                "{message}"
+            );
+            assert!(message.contains("postgres://"), "{message}");
+        }
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("a second open of {url} succeeded"),
+    }
+    // The `sqlite:path` spelling names the same file and the same lock.
+    let bare = format!("sqlite:{}", dir.path().join("baton.db").display());
+    assert!(matches!(
+        SqliteLog::open(&bare).await,
+        Err(StoreError::Locked(_))
+    ));
+    drop(first);
+    let reopened = SqliteLog::open(&bare)
+        .await
+        .expect("open after the first closed");
+    reopened.migrate().await.expect("migrate is idempotent");
+    reopened.ping().await.expect("ping");
+}
+
+#[tokio::test]
+async fn sqlite_data_survives_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = support::db::sqlite_url(dir.path());
+    let log = SqliteLog::open(&url).await.expect("open");
+    log.migrate().await.expect("migrate");
+    let rec = create(&log, new_tx("c1", TxState::Running)).await;
+    drop(log);
+    let log = SqliteLog::open(&url).await.expect("reopen");
+    assert_eq!(get(&log, rec.id).await, rec);
+}
+
+#[tokio::test]
+async fn open_dispatches_on_the_url_scheme() {
+    let options = StoreOptions::default();
+    let memory = baton::store::open("sqlite::memory:", &options)
+        .await
+        .expect("open memory");
+    memory.migrate().await.expect("migrate");
+    // A single connection, so every call sees the same in-memory database.
+    let rec = create(&*memory, new_tx("c1", TxState::Running)).await;
+    assert_eq!(
+        memory
+            .list(&ListFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(get(&*memory, rec.id).await.id, rec.id);
+
+    let db = support::db::fresh_database().await;
+    let pg = baton::store::open(&db.url, &options)
+        .await
+        .expect("open postgres");
+    pg.migrate().await.expect("migrate");
+    pg.ping().await.expect("ping");
+    let pg_alias = db.url.replacen("postgres://", "postgresql://", 1);
+    baton::store::open(&pg_alias, &options)
+        .await
+        .expect("open postgresql")
+        .ping()
+        .await
+        .expect("ping");
+
+    match baton::store::open("mysql://localhost/baton", &options).await {
+        Err(StoreError::UnsupportedUrl(url)) => assert_eq!(url, "mysql://localhost/baton"),
+        Err(other) => panic!("expected UnsupportedUrl, got {other}"),
+        Ok(_) => panic!("mysql url accepted"),
+    }
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_transient() {
+    let options = StoreOptions {
+        max_connections: 1,
+        acquire_timeout_ms: 500,
+    };
+    let err = PgLog::connect("postgres://postgres@127.0.0.1:1/postgres", &options)
+        .await
+        .err()
+        .expect("nothing listens on port 1");
+    assert!(err.is_transient(), "{err:?}");
+}

@@ -1,0 +1,4 @@
+//! Shared helpers of the integration test binaries (each uses only some of them).
+#![allow(dead_code)]
+
+pub mod db;
