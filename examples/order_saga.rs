@@ -44,7 +44,10 @@ async fn main() -> anyhow::Result<()> {
     let payments = Participant::new()
         .on_execute("charge", |req: Request| async move {
             let o: Order = req.json()?;
-            println!("  payments: charge {} cents for {}", o.amount_cents, o.order);
+            println!(
+                "  payments: charge {} cents for {}",
+                o.amount_cents, o.order
+            );
             Ok(Reply::output(format!("payment-{}", o.order).into_bytes()))
         })
         .on_compensate("charge", |req: Request| async move {
@@ -73,7 +76,9 @@ async fn main() -> anyhow::Result<()> {
         ("payments", &payments),
         ("shipping", &shipping),
     ] {
-        server.register(Registration::new(addr.clone(), service)).await?;
+        server
+            .register(Registration::new(addr.clone(), service))
+            .await?;
     }
 
     let client = Client::connect(addr.clone()).await?;
@@ -83,8 +88,16 @@ async fn main() -> anyhow::Result<()> {
             "order": format!("o-{run_id}-{n}"), "sku": sku, "qty": 1, "amount_cents": 1299,
         });
         let saga = Saga::new()
-            .step(Step::new("reserve", "inventory").compensate("reserve").json(&order)?)
-            .step(Step::new("charge", "payments").compensate("charge").json(&order)?)
+            .step(
+                Step::new("reserve", "inventory")
+                    .compensate("reserve")
+                    .json(&order)?,
+            )
+            .step(
+                Step::new("charge", "payments")
+                    .compensate("charge")
+                    .json(&order)?,
+            )
             .step(Step::new("ship", "shipping").json(&order)?)
             .idempotency_key(format!("order-{run_id}-{n}"))
             .label("example", "order_saga")

@@ -63,7 +63,10 @@ async fn main() -> anyhow::Result<()> {
         .on_execute("charge", |req: Request| async move {
             let charge: Charge = req.json()?;
             if charge.amount > 100 {
-                println!("  payments: decline {} (amount {})", req.tx_id, charge.amount);
+                println!(
+                    "  payments: decline {} (amount {})",
+                    req.tx_id, charge.amount
+                );
                 return Err(HandlerError::failed("card declined: amount over the limit"));
             }
             println!("  payments: charge {} for {}", charge.amount, req.tx_id);
@@ -120,7 +123,11 @@ async fn main() -> anyhow::Result<()> {
         println!("\n== {what}");
         let tx = client.run(order(amount)?).await?;
         let state = tx.state();
-        println!("transaction {} is {}", tx.tx_id, output::state_name(tx.state));
+        println!(
+            "transaction {} is {}",
+            tx.tx_id,
+            output::state_name(tx.state)
+        );
         if !tx.last_error.is_empty() {
             println!("reason: {}", tx.last_error);
         }

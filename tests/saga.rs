@@ -144,13 +144,14 @@ impl Scripted {
 #[tonic::async_trait]
 impl Participant for Scripted {
     async fn execute(&self, r: Request<BranchRequest>) -> Result<Response<BranchReply>, Status> {
-        self.handle(r.into_inner(), "execute").await.map(Response::new)
+        self.handle(r.into_inner(), "execute")
+            .await
+            .map(Response::new)
     }
-    async fn compensate(
-        &self,
-        r: Request<BranchRequest>,
-    ) -> Result<Response<BranchReply>, Status> {
-        self.handle(r.into_inner(), "compensate").await.map(Response::new)
+    async fn compensate(&self, r: Request<BranchRequest>) -> Result<Response<BranchReply>, Status> {
+        self.handle(r.into_inner(), "compensate")
+            .await
+            .map(Response::new)
     }
     async fn prepare(&self, _: Request<BranchRequest>) -> Result<Response<BranchReply>, Status> {
         Err(Status::unimplemented("prepare"))
@@ -203,7 +204,15 @@ const FAST: &[&str] = &[
 
 async fn coordinator(db: &TestDb, id: &str, extra: &[&str]) -> Coordinator {
     let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db.url, "--id", id])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+            "--id",
+            id,
+        ])
         .args(FAST)
         .args(extra)
         .env("BATON_LOG", "warn")
@@ -326,7 +335,11 @@ async fn happy_saga_runs_every_step_once_in_order() {
         ledger.applied_order(&tx.tx_id),
         vec![(0, "execute"), (1, "execute"), (2, "execute")]
     );
-    assert_eq!(ledger.deliveries(&tx.tx_id).len(), 3, "each step delivered once");
+    assert_eq!(
+        ledger.deliveries(&tx.tx_id).len(),
+        3,
+        "each step delivered once"
+    );
     assert_eq!(tx.branches[2].output, b"execute:ship");
     let events = co
         .client
@@ -367,7 +380,11 @@ async fn failing_step_compensates_earlier_steps_in_reverse() {
             (0, "compensate")
         ]
     );
-    assert!(tx.last_error.contains("insufficient funds"), "{}", tx.last_error);
+    assert!(
+        tx.last_error.contains("insufficient funds"),
+        "{}",
+        tx.last_error
+    );
     assert_eq!(tx.branches[2].state, "failed");
 }
 
@@ -381,7 +398,10 @@ async fn transient_errors_are_retried_and_permanent_ones_are_not() {
     let tx = run(
         &mut co.client,
         saga(vec![
-            with_payload(step("flaky", &p, "flaky", "undo"), serde_json::json!({"fail_first": 2})),
+            with_payload(
+                step("flaky", &p, "flaky", "undo"),
+                serde_json::json!({"fail_first": 2}),
+            ),
             hang,
         ]),
     )
@@ -396,7 +416,11 @@ async fn transient_errors_are_retried_and_permanent_ones_are_not() {
             .collect()
     };
     assert_eq!(attempts(0), vec![1, 2, 3], "two UNAVAILABLE then success");
-    assert_eq!(attempts(1), vec![1, 2], "a hang past the timeout is retried");
+    assert_eq!(
+        attempts(1),
+        vec![1, 2],
+        "a hang past the timeout is retried"
+    );
     assert_eq!(ledger.times_applied(&tx.tx_id, 0, "execute"), 1);
 
     let tx = run(
@@ -413,8 +437,16 @@ async fn transient_errors_are_retried_and_permanent_ones_are_not() {
         .into_iter()
         .filter(|d| d.branch == 1)
         .collect();
-    assert_eq!(rejected.len(), 1, "a permanent error is not retried: {rejected:?}");
-    assert!(tx.last_error.contains("no such account"), "{}", tx.last_error);
+    assert_eq!(
+        rejected.len(),
+        1,
+        "a permanent error is not retried: {rejected:?}"
+    );
+    assert!(
+        tx.last_error.contains("no such account"),
+        "{}",
+        tx.last_error
+    );
 }
 
 #[tokio::test]
@@ -432,7 +464,11 @@ async fn failed_compensation_waits_for_retry_then_compensates() {
     )
     .await;
     assert_eq!(state(&tx), TxState::Failed, "{tx:?}");
-    assert!(tx.last_error.contains("refund service is down"), "{}", tx.last_error);
+    assert!(
+        tx.last_error.contains("refund service is down"),
+        "{}",
+        tx.last_error
+    );
     assert_eq!(tx.branches[0].state, "compensation_failed");
     assert_eq!(ledger.times_applied(&tx.tx_id, 0, "compensate"), 0);
 
@@ -442,7 +478,11 @@ async fn failed_compensation_waits_for_retry_then_compensates() {
         .args(["tx", "retry", &tx.tx_id, "--addr", &co.endpoint])
         .output()
         .unwrap();
-    assert!(out.status.success(), "baton tx retry: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "baton tx retry: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tx = wait(&mut co.client, &tx.tx_id).await;
     assert_eq!(state(&tx), TxState::Compensated, "{tx:?}");
     assert_eq!(ledger.times_applied(&tx.tx_id, 0, "compensate"), 1);
@@ -456,7 +496,12 @@ async fn failed_compensation_waits_for_retry_then_compensates() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("only a failed transaction can be retried"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("only a failed transaction can be retried"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -491,7 +536,11 @@ async fn same_idempotency_key_gives_one_transaction() {
     other.idempotency_key = "order-42".into();
     let err = co.client.start(other).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    assert!(err.message().starts_with("idempotency_key:"), "{}", err.message());
+    assert!(
+        err.message().starts_with("idempotency_key:"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -503,7 +552,10 @@ async fn cancel_of_a_running_saga_compensates_it() {
         .client
         .start(saga(vec![
             step("reserve", &p, "ok", "undo"),
-            with_payload(step("charge", &p, "ok", "undo"), serde_json::json!({"sleep_ms": 500})),
+            with_payload(
+                step("charge", &p, "ok", "undo"),
+                serde_json::json!({"sleep_ms": 500}),
+            ),
             step("ship", &p, "ok", "undo"),
         ]))
         .await
@@ -528,7 +580,12 @@ async fn cancel_of_a_running_saga_compensates_it() {
     assert_eq!(state(&tx), TxState::Compensated, "{tx:?}");
     assert_eq!(
         ledger.applied_order(&id),
-        vec![(0, "execute"), (1, "execute"), (1, "compensate"), (0, "compensate")],
+        vec![
+            (0, "execute"),
+            (1, "execute"),
+            (1, "compensate"),
+            (0, "compensate")
+        ],
         "the in-flight step finished and was compensated first; ship never ran"
     );
     assert!(tx.last_error.contains("customer changed their mind"));
@@ -549,7 +606,10 @@ async fn killed_coordinator_resumes_the_saga_after_restart() {
     let (p, ledger) = participant().await;
     let mut co = coordinator(&db, "c1", &[]).await;
     let slow = |name: &str| {
-        with_payload(step(name, &p, "ok", "undo"), serde_json::json!({"sleep_ms": 300}))
+        with_payload(
+            step(name, &p, "ok", "undo"),
+            serde_json::json!({"sleep_ms": 300}),
+        )
     };
     let started = co
         .client
@@ -575,16 +635,28 @@ async fn killed_coordinator_resumes_the_saga_after_restart() {
         assert!(delivered >= 1, "step {branch} delivered");
         assert_eq!(ledger.times_applied(&id, branch, "execute"), 1);
     }
-    assert!(ledger.applied_order(&id).iter().all(|(_, p)| *p == "execute"));
+    assert!(ledger
+        .applied_order(&id)
+        .iter()
+        .all(|(_, p)| *p == "execute"));
 }
 
 #[tokio::test]
 async fn bad_input_gets_a_clear_status_and_writes_nothing() {
     let db = fresh_database().await;
     let (p, _ledger) = participant().await;
-    let mut co = coordinator(&db, "c1", &["--max-payload-bytes", "1024", "--max-steps", "3"]).await;
+    let mut co = coordinator(
+        &db,
+        "c1",
+        &["--max-payload-bytes", "1024", "--max-steps", "3"],
+    )
+    .await;
     let cases: Vec<(StartRequest, Code, &str)> = vec![
-        (saga(vec![]), Code::InvalidArgument, "saga.steps: a saga needs at least one step"),
+        (
+            saga(vec![]),
+            Code::InvalidArgument,
+            "saga.steps: a saga needs at least one step",
+        ),
         (
             StartRequest::default(),
             Code::InvalidArgument,
@@ -608,7 +680,11 @@ async fn bad_input_gets_a_clear_status_and_writes_nothing() {
             "saga.steps[0].payload: 2048 bytes exceed the limit of 1024",
         ),
         (
-            saga((0..4).map(|i| step(&format!("s{i}"), &p, "ok", "undo")).collect()),
+            saga(
+                (0..4)
+                    .map(|i| step(&format!("s{i}"), &p, "ok", "undo"))
+                    .collect(),
+            ),
             Code::ResourceExhausted,
             "saga.steps: 4 steps exceed the limit of 3",
         ),
@@ -616,7 +692,11 @@ async fn bad_input_gets_a_clear_status_and_writes_nothing() {
     for (req, code, message) in cases {
         let err = co.client.start(req).await.unwrap_err();
         assert_eq!(err.code(), code, "{message}: got {}", err.message());
-        assert!(err.message().starts_with(message), "{:?} is not {message:?}", err.message());
+        assert!(
+            err.message().starts_with(message),
+            "{:?} is not {message:?}",
+            err.message()
+        );
     }
     let listed = co
         .client
@@ -624,12 +704,17 @@ async fn bad_input_gets_a_clear_status_and_writes_nothing() {
         .await
         .unwrap()
         .into_inner();
-    assert!(listed.transactions.is_empty(), "nothing was written: {listed:?}");
+    assert!(
+        listed.transactions.is_empty(),
+        "nothing was written: {listed:?}"
+    );
 
     let unknown = baton::model::TxId::new().to_string();
     let err = co
         .client
-        .get(proto::GetRequest { tx_id: unknown.clone() })
+        .get(proto::GetRequest {
+            tx_id: unknown.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -662,7 +747,10 @@ async fn watch_streams_the_history_until_the_outcome() {
     let started = co
         .client
         .start(saga(vec![
-            with_payload(step("a", &p, "ok", "undo"), serde_json::json!({"sleep_ms": 100})),
+            with_payload(
+                step("a", &p, "ok", "undo"),
+                serde_json::json!({"sleep_ms": 100}),
+            ),
             step("b", &p, "fail", "undo"),
         ]))
         .await
@@ -687,8 +775,16 @@ async fn watch_streams_the_history_until_the_outcome() {
         seqs.push(event.seq);
     }
     assert_eq!(kinds.first().map(String::as_str), Some("accepted"));
-    assert_eq!(kinds.last().map(String::as_str), Some("compensated"), "{kinds:?}");
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gaps, no repeats");
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("compensated"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "no gaps, no repeats"
+    );
 }
 
 #[tokio::test]
@@ -698,7 +794,10 @@ async fn deadline_compensates_a_saga_that_runs_too_long() {
     let mut co = coordinator(&db, "c1", &[]).await;
     let mut req = saga(vec![
         step("a", &p, "ok", "undo"),
-        with_payload(step("b", &p, "ok", "undo"), serde_json::json!({"sleep_ms": 400})),
+        with_payload(
+            step("b", &p, "ok", "undo"),
+            serde_json::json!({"sleep_ms": 400}),
+        ),
         step("c", &p, "ok", "undo"),
     ]);
     req.timeout_ms = 200;

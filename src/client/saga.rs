@@ -218,7 +218,7 @@ impl From<Saga> for StartRequest {
 /// Whole milliseconds, rounded up so that a small non-zero duration never becomes 0 (which the
 /// protocol reads as "use the default").
 pub(crate) fn millis(duration: Duration) -> u64 {
-    let ms = duration.as_millis() + u128::from(duration.subsec_nanos() % 1_000_000 != 0);
+    let ms = duration.as_millis() + u128::from(!duration.subsec_nanos().is_multiple_of(1_000_000));
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
