@@ -807,3 +807,62 @@ async fn deadline_compensates_a_saga_that_runs_too_long() {
     assert_eq!(ledger.times_applied(&tx.tx_id, 2, "execute"), 0);
     assert_eq!(ledger.times_applied(&tx.tx_id, 0, "compensate"), 1);
 }
+
+fn cli(co: &Coordinator, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(args)
+        .args(["--addr", &co.endpoint])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn cli_lists_shows_and_explains_errors() {
+    let db = fresh_database().await;
+    let (p, _ledger) = participant().await;
+    let mut co = coordinator(&db, "c1", &[]).await;
+    let mut req = saga(vec![
+        step("reserve", &p, "ok", "undo"),
+        step("charge", &p, "fail", "undo"),
+    ]);
+    req.labels.insert("order".into(), "7".into());
+    let tx = run(&mut co.client, req).await;
+
+    let (ok, out, err) = cli(&co, &["tx", "list", "--json", "--label", "order=7"]);
+    assert!(ok, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["transactions"][0]["tx_id"], tx.tx_id.as_str());
+    assert_eq!(listed["transactions"][0]["state"], "compensated");
+
+    let (ok, out, err) = cli(&co, &["tx", "show", &tx.tx_id]);
+    assert!(ok, "{err}");
+    for want in [
+        "compensated",
+        "reserve",
+        "charge",
+        "execute_failed",
+        "compensate_ok",
+        "+START",
+    ] {
+        assert!(out.contains(want), "tx show lacks {want:?}:\n{out}");
+    }
+    let (ok, out, _) = cli(&co, &["tx", "events", &tx.tx_id, "--json"]);
+    assert!(ok);
+    let events: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(events["events"][0]["kind"], "accepted", "{out}");
+
+    let (ok, _, err) = cli(&co, &["tx", "cancel", &tx.tx_id]);
+    assert!(!ok);
+    assert!(
+        err.contains("has already ended (compensated)") && err.contains("FAILED_PRECONDITION"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&co, &["tx", "show", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("tx_id:"), "{err}");
+}

@@ -207,7 +207,6 @@ pub fn tx_table(transactions: &[Transaction]) -> String {
         "STATE",
         "CREATED",
         "UPDATED",
-        "BRANCHES",
         "LABELS",
         "LAST ERROR",
     ]);
@@ -218,7 +217,6 @@ pub fn tx_table(transactions: &[Transaction]) -> String {
             state_name(tx.state),
             time(tx.created_at_ms),
             time(tx.updated_at_ms),
-            tx.branches.len().to_string(),
             or_dash(&labels_text(&tx.labels)).to_string(),
             or_dash(&tx.last_error).to_string(),
         ]);
