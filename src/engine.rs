@@ -42,6 +42,9 @@ pub enum Event {
     Cancel { reason: String },
     /// The transaction's deadline passed.
     DeadlineExpired,
+    /// 2PC: the prepare timeout passed (armed by the driver from `prepare_timeout_ms`, counted
+    /// from when the transaction was accepted).
+    PrepareTimeout,
     /// An operator asked to resume a `failed` transaction.
     Retry,
 }

@@ -345,10 +345,24 @@ pub enum StepStatus {
     Compensated,
     /// Its compensation exhausted the retry budget; waits for an operator.
     CompensationFailed,
+    /// 2PC: voted yes (prepared); waits for the decision.
+    Prepared,
+    /// 2PC: `Commit` is in flight.
+    Committing,
+    /// 2PC: `Commit` failed; the next attempt is scheduled (phase two never gives up).
+    CommitBackoff,
+    /// 2PC: committed.
+    Committed,
+    /// 2PC: `Abort` is in flight.
+    Aborting,
+    /// 2PC: `Abort` failed; the next attempt is scheduled.
+    AbortBackoff,
+    /// 2PC: aborted (or never prepared, so nothing to abort).
+    Aborted,
 }
 
 impl StepStatus {
-    pub const ALL: [StepStatus; 10] = [
+    pub const ALL: [StepStatus; 17] = [
         StepStatus::Pending,
         StepStatus::Running,
         StepStatus::Backoff,
@@ -359,6 +373,13 @@ impl StepStatus {
         StepStatus::CompensateBackoff,
         StepStatus::Compensated,
         StepStatus::CompensationFailed,
+        StepStatus::Prepared,
+        StepStatus::Committing,
+        StepStatus::CommitBackoff,
+        StepStatus::Committed,
+        StepStatus::Aborting,
+        StepStatus::AbortBackoff,
+        StepStatus::Aborted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -373,6 +394,13 @@ impl StepStatus {
             StepStatus::CompensateBackoff => "compensate_backoff",
             StepStatus::Compensated => "compensated",
             StepStatus::CompensationFailed => "compensation_failed",
+            StepStatus::Prepared => "prepared",
+            StepStatus::Committing => "committing",
+            StepStatus::CommitBackoff => "commit_backoff",
+            StepStatus::Committed => "committed",
+            StepStatus::Aborting => "aborting",
+            StepStatus::AbortBackoff => "abort_backoff",
+            StepStatus::Aborted => "aborted",
         }
     }
 }

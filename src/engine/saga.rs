@@ -83,6 +83,8 @@ impl Saga<'_> {
                     self.start_compensating("deadline exceeded".to_string());
                 }
             }
+            // A saga has no prepare phase.
+            Event::PrepareTimeout => {}
         }
         Ok(())
     }
