@@ -4,7 +4,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,13 +13,12 @@ use baton::proto::participant_server::{Participant, ParticipantServer};
 use baton::proto::{
     self, BranchReply, BranchRequest, Outcome, Saga, SagaStep, StartRequest, TxState,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use support::db::{fresh_database, TestDb};
+use support::process::{self, until, Coordinator};
 
 // ---------------------------------------------------------------------------------------------
 // A scriptable participant that keeps a ledger of what it was asked and what it applied.
@@ -180,74 +178,8 @@ async fn participant() -> (String, Arc<Ledger>) {
     (endpoint, ledger)
 }
 
-// ---------------------------------------------------------------------------------------------
-// A `baton serve` child process.
-
-struct Coordinator {
-    child: Child,
-    endpoint: String,
-    client: CoordinatorClient<Channel>,
-}
-
-const FAST: &[&str] = &[
-    "--default-initial-backoff-ms",
-    "20",
-    "--default-max-backoff-ms",
-    "200",
-    "--default-timeout-ms",
-    "2000",
-    "--claim-interval-ms",
-    "200",
-    "--lease-ms",
-    "3000",
-];
-
 async fn coordinator(db: &TestDb, id: &str, extra: &[&str]) -> Coordinator {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            &db.url,
-            "--id",
-            id,
-        ])
-        .args(FAST)
-        .args(extra)
-        .env("BATON_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn baton serve");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("baton serve did not start within 60 s")
-        .unwrap()
-        .expect("baton serve exited before listening");
-    let endpoint = line
-        .split_whitespace()
-        .last()
-        .expect("listening line names the address")
-        .to_string();
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let client = CoordinatorClient::connect(endpoint.clone()).await.unwrap();
-    Coordinator {
-        child,
-        endpoint,
-        client,
-    }
-}
-
-impl Coordinator {
-    async fn kill9(&mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
-    }
+    process::coordinator(&db.url, id, extra, &[]).await
 }
 
 fn step(name: &str, endpoint: &str, action: &str, compensate: &str) -> SagaStep {
@@ -301,17 +233,6 @@ async fn wait(c: &mut CoordinatorClient<Channel>, id: &str) -> proto::Transactio
 
 fn state(tx: &proto::Transaction) -> TxState {
     TxState::try_from(tx.state).unwrap()
-}
-
-/// Polls the ledger (test-side only) until `pred` holds.
-async fn until(what: &str, mut pred: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if pred() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 // ---------------------------------------------------------------------------------------------

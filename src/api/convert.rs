@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 use tonic::Status;
 
 use crate::model::{
-    BranchRecord, Definition, EventRecord, ParticipantRecord, RetryPolicy, SagaDef, StepDef,
-    StepKind, Target, TxKind, TxRecord, TxState,
+    BranchDef, BranchRecord, Definition, EventRecord, ParticipantRecord, RetryPolicy, SagaDef,
+    StepDef, StepKind, StepStatus, Target, TwoPhaseDef, TxKind, TxRecord, TxState,
 };
 use crate::proto;
 
@@ -284,6 +284,99 @@ pub fn saga(
     Ok(SagaDef { steps })
 }
 
+/// The two-phase commit as the engine expects it: defaults filled in, fields checked.
+pub fn two_phase(
+    given: &proto::TwoPhase,
+    default_timeout_ms: u64,
+    default_retry: &RetryPolicy,
+    limits: &Limits,
+) -> Result<TwoPhaseDef, Status> {
+    if given.branches.is_empty() {
+        return Err(invalid(
+            "two_phase.branches",
+            "a two-phase commit needs at least one branch",
+        ));
+    }
+    if given.branches.len() > limits.max_steps {
+        return Err(too_large(
+            "two_phase.branches",
+            format!(
+                "{} branches exceed the limit of {}",
+                given.branches.len(),
+                limits.max_steps
+            ),
+        ));
+    }
+    if given.prepare_timeout_ms > limits.max_call_timeout_ms {
+        return Err(invalid(
+            "two_phase.prepare_timeout_ms",
+            format!(
+                "{} exceeds the limit of {}",
+                given.prepare_timeout_ms, limits.max_call_timeout_ms
+            ),
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut branches = Vec::with_capacity(given.branches.len());
+    for (i, b) in given.branches.iter().enumerate() {
+        let field = format!("two_phase.branches[{i}]");
+        check_name(&format!("{field}.name"), &b.name, limits)?;
+        if !names.insert(b.name.as_str()) {
+            return Err(invalid(
+                &format!("{field}.name"),
+                format!("duplicate branch name {:?}", b.name),
+            ));
+        }
+        let target = target(&field, &b.service, &b.endpoint, limits)?;
+        check_name(&format!("{field}.action"), &b.action, limits)?;
+        if b.payload.len() > limits.max_payload_bytes {
+            return Err(too_large(
+                &format!("{field}.payload"),
+                format!(
+                    "{} bytes exceed the limit of {}",
+                    b.payload.len(),
+                    limits.max_payload_bytes
+                ),
+            ));
+        }
+        if b.timeout_ms > limits.max_call_timeout_ms {
+            return Err(invalid(
+                &format!("{field}.timeout_ms"),
+                format!(
+                    "{} exceeds the limit of {}",
+                    b.timeout_ms, limits.max_call_timeout_ms
+                ),
+            ));
+        }
+        branches.push(BranchDef {
+            name: b.name.clone(),
+            target,
+            action: b.action.clone(),
+            payload: b.payload.clone(),
+            timeout_ms: if b.timeout_ms == 0 {
+                default_timeout_ms
+            } else {
+                b.timeout_ms
+            },
+            retry: retry_policy(
+                &format!("{field}.retry"),
+                b.retry.as_ref(),
+                default_retry,
+                limits,
+            )?,
+        });
+    }
+    Ok(TwoPhaseDef {
+        branches,
+        // The prepare phase gets the branches' own timeouts and retries unless told otherwise.
+        prepare_timeout_ms: if given.prepare_timeout_ms == 0 {
+            default_timeout_ms.saturating_mul(3)
+        } else {
+            given.prepare_timeout_ms
+        },
+    })
+}
+
 fn check_kinds(steps: &[StepDef]) -> Result<(), Status> {
     let pivots: Vec<usize> = steps
         .iter()
@@ -434,8 +527,20 @@ pub fn transaction(tx: &TxRecord) -> proto::Transaction {
             .collect(),
         owner: tx.owner.clone().unwrap_or_default(),
         epoch: tx.epoch.max(0) as u64,
-        in_doubt: false,
+        in_doubt: in_doubt(tx),
     }
+}
+
+/// A 2PC in phase two with a branch whose last call failed: decided, not yet acknowledged.
+pub fn in_doubt(tx: &TxRecord) -> bool {
+    matches!(tx.state, TxState::Committing | TxState::Aborting)
+        && tx.branches.iter().any(|b| {
+            matches!(
+                b.status,
+                StepStatus::CommitBackoff | StepStatus::AbortBackoff
+            ) || (b.last_error.is_some()
+                && !matches!(b.status, StepStatus::Committed | StepStatus::Aborted))
+        })
 }
 
 /// The wire form of a history entry.

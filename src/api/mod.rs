@@ -70,11 +70,17 @@ impl CoordinatorService {
 
     /// Checks that every service a step names has an endpoint now.
     async fn check_services(&self, def: &Definition) -> Result<(), Status> {
-        let Definition::Saga(saga) = def else {
-            return Ok(());
+        let (field, targets): (&str, Vec<&crate::model::Target>) = match def {
+            Definition::Saga(saga) => {
+                ("saga.steps", saga.steps.iter().map(|s| &s.target).collect())
+            }
+            Definition::TwoPhase(tp) => (
+                "two_phase.branches",
+                tp.branches.iter().map(|b| &b.target).collect(),
+            ),
         };
-        for (i, step) in saga.steps.iter().enumerate() {
-            if let crate::model::Target::Service(name) = &step.target {
+        for (i, target) in targets.into_iter().enumerate() {
+            if let crate::model::Target::Service(name) = target {
                 let known = self
                     .co
                     .registry()
@@ -83,7 +89,7 @@ impl CoordinatorService {
                     .map_err(|e| Status::unavailable(e.to_string()))?;
                 if !known {
                     return Err(Status::invalid_argument(format!(
-                        "saga.steps[{i}].service: unknown participant service {name:?} (register an endpoint for it first, or give an endpoint)"
+                        "{field}[{i}].service: unknown participant service {name:?} (register an endpoint for it first, or give an endpoint)"
                     )));
                 }
             }
@@ -154,10 +160,13 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
                 &config.default_retry,
                 &self.limits,
             )?),
-            Some(proto::start_request::Definition::TwoPhase(_)) => {
-                return Err(Status::unimplemented(
-                    "two_phase: this coordinator does not run two-phase commits yet",
-                ))
+            Some(proto::start_request::Definition::TwoPhase(tp)) => {
+                Definition::TwoPhase(convert::two_phase(
+                    tp,
+                    config.default_timeout.as_millis() as u64,
+                    &config.default_retry,
+                    &self.limits,
+                )?)
             }
         };
         let labels = convert::labels("labels", &req.labels, &self.limits)?;
@@ -182,7 +191,10 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         let new = NewTx {
             id: TxId::new(),
             definition: definition.clone(),
-            state: TxState::Running,
+            state: match definition {
+                Definition::Saga(_) => TxState::Running,
+                Definition::TwoPhase(_) => TxState::Preparing,
+            },
             labels,
             idempotency_key: idempotency_key.clone(),
             owner: config.id.clone(),
@@ -193,7 +205,10 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
                 at: now,
                 kind: "accepted".into(),
                 branch: None,
-                detail: format!("{} with {steps} steps", definition.kind().as_str()),
+                detail: match definition {
+                    Definition::Saga(_) => format!("saga with {steps} steps"),
+                    Definition::TwoPhase(_) => format!("two-phase commit with {steps} branches"),
+                },
             }],
         };
         let (id, created) = match self.co.start(new).await.map_err(status_of)? {

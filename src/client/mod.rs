@@ -21,6 +21,7 @@
 
 mod error;
 mod saga;
+mod two_phase;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,6 +37,7 @@ use tonic::{Code, Status};
 pub use self::error::{code_name, ClientError};
 use self::saga::millis;
 pub use self::saga::{Saga, Step};
+pub use self::two_phase::{Branch as TwoPhaseBranch, Tcc, TwoPhase};
 use crate::proto::coordinator_client::CoordinatorClient;
 pub use crate::proto::{
     Branch, CoordinatorInfo, ListResponse, ParticipantEndpoint, StartRequest, StepKind,

@@ -146,7 +146,7 @@ pub(crate) struct TxOptions {
 }
 
 impl TxOptions {
-    fn apply(self, request: &mut StartRequest) {
+    pub(crate) fn apply(self, request: &mut StartRequest) {
         request.idempotency_key = self.idempotency_key.unwrap_or_default();
         request.labels = self.labels;
         request.timeout_ms = self.timeout.map(millis).unwrap_or(0);

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::call::{self, CallSpec};
 use super::{Command, Coordinator, WriteError};
 use crate::engine::{self, Action, Decision, Event, Refused};
-use crate::model::{Definition, EventRecord, Phase, TxRecord};
+use crate::model::{Definition, EventRecord, Phase, TxRecord, TxState};
 use crate::proto::StepOutput;
 use crate::store::{LogWrite, NewEvent, TxUpdate, WriteOutcome};
 
@@ -64,10 +64,13 @@ impl Driver {
     async fn run(mut self, first: Event, mut commands: mpsc::Receiver<Command>) {
         let stop = self.co.stop.clone();
         let mut queue = VecDeque::from([first]);
-        let mut deadline = self.tx.deadline_at.map(|at| {
-            let left = (at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
-            tokio::time::Instant::now() + left
-        });
+        let mut deadline = self.tx.deadline_at.map(instant_of);
+        let mut prepare_timeout = match (&self.tx.definition, self.tx.state) {
+            (Definition::TwoPhase(tp), TxState::Preparing) => Some(instant_of(
+                self.tx.created_at + chrono::Duration::milliseconds(tp.prepare_timeout_ms as i64),
+            )),
+            _ => None,
+        };
         loop {
             while let Some(event) = queue.pop_front() {
                 match self.apply(event).await {
@@ -113,6 +116,10 @@ impl Driver {
                     deadline = None;
                     queue.push_back(Event::DeadlineExpired);
                 }
+                _ = sleep_until(prepare_timeout), if prepare_timeout.is_some() => {
+                    prepare_timeout = None;
+                    queue.push_back(Event::PrepareTimeout);
+                }
             }
         }
     }
@@ -125,12 +132,16 @@ impl Driver {
     /// One event: decide, record, act.
     async fn apply(&mut self, event: Event) -> Result<Result<(), Refused>, Stop> {
         let jitter: f64 = rand::random();
+        let state_before = self.tx.state;
         let decision = match engine::decide(&mut self.tx, event, chrono::Utc::now(), jitter) {
             Ok(d) => d,
             Err(refused) => return Ok(Err(refused)),
         };
         match self.persist(&decision).await? {
             Persisted::Written => {
+                if state_before != TxState::Committing && self.tx.state == TxState::Committing {
+                    super::failpoint::hit(super::failpoint::AFTER_COMMIT_DECISION).await;
+                }
                 for action in decision.actions {
                     self.launch(action);
                 }
@@ -288,19 +299,40 @@ impl Driver {
     }
 
     fn call_spec(&self, branch: u32, phase: Phase, attempt: u32) -> Option<CallSpec> {
-        let Definition::Saga(saga) = &self.tx.definition else {
-            return None;
+        let (name, target, action, payload, timeout_ms) = match &self.tx.definition {
+            Definition::Saga(saga) => {
+                let step = saga.steps.get(branch as usize)?;
+                let action = match phase {
+                    Phase::Compensate => step.compensate.clone()?,
+                    _ => step.action.clone(),
+                };
+                (
+                    &step.name,
+                    &step.target,
+                    action,
+                    &step.payload,
+                    step.timeout_ms,
+                )
+            }
+            // Prepare, Commit and Abort all carry the branch's action; the RPC names the phase.
+            Definition::TwoPhase(tp) => {
+                let b = tp.branches.get(branch as usize)?;
+                (
+                    &b.name,
+                    &b.target,
+                    b.action.clone(),
+                    &b.payload,
+                    b.timeout_ms,
+                )
+            }
         };
-        let step = saga.steps.get(branch as usize)?;
-        let action = match phase {
-            Phase::Compensate => step.compensate.clone()?,
-            _ => step.action.clone(),
-        };
+        // Later phases of a branch also see its own earlier output.
+        let own_output_too = !matches!(phase, Phase::Execute | Phase::Prepare);
         let outputs = self
             .tx
             .branches
             .iter()
-            .filter(|b| phase == Phase::Compensate || b.index != branch)
+            .filter(|b| own_output_too || b.index != branch)
             .filter_map(|b| {
                 b.output.as_ref().map(|output| StepOutput {
                     index: b.index,
@@ -312,17 +344,23 @@ impl Driver {
         Some(CallSpec {
             tx_id: self.tx.id,
             branch,
-            branch_name: step.name.clone(),
-            target: step.target.clone(),
+            branch_name: name.clone(),
+            target: target.clone(),
             phase,
             action,
-            payload: step.payload.clone(),
+            payload: payload.clone(),
             attempt,
-            timeout: Duration::from_millis(step.timeout_ms.max(1)),
+            timeout: Duration::from_millis(timeout_ms.max(1)),
             outputs,
             labels: self.tx.labels.clone(),
         })
     }
+}
+
+/// The monotonic instant of a wall-clock time (now, if it has passed).
+fn instant_of(at: chrono::DateTime<chrono::Utc>) -> tokio::time::Instant {
+    let left = (at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -8,6 +8,7 @@
 
 pub mod call;
 mod driver;
+pub mod failpoint;
 pub mod writer;
 
 use std::collections::HashMap;

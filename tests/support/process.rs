@@ -1,0 +1,95 @@
+//! A real `baton serve` child process for end-to-end tests.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use baton::proto::coordinator_client::CoordinatorClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// Short retry, claim and lease times so tests run in seconds.
+pub const FAST: &[&str] = &[
+    "--default-initial-backoff-ms",
+    "20",
+    "--default-max-backoff-ms",
+    "200",
+    "--default-timeout-ms",
+    "2000",
+    "--claim-interval-ms",
+    "200",
+    "--lease-ms",
+    "3000",
+];
+
+/// A running coordinator process and a client connected to it.
+pub struct Coordinator {
+    pub child: Child,
+    pub endpoint: String,
+    pub client: CoordinatorClient<Channel>,
+}
+
+/// Starts `baton serve` on a free loopback port against `database_url`, with [`FAST`] settings,
+/// then `extra` flags and `env` variables; waits until it listens.
+pub async fn coordinator(
+    database_url: &str,
+    id: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Coordinator {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--database-url", database_url, "--id", id])
+        .args(FAST)
+        .args(extra)
+        .env("BATON_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn baton serve");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("baton serve did not start within 60 s")
+        .expect("read baton serve's stdout")
+        .expect("baton serve exited before listening");
+    let endpoint = line
+        .split_whitespace()
+        .last()
+        .expect("the listening line names the address")
+        .to_string();
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let client = CoordinatorClient::connect(endpoint.clone())
+        .await
+        .expect("connect to baton serve");
+    Coordinator {
+        child,
+        endpoint,
+        client,
+    }
+}
+
+impl Coordinator {
+    /// SIGKILL, and reap the process.
+    pub async fn kill9(&mut self) {
+        self.child.start_kill().expect("send SIGKILL");
+        self.child.wait().await.expect("reap baton serve");
+    }
+}
+
+/// Polls `pred` every 10 ms for up to 10 s.
+pub async fn until(what: &str, mut pred: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if pred() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
