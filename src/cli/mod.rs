@@ -1,6 +1,7 @@
 //! The `baton` command line: `serve`, `migrate`, and the operator commands `tx` and
 //! `participants`, which talk to a coordinator through the client SDK.
 
+mod coordinators;
 pub mod output;
 mod participants;
 pub mod serve;
@@ -58,6 +59,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ParticipantsCommand,
     },
+    /// The live coordinators sharing this log, with the unfinished transactions each owns.
+    Coordinators {
+        /// Where the coordinator is, and how to print.
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 /// Options of every command that talks to a running coordinator.
@@ -89,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => serve::migrate(args).await,
         Command::Tx { remote, command } => tx::run(&remote, command).await,
         Command::Participants { remote, command } => participants::run(&remote, command).await,
+        Command::Coordinators { remote } => coordinators::run(&remote).await,
     }
 }
 

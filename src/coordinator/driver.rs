@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::call::{self, CallSpec};
@@ -36,10 +37,12 @@ pub(super) async fn drive(
     first: Event,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<EventRecord>,
+    stop: CancellationToken,
 ) {
     let span = tracing::info_span!("tx", tx_id = %tx.id);
     Driver {
         co: co.clone(),
+        stop,
         tx,
         work: JoinSet::new(),
         events,
@@ -52,6 +55,8 @@ pub(super) async fn drive(
 
 struct Driver {
     co: Arc<Coordinator>,
+    /// Cancelled at shutdown, or when this coordinator can no longer renew its lease.
+    stop: CancellationToken,
     tx: TxRecord,
     /// In-flight calls and retry timers; each yields the event it produces.
     work: JoinSet<Event>,
@@ -62,7 +67,7 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self, first: Event, mut commands: mpsc::Receiver<Command>) {
-        let stop = self.co.stop.clone();
+        let stop = self.stop.clone();
         let mut queue = VecDeque::from([first]);
         let mut deadline = self.tx.deadline_at.map(instant_of);
         let mut prepare_timeout = match (&self.tx.definition, self.tx.state) {
@@ -238,7 +243,7 @@ impl Driver {
         let mut delay = Duration::from_millis(50);
         loop {
             tokio::select! {
-                _ = self.co.stop.cancelled() => return Err(Stop),
+                _ = self.stop.cancelled() => return Err(Stop),
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(5));

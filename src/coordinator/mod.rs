@@ -133,6 +133,11 @@ pub struct Coordinator {
     inflight: Arc<Semaphore>,
     tracker: TaskTracker,
     stop: CancellationToken,
+    /// What running drivers watch: replaced by a fresh child of `stop` each time this coordinator
+    /// regains its lease after losing it.
+    driving: Mutex<CancellationToken>,
+    /// Whether the heartbeat is current (false while the log is unreachable for too long).
+    has_lease: std::sync::atomic::AtomicBool,
     writer_stop: CancellationToken,
 }
 
@@ -141,6 +146,7 @@ impl Coordinator {
     /// [`Coordinator::run_background`] to resume work and keep membership.
     pub fn new(config: Config, store: Arc<dyn TxLog>, registry: Arc<Registry>) -> Arc<Self> {
         let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
         let writer_stop = CancellationToken::new();
         let writer = LogWriter::start(
             store.clone(),
@@ -157,7 +163,9 @@ impl Coordinator {
             writer,
             drivers: Mutex::new(HashMap::new()),
             tracker,
-            stop: CancellationToken::new(),
+            driving: Mutex::new(stop.child_token()),
+            stop,
+            has_lease: std::sync::atomic::AtomicBool::new(true),
             writer_stop,
         })
     }
@@ -179,11 +187,22 @@ impl Coordinator {
         self.stop.is_cancelled()
     }
 
+    /// Whether it takes new work: not shutting down, and its lease is current.
+    pub fn is_ready(&self) -> bool {
+        !self.is_stopping() && self.has_lease.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Records a new transaction durably (before answering) and starts driving it. With an
     /// idempotency key that already names a transaction, nothing is written or started.
     pub async fn start(self: &Arc<Self>, new: NewTx) -> Result<Started, CoordError> {
         if self.is_stopping() {
             return Err(CoordError::Stopping);
+        }
+        if !self.is_ready() {
+            return Err(CoordError::Unavailable(
+                "coordinator cannot renew its lease (database unreachable); try another coordinator"
+                    .into(),
+            ));
         }
         let permit = self
             .inflight
@@ -301,7 +320,7 @@ impl Coordinator {
             .inflight
             .available_permits()
             .min(self.config.claim_batch as usize);
-        if room == 0 || self.is_stopping() {
+        if room == 0 || !self.is_ready() {
             return Ok(0);
         }
         let claimed = self
@@ -325,30 +344,87 @@ impl Coordinator {
 
     /// Keeps this coordinator's heartbeat fresh and claims work that has no live owner, until
     /// shutdown.
+    ///
+    /// A coordinator that cannot renew its heartbeat for half the lease stops its drivers (and
+    /// refuses `Start`) before the lease can run out, so it never drives a transaction that
+    /// another coordinator may already have claimed. When the heartbeat succeeds again it hands
+    /// back what it held (epoch + 1 fences any straggler) and claims work afresh.
     pub fn run_background(self: &Arc<Self>) {
         let this = self.clone();
         let stop = self.stop.clone();
         self.tracker.spawn(async move {
             let mut tick = tokio::time::interval(this.config.claim_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_renewed = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                if let Err(e) = this
-                    .store
-                    .heartbeat_coordinator(&this.config.id, &this.config.address, crate::VERSION)
-                    .await
-                {
-                    tracing::warn!(error = %e, "heartbeat failed");
+                let renewed = tokio::time::timeout(
+                    this.config.lease / 4,
+                    this.store.heartbeat_coordinator(
+                        &this.config.id,
+                        &this.config.address,
+                        crate::VERSION,
+                    ),
+                )
+                .await;
+                match renewed {
+                    Ok(Ok(())) => {
+                        last_renewed = tokio::time::Instant::now();
+                        if !this.has_lease.load(std::sync::atomic::Ordering::Relaxed) {
+                            this.regain_lease().await;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed"),
+                    Err(_) => tracing::warn!("heartbeat timed out"),
+                }
+                if last_renewed.elapsed() > this.config.lease / 2 {
+                    this.lose_lease();
                     continue;
                 }
-                if let Err(e) = this.claim_some().await {
-                    tracing::warn!(error = %e, "claim failed");
+                // Keep claiming while batches come back full: a dead peer's backlog is taken
+                // at database speed, not one batch per tick.
+                loop {
+                    match this.claim_some().await {
+                        Ok(n) if n > 0 && n >= this.config.claim_batch as usize => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "claim failed");
+                            break;
+                        }
+                    }
                 }
             }
         });
+    }
+
+    fn lose_lease(&self) {
+        if self
+            .has_lease
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::error!("cannot renew the lease; stopping every driver until the log answers");
+            self.driving
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cancel();
+        }
+    }
+
+    async fn regain_lease(&self) {
+        // Drivers stopped when the lease was lost; what they held is handed back first, so
+        // that claims (ours or a peer's) resume it with a new epoch.
+        match self.store.release_owned(&self.config.id).await {
+            Ok(n) => {
+                tracing::info!(handed_back = n, "lease renewed; resuming work");
+                *self.driving.lock().unwrap_or_else(|e| e.into_inner()) = self.stop.child_token();
+                self.has_lease
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not hand back after regaining the lease"),
+        }
     }
 
     /// Stops driving: drivers end where they are (their progress is in the log), the writer
@@ -402,9 +478,14 @@ impl Coordinator {
                 },
             );
         }
+        let driving = self
+            .driving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let this = self.clone();
         self.tracker.spawn(async move {
-            driver::drive(&this, tx, first, commands, events).await;
+            driver::drive(&this, tx, first, commands, events, driving).await;
             this.drivers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -29,8 +29,8 @@ pub struct Coordinator {
     pub client: CoordinatorClient<Channel>,
 }
 
-/// Starts `baton serve` on a free loopback port against `database_url`, with [`FAST`] settings,
-/// then `extra` flags and `env` variables; waits until it listens.
+/// Starts `baton serve` on a free loopback port (unless `extra` has `--listen`) against `database_url`, with [`FAST`] settings
+/// unless `extra` sets the same flag, plus `env` variables; waits until it listens.
 pub async fn coordinator(
     database_url: &str,
     id: &str,
@@ -39,9 +39,17 @@ pub async fn coordinator(
 ) -> Coordinator {
     let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
     command
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(["--database-url", database_url, "--id", id])
-        .args(FAST)
+        .args(["serve", "--database-url", database_url, "--id", id])
+        .args(
+            // `extra` overrides a default of the same flag.
+            ["--listen", "127.0.0.1:0"]
+                .iter()
+                .chain(FAST)
+                .collect::<Vec<_>>()
+                .chunks(2)
+                .filter(|pair| !extra.contains(pair[0]))
+                .flatten(),
+        )
         .args(extra)
         .env("BATON_LOG", "warn")
         .stdout(Stdio::piped())

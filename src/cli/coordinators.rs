@@ -1,0 +1,40 @@
+//! `baton coordinators`: the coordinators sharing the log, with their load.
+
+use serde_json::json;
+
+use super::{output, print_json, Remote};
+
+pub(super) async fn run(remote: &Remote) -> anyhow::Result<()> {
+    let client = remote.connect().await?;
+    let coordinators = client.list_coordinators().await?;
+    if remote.json {
+        let list: Vec<_> = coordinators
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": c.id,
+                    "address": c.address,
+                    "started_at": output::time(c.started_at_ms),
+                    "heartbeat_at": output::time(c.heartbeat_at_ms),
+                    "version": c.version,
+                    "owned": c.owned,
+                })
+            })
+            .collect();
+        return print_json(&json!({ "coordinators": list }));
+    }
+    let mut table =
+        output::Table::new(["ID", "ADDRESS", "STARTED", "HEARTBEAT", "VERSION", "OWNED"]);
+    for c in &coordinators {
+        table.row([
+            c.id.clone(),
+            c.address.clone(),
+            output::time(c.started_at_ms),
+            output::time(c.heartbeat_at_ms),
+            c.version.clone(),
+            c.owned.to_string(),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}

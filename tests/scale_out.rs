@@ -1,0 +1,210 @@
+//! Crash recovery and scale-out: several `baton serve` processes on one PostgreSQL database,
+//! coordinators killed with SIGKILL and restarted, one added and one removed with SIGTERM, all
+//! under a steady saga load. An invariant checker then reads the participants' ledger and the
+//! log.
+//!
+//! `BATON_CHAOS_CYCLES` sets the number of kill/restart cycles (CI runs the default, a short run).
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton::client::{Client, Saga, Step, TxState};
+use rand::Rng;
+
+use support::db::fresh_database;
+use support::participant::{participant, Ledger};
+use support::process::{coordinator, Coordinator};
+
+/// Lease and claim times for this test: a dead coordinator's work moves within ~1.5 s.
+const CHAOS: &[&str] = &["--lease-ms", "1500", "--claim-interval-ms", "100"];
+
+fn cycles() -> usize {
+    std::env::var("BATON_CHAOS_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6)
+}
+
+fn order(endpoint: &str, key: &str, fail: bool) -> Saga {
+    let step = |name: &str, action: &str| {
+        Step::to_endpoint(name, endpoint)
+            .action(action)
+            .compensate("undo")
+            .json(&serde_json::json!({ "sleep_ms": 15 }))
+            .expect("json payload")
+    };
+    Saga::new()
+        .step(step("reserve", "ok"))
+        .step(step("charge", "ok"))
+        .step(step("ship", if fail { "fail" } else { "ok" }))
+        .idempotency_key(key)
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Seen {
+    /// (tx id, expected to fail at step 3)
+    accepted: Mutex<Vec<(String, bool)>>,
+    errors: Mutex<Vec<String>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_die_join_and_leave_under_load_and_nothing_is_lost() {
+    let db = fresh_database().await;
+    let (p, ledger) = participant().await;
+    let mut nodes: Vec<Option<Coordinator>> = Vec::new();
+    for id in ["c1", "c2", "c3"] {
+        nodes.push(Some(coordinator(&db.url, id, CHAOS, &[]).await));
+    }
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| n.as_ref().unwrap().endpoint.clone())
+        .collect();
+
+    // A steady load: each client runs sagas one after another until told to stop, failing over
+    // between the coordinators it knows.
+    let seen = Arc::new(Seen::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let client = Client::connect_many(&addrs).await.unwrap();
+        let (seen, stop, counter, p) = (seen.clone(), stop.clone(), counter.clone(), p.clone());
+        clients.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let fail = n % 4 == 3;
+                let key = format!("client{c}-saga{n}");
+                // A start that fails over may be retried: the idempotency key keeps it one.
+                let mut outcome = None;
+                for _ in 0..20 {
+                    match client.run(order(&p, &key, fail)).await {
+                        Ok(tx) => {
+                            outcome = Some(tx);
+                            break;
+                        }
+                        Err(e) => {
+                            seen.errors.lock().unwrap().push(format!("{key}: {e}"));
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                match outcome {
+                    Some(tx) => seen.accepted.lock().unwrap().push((tx.tx_id, fail)),
+                    None => panic!("saga {key} could not be run through any coordinator"),
+                }
+            }
+        }));
+    }
+
+    // Chaos: kill a random coordinator, restart it; add a fourth; remove one gracefully.
+    let mut rng = rand::thread_rng();
+    let ids = ["c1", "c2", "c3"];
+    for cycle in 0..cycles() {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(200..600))).await;
+        let victim = rng.gen_range(0..3);
+        if let Some(mut node) = nodes[victim].take() {
+            node.kill9().await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(50..400))).await;
+        // The restarted process comes back on its old address, as a restarted pod behind a
+        // stable service name does.
+        let listen = addrs[victim].trim_start_matches("http://").to_string();
+        let args: Vec<&str> = CHAOS.iter().copied().chain(["--listen", &listen]).collect();
+        nodes[victim] = Some(coordinator(&db.url, ids[victim], &args, &[]).await);
+        if cycle == cycles() / 2 {
+            nodes.push(Some(coordinator(&db.url, "c4", CHAOS, &[]).await));
+        }
+    }
+    // Scale in: SIGTERM one coordinator; it hands back what it holds and exits 0.
+    let mut leaving = nodes[1].take().unwrap();
+    let pid = leaving.child.id().unwrap() as i32;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(20), leaving.child.wait())
+        .await
+        .expect("a SIGTERMed coordinator exits within the drain time")
+        .unwrap();
+    assert!(exit.success(), "graceful exit: {exit:?}");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    // Every accepted transaction reached its outcome; check each against the ledger.
+    let live: Vec<String> = nodes.iter().flatten().map(|n| n.endpoint.clone()).collect();
+    let client = Client::connect_many(&live).await.unwrap();
+    let accepted = seen.accepted.lock().unwrap().clone();
+    assert!(
+        accepted.len() >= 20,
+        "the load ran: {} sagas",
+        accepted.len()
+    );
+    let ids: HashSet<&String> = accepted.iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        ids.len(),
+        accepted.len(),
+        "one transaction per idempotency key"
+    );
+    for (id, fail) in &accepted {
+        let tx = client.wait(id, Duration::from_secs(30)).await.unwrap();
+        check(&ledger, &tx, *fail);
+        let events = client.events(id, 0, 10_000).await.unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "{id}: the history has no gaps or repeats"
+        );
+    }
+    let errors = seen.errors.lock().unwrap().clone();
+    eprintln!(
+        "chaos: {} cycles, {} sagas, {} client retries{}",
+        cycles(),
+        accepted.len(),
+        errors.len(),
+        errors
+            .first()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+}
+
+/// The invariants for one saga: committed → every step executed, nothing compensated;
+/// compensated → the failing third step never applied, the first two executed and compensated.
+fn check(ledger: &Ledger, tx: &baton::client::Transaction, fail: bool) {
+    let id = &tx.tx_id;
+    if fail {
+        assert_eq!(tx.state(), TxState::Compensated, "{tx:?}");
+        for b in 0..2 {
+            assert_eq!(ledger.times_applied(id, b, "execute"), 1, "{id} step {b}");
+            assert_eq!(
+                ledger.times_applied(id, b, "compensate"),
+                1,
+                "{id} step {b} undone"
+            );
+        }
+        assert_eq!(ledger.times_applied(id, 2, "execute"), 0);
+        assert_eq!(
+            ledger.delivered(id, 2, "compensate"),
+            0,
+            "{id}: a failed step is not undone"
+        );
+    } else {
+        assert_eq!(tx.state(), TxState::Committed, "{tx:?}");
+        for b in 0..3 {
+            assert_eq!(ledger.times_applied(id, b, "execute"), 1, "{id} step {b}");
+            assert_eq!(ledger.delivered(id, b, "compensate"), 0, "{id} step {b}");
+        }
+    }
+}
