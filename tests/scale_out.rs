@@ -208,3 +208,58 @@ fn check(ledger: &Ledger, tx: &baton::client::Transaction, fail: bool) {
         }
     }
 }
+
+#[tokio::test]
+async fn any_coordinator_answers_for_a_transaction_another_one_drives() {
+    let db = fresh_database().await;
+    let (p, ledger) = participant().await;
+    let owner = coordinator(&db.url, "owner", &[], &[]).await;
+    let other = coordinator(&db.url, "other", &[], &[]).await;
+    let via_owner = Client::connect(owner.endpoint.clone()).await.unwrap();
+    let via_other = Client::connect(other.endpoint.clone()).await.unwrap();
+    let slow = |name: &str| {
+        Step::to_endpoint(name, &p)
+            .action("ok")
+            .compensate("undo")
+            .json(&serde_json::json!({ "sleep_ms": 300 }))
+            .unwrap()
+    };
+    let started = via_owner
+        .start(Saga::new().step(slow("a")).step(slow("b")).step(slow("c")))
+        .await
+        .unwrap();
+    let id = started.tx_id;
+    support::process::until("step a to run", || {
+        ledger.times_applied(&id, 0, "execute") == 1
+    })
+    .await;
+
+    // Get and Cancel through the coordinator that does not drive it.
+    let tx = via_other.get(&id).await.unwrap();
+    assert_eq!(tx.owner, "owner");
+    via_other.cancel(&id, "changed my mind").await.unwrap();
+    // Wait (and Watch) through it too: it reads the log until the outcome.
+    let tx = via_other.wait(&id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(tx.state(), TxState::Compensated, "{tx:?}");
+    assert!(
+        tx.last_error.contains("changed my mind"),
+        "{}",
+        tx.last_error
+    );
+    assert_eq!(ledger.times_applied(&id, 2, "execute"), 0, "c never ran");
+    assert_eq!(ledger.times_applied(&id, 0, "compensate"), 1);
+    let mut events = via_other.watch(&id).await.unwrap();
+    let mut last = None;
+    while let Some(e) = events.next().await {
+        last = Some(e.unwrap().kind);
+    }
+    assert_eq!(last.as_deref(), Some("compensated"));
+    // A second cancel is refused with the reason, from either coordinator.
+    let err = via_other.cancel(&id, "again").await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
+}

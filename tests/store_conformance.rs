@@ -63,6 +63,7 @@ conformance!(
     participants_register_expire_deregister,
     coordinators_heartbeat_and_count_owned,
     concurrent_claimers_never_share_work,
+    cancel_requests_reach_the_owner,
 );
 
 // ---- fixtures ----
@@ -504,6 +505,55 @@ async fn release_owned_hands_back_work(log: &dyn TxLog) {
     let claimed = log.claim("c1", 60_000, 10).await.expect("claim");
     assert_eq!(ids(&claimed), vec![a.id, b.id]);
     assert_eq!(log.release_owned("nobody").await.expect("release"), 0);
+}
+
+async fn cancel_requests_reach_the_owner(log: &dyn TxLog) {
+    log.heartbeat_coordinator("c2", "a", "v")
+        .await
+        .expect("heartbeat");
+    let a = create(log, new_tx("c1", TxState::Running)).await;
+    let b = create(log, new_tx("c2", TxState::Running)).await;
+    let done = create(log, new_tx("c1", TxState::Committed)).await;
+    assert!(log.request_cancel(a.id, "first").await.expect("request"));
+    assert!(log
+        .request_cancel(a.id, "again")
+        .await
+        .expect("repeat is kept once"));
+    assert!(log.request_cancel(b.id, "other").await.expect("request"));
+    assert!(!log.request_cancel(done.id, "late").await.expect("resting"));
+    assert!(!log
+        .request_cancel(TxId::new(), "ghost")
+        .await
+        .expect("unknown"));
+    assert_eq!(
+        log.cancel_requests("c1", 10).await.expect("requests"),
+        vec![(a.id, "first".to_string())]
+    );
+    // The request follows the transaction to its new owner.
+    log.release_owned("c1").await.expect("release");
+    assert!(log
+        .cancel_requests("c1", 10)
+        .await
+        .expect("requests")
+        .is_empty());
+    let claimed = log.claim("c3", 60_000, 10).await.expect("claim");
+    assert!(ids(&claimed).contains(&a.id));
+    assert_eq!(
+        log.cancel_requests("c3", 10).await.expect("requests"),
+        vec![(a.id, "first".to_string())]
+    );
+    log.clear_cancel_request(a.id).await.expect("clear");
+    assert!(log
+        .cancel_requests("c3", 10)
+        .await
+        .expect("requests")
+        .is_empty());
+    assert_eq!(
+        log.cancel_requests("c2", 10).await.expect("requests").len(),
+        1
+    );
+    // Nothing about the transaction itself changed.
+    assert_eq!(get(log, b.id).await, b);
 }
 
 async fn claim_one_checks_epoch(log: &dyn TxLog) {

@@ -238,14 +238,15 @@ impl Coordinator {
         };
         let Some(inbox) = inbox else {
             let tx = self.store.get(id).await?.ok_or(CoordError::NotFound(id))?;
-            return Err(if tx.state.is_resting() {
-                CoordError::Refused(resting_refusal(&tx, "cancelled"))
-            } else {
-                CoordError::Conflict(format!(
-                    "transaction {id} is driven by coordinator {}; send the cancel there",
-                    tx.owner.as_deref().unwrap_or("(none yet)")
-                ))
-            });
+            if tx.state.is_resting() {
+                return Err(CoordError::Refused(resting_refusal(&tx, "cancelled")));
+            }
+            // Driven elsewhere (or about to be claimed): its owner acts on the recorded request.
+            if !self.store.request_cancel(id, &reason).await? {
+                let tx = self.store.get(id).await?.ok_or(CoordError::NotFound(id))?;
+                return Err(CoordError::Refused(resting_refusal(&tx, "cancelled")));
+            }
+            return Ok(());
         };
         let (reply, answer) = oneshot::channel();
         inbox
@@ -384,6 +385,7 @@ impl Coordinator {
                     this.lose_lease();
                     continue;
                 }
+                this.take_cancel_requests().await;
                 // Keep claiming while batches come back full: a dead peer's backlog is taken
                 // at database speed, not one batch per tick.
                 loop {
@@ -398,6 +400,35 @@ impl Coordinator {
                 }
             }
         });
+    }
+
+    /// Acts on cancel requests that other coordinators recorded for transactions driven here.
+    async fn take_cancel_requests(&self) {
+        let requests = match self.store.cancel_requests(&self.config.id, 100).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read cancel requests");
+                return;
+            }
+        };
+        for (id, reason) in requests {
+            let inbox = {
+                let drivers = self.drivers.lock().unwrap_or_else(|e| e.into_inner());
+                drivers.get(&id).map(|d| d.inbox.clone())
+            };
+            // Not driven here yet (claimed a moment ago): leave it for the next tick.
+            let Some(inbox) = inbox else { continue };
+            let (reply, answer) = oneshot::channel();
+            if inbox.send(Command::Cancel { reason, reply }).await.is_err() {
+                continue;
+            }
+            // A refusal (past the pivot, decided to commit) is final too: the request is done.
+            if answer.await.is_ok() {
+                if let Err(e) = self.store.clear_cancel_request(id).await {
+                    tracing::warn!(error = %e, tx_id = %id, "could not clear a cancel request");
+                }
+            }
+        }
     }
 
     fn lose_lease(&self) {

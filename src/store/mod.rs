@@ -199,6 +199,21 @@ pub trait TxLog: Send + Sync + 'static {
     /// old drivers are fenced. Returns how many.
     async fn release_owned(&self, owner: &str) -> Result<u64, StoreError>;
 
+    /// Records a request to cancel an unfinished transaction that another coordinator drives; its
+    /// owner acts on it (see [`TxLog::cancel_requests`]). Returns whether the transaction is
+    /// unfinished (a repeated request is kept once); `false` if it rests or does not exist.
+    async fn request_cancel(&self, id: TxId, reason: &str) -> Result<bool, StoreError>;
+
+    /// Pending cancel requests of unfinished transactions that `owner` holds, oldest first.
+    async fn cancel_requests(
+        &self,
+        owner: &str,
+        limit: u32,
+    ) -> Result<Vec<(TxId, String)>, StoreError>;
+
+    /// Forgets a cancel request once it was acted on.
+    async fn clear_cancel_request(&self, id: TxId) -> Result<(), StoreError>;
+
     /// Takes over one resting or unowned transaction (for an operator's retry): sets owner and
     /// `epoch + 1` if its epoch is still `expected_epoch`. Returns the claimed record or `None`.
     async fn claim_one(

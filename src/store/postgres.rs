@@ -412,6 +412,54 @@ impl TxLog for PgLog {
         Ok(done.rows_affected())
     }
 
+    async fn request_cancel(&self, id: TxId, reason: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(&format!(
+            "WITH target AS (SELECT id FROM baton_transactions \
+                             WHERE id = $1 AND state NOT IN {RESTING_SQL}), \
+                  added AS (INSERT INTO baton_cancel_requests (tx_id, reason) \
+                            SELECT id, $2 FROM target ON CONFLICT (tx_id) DO NOTHING) \
+             SELECT count(*) AS n FROM target"
+        ))
+        .bind(id.0)
+        .bind(reason)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let n: i64 = row.try_get("n").map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    async fn cancel_requests(
+        &self,
+        owner: &str,
+        limit: u32,
+    ) -> Result<Vec<(TxId, String)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT r.tx_id, r.reason FROM baton_cancel_requests r \
+             JOIN baton_transactions t ON t.id = r.tx_id \
+             WHERE t.owner = $1 AND t.state NOT IN {RESTING_SQL} \
+             ORDER BY r.requested_at LIMIT $2"
+        ))
+        .bind(owner)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| Ok((TxId(row.try_get("tx_id")?), row.try_get("reason")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db_err)
+    }
+
+    async fn clear_cancel_request(&self, id: TxId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM baton_cancel_requests WHERE tx_id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     async fn claim_one(
         &self,
         id: TxId,

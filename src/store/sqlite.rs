@@ -500,6 +500,65 @@ impl TxLog for SqliteLog {
         Ok(done.rows_affected())
     }
 
+    async fn request_cancel(&self, id: TxId, reason: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let unfinished = sqlx::query(&format!(
+            "SELECT 1 FROM baton_transactions WHERE id = ? AND state NOT IN {RESTING_SQL}"
+        ))
+        .bind(id.0.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .is_some();
+        if unfinished {
+            sqlx::query(
+                "INSERT INTO baton_cancel_requests (tx_id, reason, requested_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (tx_id) DO NOTHING",
+            )
+            .bind(id.0.to_string())
+            .bind(reason)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(unfinished)
+    }
+
+    async fn cancel_requests(
+        &self,
+        owner: &str,
+        limit: u32,
+    ) -> Result<Vec<(TxId, String)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT r.tx_id, r.reason FROM baton_cancel_requests r \
+             JOIN baton_transactions t ON t.id = r.tx_id \
+             WHERE t.owner = ? AND t.state NOT IN {RESTING_SQL} \
+             ORDER BY r.requested_at LIMIT ?"
+        ))
+        .bind(owner)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("tx_id").map_err(db_err)?;
+            out.push((parse_id(&id)?, row.try_get("reason").map_err(db_err)?));
+        }
+        Ok(out)
+    }
+
+    async fn clear_cancel_request(&self, id: TxId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM baton_cancel_requests WHERE tx_id = ?")
+            .bind(id.0.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     async fn claim_one(
         &self,
         id: TxId,
