@@ -409,11 +409,12 @@ async fn claim_takes_unowned_and_stale_work(log: &dyn TxLog) {
     assert_eq!(apply_one(log, release).await, WriteOutcome::Updated);
     let resting = create(log, new_tx("dead", TxState::Committed)).await;
 
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Leases are generous against a loaded machine: 500 ms, with the stale heartbeat 600 ms old.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     log.heartbeat_coordinator("live", "10.0.0.1:7600", "0.1.0")
         .await
         .expect("heartbeat");
-    let claimed = log.claim("me", 100, 100).await.expect("claim");
+    let claimed = log.claim("me", 500, 100).await.expect("claim");
     assert_eq!(ids(&claimed), vec![dead_tx.id, stale_tx.id, unowned.id]);
     for (got, before) in claimed.iter().zip([&dead_tx, &stale_tx, &unowned]) {
         assert_eq!(got.owner.as_deref(), Some("me"));
@@ -429,7 +430,10 @@ async fn claim_takes_unowned_and_stale_work(log: &dyn TxLog) {
     assert_eq!(get(log, live_tx.id).await, live_tx);
     assert_eq!(get(log, mine.id).await, mine);
     assert_eq!(get(log, resting.id).await, resting);
-    assert!(log.claim("me", 100, 100).await.expect("claim").is_empty());
+    log.heartbeat_coordinator("live", "10.0.0.1:7600", "0.1.0")
+        .await
+        .expect("heartbeat");
+    assert!(log.claim("me", 500, 100).await.expect("claim").is_empty());
 
     // The old owner is fenced out.
     assert_eq!(
@@ -747,7 +751,8 @@ async fn participants_register_expire_deregister(log: &dyn TxLog) {
     let expires = leased.expires_at.expect("expiry");
     assert!(expires > before + chrono::Duration::seconds(55));
     let short = log
-        .register_participant("inventory", "http://10.0.0.3:9000", 1, "", 50)
+        // Long enough to still be listed below on a loaded machine.
+        .register_participant("inventory", "http://10.0.0.3:9000", 1, "", 400)
         .await
         .expect("register");
     assert!(short.expires_at.is_some());
@@ -774,7 +779,7 @@ async fn participants_register_expire_deregister(log: &dyn TxLog) {
         2
     );
 
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(log
         .list_participants(Some("inventory"))
         .await
