@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use baton::client::{Client, Saga, Step, TxState};
 use rand::Rng;
+use sqlx::Connection;
 
 use support::db::fresh_database;
 use support::participant::{participant, Ledger};
@@ -67,40 +68,8 @@ async fn coordinators_die_join_and_leave_under_load_and_nothing_is_lost() {
 
     // A steady load: each client runs sagas one after another until told to stop, failing over
     // between the coordinators it knows.
-    let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let counter = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for c in 0..8 {
-        let client = Client::connect_many(&addrs).await.unwrap();
-        let (seen, stop, counter, p) = (seen.clone(), stop.clone(), counter.clone(), p.clone());
-        clients.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let n = counter.fetch_add(1, Ordering::SeqCst);
-                let fail = n % 4 == 3;
-                let key = format!("client{c}-saga{n}");
-                // A start that fails over may be retried: the idempotency key keeps it one.
-                let mut outcome = None;
-                for _ in 0..20 {
-                    match client.run(order(&p, &key, fail)).await {
-                        Ok(tx) => {
-                            outcome = Some(tx);
-                            break;
-                        }
-                        Err(e) => {
-                            seen.errors.lock().unwrap().push(format!("{key}: {e}"));
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-                match outcome {
-                    Some(tx) => seen.accepted.lock().unwrap().push((tx.tx_id, fail)),
-                    None => panic!("saga {key} could not be run through any coordinator"),
-                }
-            }
-        }));
-    }
+    let (seen, clients) = load(&addrs, &p, 8, stop.clone()).await;
 
     // Chaos: kill a random coordinator, restart it; add a fourth; remove one gracefully.
     let mut rng = rand::thread_rng();
@@ -143,7 +112,58 @@ async fn coordinators_die_join_and_leave_under_load_and_nothing_is_lost() {
 
     // Every accepted transaction reached its outcome; check each against the ledger.
     let live: Vec<String> = nodes.iter().flatten().map(|n| n.endpoint.clone()).collect();
-    let client = Client::connect_many(&live).await.unwrap();
+    check_all(&live, &ledger, &seen).await;
+    eprintln!("chaos: {} cycles", cycles());
+}
+
+/// Starts `clients` tasks that each run sagas back to back (one in four fails at step 3) until
+/// `stop` is set (or two minutes pass), retrying through any coordinator with the same key.
+async fn load(
+    addrs: &[String],
+    participant: &str,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Seen>, Vec<tokio::task::JoinHandle<()>>) {
+    let seen = Arc::new(Seen::default());
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for c in 0..clients {
+        let client = Client::connect_many(addrs).await.unwrap();
+        let (seen, stop, counter) = (seen.clone(), stop.clone(), counter.clone());
+        let p = participant.to_string();
+        handles.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let fail = n % 4 == 3;
+                let key = format!("client{c}-saga{n}");
+                // A start that fails over may be retried: the idempotency key keeps it one.
+                let mut outcome = None;
+                for _ in 0..100 {
+                    match client.run(order(&p, &key, fail)).await {
+                        Ok(tx) => {
+                            outcome = Some(tx);
+                            break;
+                        }
+                        Err(e) => {
+                            seen.errors.lock().unwrap().push(format!("{key}: {e}"));
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                match outcome {
+                    Some(tx) => seen.accepted.lock().unwrap().push((tx.tx_id, fail)),
+                    None => panic!("saga {key} could not be run through any coordinator"),
+                }
+            }
+        }));
+    }
+    (seen, handles)
+}
+
+/// Waits for every accepted saga and checks it against the ledger and its history.
+async fn check_all(addrs: &[String], ledger: &Ledger, seen: &Seen) {
+    let client = Client::connect_many(addrs).await.unwrap();
     let accepted = seen.accepted.lock().unwrap().clone();
     assert!(
         accepted.len() >= 20,
@@ -158,7 +178,7 @@ async fn coordinators_die_join_and_leave_under_load_and_nothing_is_lost() {
     );
     for (id, fail) in &accepted {
         let tx = client.wait(id, Duration::from_secs(30)).await.unwrap();
-        check(&ledger, &tx, *fail);
+        check(ledger, &tx, *fail);
         let events = client.events(id, 0, 10_000).await.unwrap();
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
         assert_eq!(
@@ -169,8 +189,7 @@ async fn coordinators_die_join_and_leave_under_load_and_nothing_is_lost() {
     }
     let errors = seen.errors.lock().unwrap().clone();
     eprintln!(
-        "chaos: {} cycles, {} sagas, {} client retries{}",
-        cycles(),
+        "{} sagas checked, {} client retries{}",
         accepted.len(),
         errors.len(),
         errors
@@ -206,6 +225,45 @@ fn check(ledger: &Ledger, tx: &baton::client::Transaction, fail: bool) {
             assert_eq!(ledger.times_applied(id, b, "execute"), 1, "{id} step {b}");
             assert_eq!(ledger.delivered(id, b, "compensate"), 0, "{id} step {b}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
+    let cluster = support::cluster::Cluster::start();
+    let admin = cluster.url("postgres");
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::Executor::execute(&mut conn, "CREATE DATABASE baton")
+        .await
+        .unwrap();
+    drop(conn);
+    let url = cluster.url("baton");
+    let (p, ledger) = participant().await;
+    let mut a = coordinator(&url, "a", CHAOS, &[]).await;
+    let mut b = coordinator(&url, "b", CHAOS, &[]).await;
+    let addrs = vec![a.endpoint.clone(), b.endpoint.clone()];
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, clients) = load(&addrs, &p, 6, stop.clone()).await;
+
+    // Short outages, and one longer than half the lease (the coordinators self-fence, then
+    // resume).
+    for outage_ms in [300, 1200, 2000] {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        cluster.stop();
+        tokio::time::sleep(Duration::from_millis(outage_ms)).await;
+        cluster.restart();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    check_all(&addrs, &ledger, &seen).await;
+    for node in [&mut a, &mut b] {
+        assert!(
+            node.child.try_wait().unwrap().is_none(),
+            "coordinators stay up through database outages"
+        );
     }
 }
 
