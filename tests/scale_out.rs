@@ -267,6 +267,100 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
     }
 }
 
+/// Transactions in flight on the coordinator that is killed (`BATON_RECOVERY_TXS`, default 500;
+/// the figure is 10,000).
+fn recovery_txs() -> usize {
+    std::env::var("BATON_RECOVERY_TXS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survivors_finish_a_killed_coordinators_backlog_within_the_lease_plus_five_seconds() {
+    let db = fresh_database().await;
+    let (p, ledger) = participant().await;
+    let n = recovery_txs();
+    let lease = Duration::from_millis(1500);
+    let mut victim = coordinator(
+        &db.url,
+        "victim",
+        &[CHAOS, &["--max-inflight", "50000"]].concat(),
+        &[],
+    )
+    .await;
+    let _s1 = coordinator(
+        &db.url,
+        "s1",
+        &[CHAOS, &["--max-inflight", "50000"]].concat(),
+        &[],
+    )
+    .await;
+    let _s2 = coordinator(
+        &db.url,
+        "s2",
+        &[CHAOS, &["--max-inflight", "50000"]].concat(),
+        &[],
+    )
+    .await;
+
+    ledger.gate_closed.store(true, Ordering::SeqCst);
+    let client = Client::connect(victim.endpoint.clone()).await.unwrap();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let (client, p) = (client.clone(), p.clone());
+        tasks.spawn(async move {
+            for i in (worker..n).step_by(16) {
+                let saga = Saga::new()
+                    .step(
+                        Step::to_endpoint("a", &p)
+                            .action("gated")
+                            .compensate("undo"),
+                    )
+                    .step(Step::to_endpoint("b", &p).action("ok").compensate("undo"))
+                    .step(Step::to_endpoint("c", &p).action("ok").compensate("undo"))
+                    .idempotency_key(format!("recovery-{i}"));
+                client.start(saga).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    eprintln!("recovery: {n} sagas accepted in {:?}", started.elapsed());
+    // All of them are in flight on the victim (their first step waits at the gate).
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql);
+    support::process::until("every first step to be in flight", || {
+        ledger.in_flight_at_gate() >= n
+    })
+    .await;
+    victim.kill9().await;
+    let killed = Instant::now();
+    ledger.gate_closed.store(false, Ordering::SeqCst);
+    loop {
+        let done: i64 = count("SELECT count(*) FROM baton_transactions WHERE state = 'committed'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if done as usize == n {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(120),
+            "only {done} of {n} finished two minutes after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = killed.elapsed();
+    eprintln!("recovery: {n} in-flight sagas finished by the survivors {took:?} after the kill (lease {lease:?})");
+    assert!(
+        took < lease + Duration::from_secs(5),
+        "recovery took {took:?}, more than the lease + 5 s"
+    );
+}
+
 #[tokio::test]
 async fn any_coordinator_answers_for_a_transaction_another_one_drives() {
     let db = fresh_database().await;

@@ -5,7 +5,7 @@
 //! `ok`/`undo`/`yes` apply; `fail`/`no` answer OUTCOME_FAILED; `flaky` answers UNAVAILABLE for
 //! the first `fail_first` attempts (payload JSON); `hang` sleeps 5 s on attempt 1; `reject`
 //! answers INVALID_ARGUMENT; `undo_broken` answers UNAVAILABLE while [`Ledger::broken`] is set.
-//! A payload `sleep_ms` delays Execute and Prepare. While [`Ledger::phase_two_down`] is set,
+//! `gated` waits while [`Ledger::gate_closed`] is set. A payload `sleep_ms` delays Execute and Prepare. While [`Ledger::phase_two_down`] is set,
 //! Commit and Abort answer UNAVAILABLE.
 
 use std::collections::HashMap;
@@ -40,6 +40,8 @@ pub struct Ledger {
     pub broken: AtomicBool,
     /// While set, Commit and Abort fail transiently (a participant down during phase two).
     pub phase_two_down: AtomicBool,
+    /// While set, the `gated` action waits (calls pile up in flight).
+    pub gate_closed: AtomicBool,
 }
 
 impl Ledger {
@@ -65,6 +67,12 @@ impl Ledger {
             .filter(|(t, _, _)| t == tx)
             .map(|(_, b, p)| (*b, *p))
             .collect()
+    }
+
+    /// Deliveries of the `gated` action so far (each one waited at the gate if it was closed).
+    pub fn in_flight_at_gate(&self) -> usize {
+        let all = self.deliveries.lock().unwrap();
+        all.iter().filter(|d| d.action == "gated").count()
     }
 
     pub fn times_applied(&self, tx: &str, branch: u32, phase: &'static str) -> u32 {
@@ -121,6 +129,11 @@ impl Scripted {
         };
         match req.action.as_str() {
             "ok" | "undo" | "yes" => {}
+            "gated" => {
+                while self.ledger.gate_closed.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
             "fail" => return Ok(failed("insufficient funds")),
             "no" if phase == "prepare" => return Ok(failed("insufficient funds")),
             "no" => {}
