@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         },
         registry: RegistryConfig::default(),
         limits: Limits::default(),
+        drain: Duration::from_secs(5),
     })
     .await?;
     println!("coordinator on {}", coordinator.endpoint());

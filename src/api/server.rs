@@ -27,6 +27,8 @@ pub struct ServeConfig {
     pub coordinator: Config,
     pub registry: RegistryConfig,
     pub limits: Limits,
+    /// At shutdown, how long open requests may take to finish before they are cut off.
+    pub drain: std::time::Duration,
 }
 
 /// Why the server could not start.
@@ -49,6 +51,7 @@ pub struct Serving {
     pub addr: SocketAddr,
     coordinator: Arc<Coordinator>,
     stop: CancellationToken,
+    drain: std::time::Duration,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -64,12 +67,23 @@ impl Serving {
 
     /// Stops accepting requests, stops the drivers (their progress is in the log), hands back
     /// unfinished transactions and returns.
-    pub async fn shutdown(self) {
+    ///
+    /// Requests in flight (a `Wait`, a `Start` with `wait`) get the drain time to finish while the
+    /// drivers keep running; past it they are cut off.
+    pub async fn shutdown(mut self) {
         self.stop.cancel();
-        match self.server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "grpc server ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "grpc server task failed"),
+        let drain = self.drain;
+        match tokio::time::timeout(drain, &mut self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "grpc server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "grpc server task failed"),
+            Err(_) => {
+                tracing::warn!(
+                    ?drain,
+                    "requests still open after the drain time; cutting them off"
+                );
+                self.server.abort();
+            }
         }
         self.coordinator.shutdown().await;
     }
@@ -126,6 +140,7 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
         addr,
         coordinator,
         stop,
+        drain: config.drain,
         server,
     })
 }

@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// Heartbeat and claim interval in ms [default: 2000].
     #[arg(long, env = "BATON_CLAIM_INTERVAL_MS")]
     pub claim_interval_ms: Option<u64>,
+    /// On SIGTERM, how long open requests may take to finish before they are cut off, in ms
+    /// [default: 10000].
+    #[arg(long, env = "BATON_DRAIN_TIMEOUT_MS")]
+    pub drain_timeout_ms: Option<u64>,
     /// Database connections [default: 16].
     #[arg(long, env = "BATON_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
@@ -118,6 +122,7 @@ impl ServeArgs {
             lease_ms: self.lease_ms.or(file.lease_ms),
             claim_interval_ms: self.claim_interval_ms.or(file.claim_interval_ms),
             max_connections: self.max_connections.or(file.max_connections),
+            drain_timeout_ms: self.drain_timeout_ms.or(file.drain_timeout_ms),
             endpoints: if self.endpoints.is_empty() {
                 file.endpoints
             } else {
@@ -207,6 +212,7 @@ impl ServeArgs {
                 max_steps: args.max_steps.unwrap_or(limits_default.max_steps).max(1),
                 ..limits_default
             },
+            drain: Duration::from_millis(args.drain_timeout_ms.unwrap_or(10_000)),
         })
     }
 }
