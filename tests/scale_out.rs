@@ -314,9 +314,11 @@ async fn survivors_finish_a_killed_coordinators_backlog_within_the_lease_plus_fi
             for i in (worker..n).step_by(16) {
                 let saga = Saga::new()
                     .step(
+                        // Long enough that no call times out while the gate is closed.
                         Step::to_endpoint("a", &p)
                             .action("gated")
-                            .compensate("undo"),
+                            .compensate("undo")
+                            .timeout(Duration::from_secs(120)),
                     )
                     .step(Step::to_endpoint("b", &p).action("ok").compensate("undo"))
                     .step(Step::to_endpoint("c", &p).action("ok").compensate("undo"))
