@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::api::{self, Limits, ServeConfig};
 use crate::coordinator::Config;
 use crate::model::RetryPolicy;
-use crate::registry::RegistryConfig;
+use crate::registry::{Policy, RegistryConfig};
 use crate::store::{self, StoreOptions};
 
 /// Default store: an SQLite file in the working directory (no setup).
@@ -84,6 +84,26 @@ pub struct ServeArgs {
     #[arg(long = "endpoint", env = "BATON_ENDPOINTS", value_delimiter = ',')]
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// A service's load-balancing policy, as service=POLICY (repeatable; in the environment,
+    /// comma-separated). POLICY is round_robin (the default), weighted (smooth weighted round
+    /// robin over the registered weights), random, least_outstanding (fewest calls in flight),
+    /// consistent_hash (all branches of a transaction go to one endpoint) or
+    /// consistent_hash:label=NAME (hash that transaction label instead, else the transaction id).
+    #[arg(
+        long = "policy",
+        env = "BATON_POLICIES",
+        value_delimiter = ',',
+        value_name = "SERVICE=POLICY"
+    )]
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// How long a service's endpoint list is reused before the registry is read again, in ms;
+    /// endpoints that register or leave gain or lose traffic within it [default: 1000].
+    #[arg(long, env = "BATON_REGISTRY_REFRESH_MS")]
+    pub registry_refresh_ms: Option<u32>,
+    /// TCP connect timeout of connections to participants, in ms [default: 2000].
+    #[arg(long, env = "BATON_CONNECT_TIMEOUT_MS")]
+    pub connect_timeout_ms: Option<u32>,
 }
 
 /// Options of `baton migrate`.
@@ -128,6 +148,13 @@ impl ServeArgs {
             } else {
                 self.endpoints
             },
+            policies: if self.policies.is_empty() {
+                file.policies
+            } else {
+                self.policies
+            },
+            registry_refresh_ms: self.registry_refresh_ms.or(file.registry_refresh_ms),
+            connect_timeout_ms: self.connect_timeout_ms.or(file.connect_timeout_ms),
         })
     }
 
@@ -167,6 +194,18 @@ impl ServeArgs {
                 .or_default()
                 .push(url.to_string());
         }
+        let mut policies: HashMap<String, Policy> = HashMap::new();
+        for entry in &args.policies {
+            let (service, policy) = entry
+                .split_once('=')
+                .filter(|(service, _)| !service.is_empty())
+                .with_context(|| format!("policy {entry:?}: expected service=POLICY"))?;
+            let policy: Policy = policy
+                .parse()
+                .with_context(|| format!("policy {entry:?}"))?;
+            policies.insert(service.to_string(), policy);
+        }
+        let registry_default = RegistryConfig::default();
         let limits_default = Limits::default();
         Ok(ServeConfig {
             listen,
@@ -203,7 +242,16 @@ impl ServeArgs {
             },
             registry: RegistryConfig {
                 static_endpoints,
-                ..RegistryConfig::default()
+                policies,
+                refresh: args
+                    .registry_refresh_ms
+                    .map(|ms| Duration::from_millis(ms.max(1).into()))
+                    .unwrap_or(registry_default.refresh),
+                connect_timeout: args
+                    .connect_timeout_ms
+                    .map(|ms| Duration::from_millis(ms.max(1).into()))
+                    .unwrap_or(registry_default.connect_timeout),
+                ..registry_default
             },
             limits: Limits {
                 max_payload_bytes: args
@@ -315,5 +363,41 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(bad.to_config().is_err());
+    }
+
+    #[test]
+    fn policies_and_registry_timing() {
+        let config = ServeArgs {
+            policies: vec![
+                "inventory=least_outstanding".into(),
+                "billing=consistent_hash:label=customer".into(),
+            ],
+            registry_refresh_ms: Some(200),
+            connect_timeout_ms: Some(300),
+            ..ServeArgs::default()
+        }
+        .to_config()
+        .unwrap();
+        let registry = &config.registry;
+        assert_eq!(registry.policies["inventory"], Policy::LeastOutstanding);
+        assert_eq!(
+            registry.policies["billing"],
+            Policy::ConsistentHash {
+                label: Some("customer".into())
+            }
+        );
+        assert_eq!(registry.refresh, Duration::from_millis(200));
+        assert_eq!(registry.connect_timeout, Duration::from_millis(300));
+        for bad in ["inventory", "=random", "inventory=fastest"] {
+            let args = ServeArgs {
+                policies: vec![bad.into()],
+                ..ServeArgs::default()
+            };
+            assert!(args.to_config().is_err(), "{bad}");
+        }
+        let file: ServeArgs =
+            toml::from_str("policies = [\"inventory=random\"]\nregistry_refresh_ms = 50").unwrap();
+        assert_eq!(file.policies, vec!["inventory=random"]);
+        assert_eq!(file.registry_refresh_ms, Some(50));
     }
 }

@@ -10,7 +10,7 @@ use crate::engine::CallResult;
 use crate::model::{Phase, Target, TxId};
 use crate::proto::participant_client::ParticipantClient;
 use crate::proto::{BranchRequest, Outcome, StepOutput};
-use crate::registry::Registry;
+use crate::registry::{PickKey, Registry, ResolveError};
 
 /// How a gRPC status from a participant is treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,21 +64,36 @@ pub struct CallSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Whether a call's failure says the endpoint could not be reached (as opposed to an answer from
+/// it), which is what ejects an endpoint from load balancing.
+///
+/// `UNAVAILABLE` (tonic's code for refused, reset or unreachable connections, and a server's own
+/// "not now") and `DEADLINE_EXCEEDED` (no answer in time) count; any other status is an answer, so
+/// the endpoint is up even when the call was refused.
+pub fn unreachable(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::DeadlineExceeded)
+}
+
 /// Sends the call and classifies what came back. Never panics on what the network returns.
 pub async fn call(registry: &Registry, spec: CallSpec) -> CallResult {
-    let endpoint = match registry.pick(&spec.target).await {
-        Ok(e) => e,
+    let tx_id = spec.tx_id.to_string();
+    let key = PickKey {
+        tx_id: &tx_id,
+        labels: &spec.labels,
+    };
+    // Held until the answer: the call counts as in flight to this endpoint meanwhile.
+    let picked = match registry.pick(&spec.target, &key).await {
+        Ok(p) => p,
+        Err(e @ ResolveError::BadEndpoint(_)) => return CallResult::Permanent(e.to_string()),
         // No endpoint now may change when one registers: transient.
         Err(e) => return CallResult::Transient(e.to_string()),
     };
-    let channel = match registry.channel(&endpoint) {
-        Ok(c) => c,
-        Err(e) => return CallResult::Permanent(e.to_string()),
-    };
+    let endpoint = picked.endpoint.clone();
+    let channel = picked.channel.clone();
     let deadline_ms =
         chrono::Utc::now().timestamp_millis().max(0) as u64 + spec.timeout.as_millis() as u64;
     let mut request = tonic::Request::new(BranchRequest {
-        tx_id: spec.tx_id.to_string(),
+        tx_id,
         branch_index: spec.branch,
         branch_name: spec.branch_name,
         action: spec.action,
@@ -103,12 +118,17 @@ pub async fn call(registry: &Registry, spec: CallSpec) -> CallResult {
     let answer = match tokio::time::timeout(spec.timeout, sent).await {
         Ok(answer) => answer,
         Err(_) => {
+            picked.report(false);
             return CallResult::Transient(format!(
                 "{endpoint}: no answer within {} ms",
                 spec.timeout.as_millis()
-            ))
+            ));
         }
     };
+    picked.report(match &answer {
+        Ok(_) => true,
+        Err(status) => !unreachable(status.code()),
+    });
     match answer {
         Ok(reply) => {
             let reply = reply.into_inner();

@@ -1,0 +1,402 @@
+//! Participant services and their endpoints: which endpoint a call goes to, and the reused gRPC
+//! channel to it.
+//!
+//! Endpoints come from the registry table (`RegisterParticipant`, with expiry) and from static
+//! configuration. A service's endpoint list is cached for [`RegistryConfig::refresh`] so that a
+//! call does not read the database, yet an endpoint that registers, deregisters or stops
+//! heartbeating gains or loses traffic within that time. Per service a [`Policy`] picks the
+//! endpoint ([`policy`]); endpoints that keep failing at the transport level are ejected for a
+//! while ([`health`]).
+
+pub mod health;
+pub mod policy;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::model::Target;
+use crate::store::{StoreError, TxLog};
+
+pub use health::HealthConfig;
+pub use policy::{PickKey, Policy};
+
+use health::Health;
+use policy::{Balancer, Candidate};
+
+/// Why no endpoint could be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The service has no registered or configured endpoint (now).
+    #[error("no endpoint is registered for participant service {0:?}")]
+    NoEndpoint(String),
+    /// The endpoint text is not a URL tonic can dial.
+    #[error("endpoint {0:?} is not a valid http:// or https:// url")]
+    BadEndpoint(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Registry settings.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Endpoints configured statically, by service.
+    pub static_endpoints: HashMap<String, Vec<String>>,
+    /// Load-balancing policy by service; services not named use [`Policy::RoundRobin`].
+    pub policies: HashMap<String, Policy>,
+    /// How long a service's endpoint list is reused before it is read again.
+    pub refresh: Duration,
+    /// TCP connect timeout for participant channels.
+    pub connect_timeout: Duration,
+    /// When failing endpoints are ejected.
+    pub health: HealthConfig,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            static_endpoints: HashMap::new(),
+            policies: HashMap::new(),
+            refresh: Duration::from_millis(1000),
+            connect_timeout: Duration::from_millis(2000),
+            health: HealthConfig::default(),
+        }
+    }
+}
+
+/// At most this many endpoints keep a channel; past it the cache starts over. Endpoints that
+/// leave a service's list lose theirs at once; this bounds direct endpoints named in definitions.
+const MAX_CHANNELS: usize = 4096;
+/// At most this many services are cached (names come from definitions); past it, start over.
+const MAX_SERVICES: usize = 4096;
+
+/// A service endpoint as the registry lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceEndpoint {
+    /// Where to dial it, such as `http://127.0.0.1:9000`.
+    pub url: String,
+    /// Share under the weighted policy; static endpoints have 1.
+    pub weight: u32,
+}
+
+/// One service's cached endpoint list and its balancer.
+struct Service {
+    read_at: Instant,
+    /// Set while one caller re-reads the list; others keep using the old one meanwhile. A
+    /// timestamp rather than a flag, so a refresh whose caller was cancelled is not waited for
+    /// forever.
+    refreshing_since: Option<Instant>,
+    endpoints: Arc<Vec<ServiceEndpoint>>,
+    balancer: Balancer,
+}
+
+/// What the registry keeps per endpoint URL: the channel and what the balancer needs to know.
+struct Conn {
+    channel: Channel,
+    in_flight: AtomicUsize,
+    health: Mutex<Health>,
+}
+
+/// Resolves targets to endpoints and keeps one lazily connected channel per endpoint.
+pub struct Registry {
+    store: Arc<dyn TxLog>,
+    config: RegistryConfig,
+    services: Mutex<HashMap<String, Service>>,
+    conns: Mutex<HashMap<String, Arc<Conn>>>,
+}
+
+/// The endpoint chosen for one call, with its channel. While it lives the call counts as in
+/// flight to that endpoint (for `least_outstanding`); report the call's transport outcome with
+/// [`Picked::report`] so that failing endpoints are ejected.
+pub struct Picked {
+    /// The endpoint URL.
+    pub endpoint: String,
+    /// The reused channel to it.
+    pub channel: Channel,
+    conn: Arc<Conn>,
+    health: HealthConfig,
+}
+
+impl Picked {
+    fn new(endpoint: String, conn: Arc<Conn>, health: HealthConfig) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        Picked {
+            endpoint,
+            channel: conn.channel.clone(),
+            conn,
+            health,
+        }
+    }
+
+    /// Records whether the call reached the endpoint: `true` for any answer from it, `false`
+    /// for a transport failure (no connection, no answer in time).
+    pub fn report(&self, reached: bool) {
+        let mut health = lock(&self.conn.health);
+        if reached {
+            health.succeeded();
+        } else if let Some(length) = health.failed(Instant::now(), &self.health) {
+            tracing::warn!(
+                endpoint = %self.endpoint,
+                ejected_ms = length.as_millis() as u64,
+                "participant endpoint keeps failing; ejected for a while"
+            );
+        }
+    }
+}
+
+impl Drop for Picked {
+    fn drop(&mut self) {
+        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Picked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Picked")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere; the maps stay usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Registry {
+    /// A registry that reads registrations from `store` and otherwise uses `config`.
+    pub fn new(store: Arc<dyn TxLog>, config: RegistryConfig) -> Self {
+        Registry {
+            store,
+            config,
+            services: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The endpoints of `service` now (registered and static), from the cache when fresh.
+    ///
+    /// When the list is stale one caller re-reads it while the others go on with the old list,
+    /// and a failed read also falls back to the old list: a database hiccup should not stop
+    /// calls to endpoints that were there a moment ago.
+    pub async fn endpoints(
+        &self,
+        service: &str,
+    ) -> Result<Arc<Vec<ServiceEndpoint>>, ResolveError> {
+        let now = Instant::now();
+        let stale = {
+            let mut services = lock(&self.services);
+            match services.get_mut(service) {
+                Some(s) if now.duration_since(s.read_at) < self.config.refresh => {
+                    return Ok(s.endpoints.clone())
+                }
+                Some(s)
+                    if s.refreshing_since
+                        .is_some_and(|t| now.duration_since(t) < self.config.refresh) =>
+                {
+                    return Ok(s.endpoints.clone())
+                }
+                Some(s) => {
+                    s.refreshing_since = Some(now);
+                    Some(s.endpoints.clone())
+                }
+                None => None,
+            }
+        };
+        let read = self.read_endpoints(service).await;
+        let endpoints = match (read, stale) {
+            (Ok(e), _) => Arc::new(e),
+            (Err(error), Some(stale)) => {
+                tracing::warn!(%service, %error, "cannot re-read participant endpoints; using the last list");
+                let mut services = lock(&self.services);
+                if let Some(s) = services.get_mut(service) {
+                    s.refreshing_since = None;
+                }
+                return Ok(stale);
+            }
+            (Err(error), None) => return Err(error),
+        };
+        let removed = self.store_list(service, endpoints.clone());
+        self.forget(removed);
+        Ok(endpoints)
+    }
+
+    async fn read_endpoints(&self, service: &str) -> Result<Vec<ServiceEndpoint>, ResolveError> {
+        let mut endpoints: Vec<ServiceEndpoint> = self
+            .store
+            .list_participants(Some(service))
+            .await?
+            .into_iter()
+            .map(|p| ServiceEndpoint {
+                url: p.endpoint,
+                weight: p.weight.max(1),
+            })
+            .collect();
+        if let Some(fixed) = self.config.static_endpoints.get(service) {
+            for url in fixed {
+                if !endpoints.iter().any(|e| &e.url == url) {
+                    endpoints.push(ServiceEndpoint {
+                        url: url.clone(),
+                        weight: 1,
+                    });
+                }
+            }
+        }
+        Ok(endpoints)
+    }
+
+    /// Caches a freshly read list; returns the URLs no cached service lists any more.
+    fn store_list(&self, service: &str, endpoints: Arc<Vec<ServiceEndpoint>>) -> Vec<String> {
+        let mut services = lock(&self.services);
+        let old = match services.get_mut(service) {
+            Some(s) => {
+                s.read_at = Instant::now();
+                s.refreshing_since = None;
+                std::mem::replace(&mut s.endpoints, endpoints.clone())
+            }
+            None => {
+                if services.len() >= MAX_SERVICES {
+                    services.clear();
+                }
+                let policy = self
+                    .config
+                    .policies
+                    .get(service)
+                    .cloned()
+                    .unwrap_or_default();
+                services.insert(
+                    service.to_string(),
+                    Service {
+                        read_at: Instant::now(),
+                        refreshing_since: None,
+                        endpoints: endpoints.clone(),
+                        balancer: Balancer::new(policy),
+                    },
+                );
+                return Vec::new();
+            }
+        };
+        let gone: Vec<&ServiceEndpoint> = old.iter().filter(|e| !endpoints.contains(e)).collect();
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        let listed: HashSet<&str> = services
+            .values()
+            .flat_map(|s| s.endpoints.iter().map(|e| e.url.as_str()))
+            .collect();
+        gone.into_iter()
+            .filter(|e| !listed.contains(e.url.as_str()))
+            .map(|e| e.url.clone())
+            .collect()
+    }
+
+    /// Drops the channels (and so the connections) of endpoints that left. Calls in flight to
+    /// them keep their channel until they finish.
+    fn forget(&self, urls: Vec<String>) {
+        if urls.is_empty() {
+            return;
+        }
+        let mut conns = lock(&self.conns);
+        for url in urls {
+            conns.remove(&url);
+        }
+    }
+
+    /// Whether `service` has at least one endpoint now.
+    pub async fn knows(&self, service: &str) -> Result<bool, ResolveError> {
+        Ok(!self.endpoints(service).await?.is_empty())
+    }
+
+    /// The endpoint and channel for the next call to `target`. A direct endpoint is used as
+    /// given; a service's endpoint is chosen by its policy among the endpoints not ejected (or
+    /// among all of them when every one is ejected).
+    pub async fn pick(&self, target: &Target, key: &PickKey<'_>) -> Result<Picked, ResolveError> {
+        let service = match target {
+            Target::Endpoint(url) => {
+                let conn = self.conn(url)?;
+                return Ok(Picked::new(url.clone(), conn, self.config.health));
+            }
+            Target::Service(service) => service,
+        };
+        let endpoints = self.endpoints(service).await?;
+        if endpoints.is_empty() {
+            return Err(ResolveError::NoEndpoint(service.clone()));
+        }
+        let conns: Vec<Result<Arc<Conn>, ResolveError>> =
+            endpoints.iter().map(|e| self.conn(&e.url)).collect();
+        let now = Instant::now();
+        let candidates: Vec<Candidate<'_>> = endpoints
+            .iter()
+            .zip(&conns)
+            .map(|(e, conn)| Candidate {
+                url: &e.url,
+                weight: e.weight,
+                in_flight: conn
+                    .as_ref()
+                    .map_or(0, |c| c.in_flight.load(Ordering::Relaxed)),
+                healthy: conn
+                    .as_ref()
+                    .is_ok_and(|c| !lock(&c.health).is_ejected(now)),
+            })
+            .collect();
+        let chosen = {
+            let mut services = lock(&self.services);
+            match services.get_mut(service) {
+                Some(s) => s.balancer.pick(&candidates, key),
+                // Evicted meanwhile (cache overflow): any endpoint will do for this one call.
+                None => Some(0),
+            }
+        };
+        let i = chosen.ok_or_else(|| ResolveError::NoEndpoint(service.clone()))?;
+        let conn = conns
+            .into_iter()
+            .nth(i)
+            .ok_or_else(|| ResolveError::NoEndpoint(service.clone()))??;
+        Ok(Picked::new(
+            endpoints[i].url.clone(),
+            conn,
+            self.config.health,
+        ))
+    }
+
+    /// The channel to `endpoint`, created on first use and reused after (tonic multiplexes calls
+    /// over it and reconnects when the connection breaks).
+    pub fn channel(&self, endpoint: &str) -> Result<Channel, ResolveError> {
+        Ok(self.conn(endpoint)?.channel.clone())
+    }
+
+    fn conn(&self, endpoint: &str) -> Result<Arc<Conn>, ResolveError> {
+        let mut conns = lock(&self.conns);
+        if let Some(conn) = conns.get(endpoint) {
+            return Ok(conn.clone());
+        }
+        // Lazy: no connection until the first call, and tonic reconnects on demand after.
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|_| ResolveError::BadEndpoint(endpoint.to_string()))?
+            .connect_timeout(self.config.connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        if conns.len() >= MAX_CHANNELS {
+            conns.clear();
+        }
+        let conn = Arc::new(Conn {
+            channel,
+            in_flight: AtomicUsize::new(0),
+            health: Mutex::new(Health::default()),
+        });
+        conns.insert(endpoint.to_string(), conn.clone());
+        Ok(conn)
+    }
+}
+
+/// Whether `text` is an endpoint URL a step may name directly.
+pub fn valid_endpoint(text: &str) -> bool {
+    (text.starts_with("http://") || text.starts_with("https://"))
+        && Endpoint::from_shared(text.to_string()).is_ok()
+}
+
+#[cfg(test)]
+mod tests;
