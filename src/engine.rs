@@ -4,7 +4,8 @@
 //!
 //! Sagas are decided in `saga`: forward stage by stage, then, after a failure, a cancel or the
 //! deadline before the pivot, compensation of every step that may have run in reverse order of
-//! completion. Two-phase commits are not decided here yet.
+//! completion. Two-phase commits are decided in `two_phase`: prepare everywhere, then commit
+//! everywhere or abort every branch that may have prepared, never changing the decision.
 //!
 //! The driver (`coordinator::driver`) feeds it events — replies, due retries, cancels, the
 //! deadline, an operator's retry — and carries out the [`Action`]s it returns.
@@ -18,6 +19,7 @@ use crate::model::{Definition, Phase, TxRecord};
 mod saga;
 #[cfg(test)]
 mod tests;
+mod two_phase;
 
 /// What happened to a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,18 +115,18 @@ pub struct Refused(pub String);
 /// Stale events (a reply or due retry whose attempt is no longer the current one) change nothing.
 /// `Cancel` and `Retry` in a state that does not allow them return [`Refused`] and change nothing;
 /// a saga cannot be cancelled once its pivot step has been sent (it may have run and has no
-/// compensation), and the deadline is then ignored.
+/// compensation), and the deadline is then ignored. A two-phase commit cannot be cancelled once it
+/// has decided to commit.
 pub fn decide(
     tx: &mut TxRecord,
     event: Event,
     now: DateTime<Utc>,
     jitter: f64,
 ) -> Result<Decision, Refused> {
-    // Sagas need no clock: deadlines and due retries arrive as events.
+    // Neither machine needs a clock: deadlines, timeouts and due retries arrive as events.
     let _ = now;
     match tx.definition {
         Definition::Saga(_) => saga::decide(tx, event, jitter),
-        // Two-phase commit is not decided here yet.
-        Definition::TwoPhase(_) => Ok(Decision::default()),
+        Definition::TwoPhase(_) => two_phase::decide(tx, event, jitter),
     }
 }

@@ -11,6 +11,7 @@ use crate::model::{
 };
 
 mod sim;
+mod two_phase;
 
 fn epoch() -> DateTime<Utc> {
     DateTime::from_timestamp(0, 0).expect("epoch is a valid time")
@@ -427,12 +428,4 @@ fn resume_resends_in_flight_calls_and_stale_replies_change_nothing() {
         assert_eq!(apply(&mut tx, stale), Decision::default());
     }
     assert_eq!(tx, before);
-}
-
-#[test]
-fn two_phase_commits_are_left_alone_for_now() {
-    let mut tx = saga(Vec::new());
-    tx.definition = Definition::TwoPhase(Default::default());
-    tx.kind = TxKind::TwoPhase;
-    assert_eq!(apply(&mut tx, Event::Resume), Decision::default());
 }

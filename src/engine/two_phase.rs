@@ -1,0 +1,495 @@
+//! The two-phase-commit half of the engine: `Prepare` to every branch in parallel; when all vote
+//! yes, the commit decision, then `Commit` to every branch until each acknowledges; on any no, a
+//! prepare that never answers, a prepare timeout, the deadline or a cancel, the abort decision,
+//! then `Abort` to every branch that may have prepared.
+//!
+//! A decision is taken once and never revised: phase two retries past the branch's retry budget
+//! (with capped backoff) instead of giving up, because a participant that prepared holds its locks
+//! until it hears the outcome. The driver persists a [`Decision`] before it sends any of its calls,
+//! so the commit decision is durable before the first `Commit` leaves.
+
+use crate::model::{
+    BranchDef, BranchRecord, Definition, Phase, StepStatus, TxId, TxRecord, TxState,
+};
+
+use super::{Action, CallResult, Decision, Event, Note, Refused};
+
+/// Applies `event` to a two-phase commit. Anything that is not one is left alone.
+pub(super) fn decide(tx: &mut TxRecord, event: Event, jitter: f64) -> Result<Decision, Refused> {
+    let TxRecord {
+        id,
+        state,
+        definition,
+        last_error,
+        cancel_requested,
+        branches,
+        ..
+    } = tx;
+    let Definition::TwoPhase(def) = &*definition else {
+        return Ok(Decision::default());
+    };
+    let mut tpc = TwoPhase {
+        id: *id,
+        defs: &def.branches,
+        branches,
+        state,
+        last_error,
+        cancel_requested,
+        jitter,
+        out: Decision::default(),
+    };
+    tpc.apply(event)?;
+    Ok(tpc.out)
+}
+
+/// One decision in progress: borrowed views of the transaction plus the answer being built.
+struct TwoPhase<'a> {
+    id: TxId,
+    defs: &'a [BranchDef],
+    branches: &'a mut [BranchRecord],
+    state: &'a mut TxState,
+    last_error: &'a mut Option<String>,
+    cancel_requested: &'a mut bool,
+    jitter: f64,
+    out: Decision,
+}
+
+impl TwoPhase<'_> {
+    fn apply(&mut self, event: Event) -> Result<(), Refused> {
+        match event {
+            Event::Retry => return self.retry(),
+            Event::Cancel { reason } => return self.cancel(&reason),
+            // After the outcome nothing is ever called again; late replies and timers are moot.
+            _ if self.state.is_resting() => {}
+            Event::Resume => self.resume(),
+            Event::Reply {
+                branch,
+                phase,
+                attempt,
+                result,
+            } => {
+                if let Some(i) = self.index(branch) {
+                    self.reply(i, phase, attempt, result);
+                }
+            }
+            Event::Due {
+                branch,
+                phase,
+                attempt,
+            } => {
+                if let Some(i) = self.index(branch) {
+                    self.due(i, phase, attempt);
+                }
+            }
+            Event::PrepareTimeout => {
+                if *self.state == TxState::Preparing {
+                    self.decide_abort("prepare timed out".to_string());
+                }
+            }
+            Event::DeadlineExpired => {
+                if *self.state == TxState::Preparing {
+                    self.decide_abort("deadline exceeded".to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- bookkeeping ----
+
+    /// The number of branches that have a record. The two lists are equal for a well-formed
+    /// record; a mismatch is tolerated rather than panicking on it.
+    fn len(&self) -> usize {
+        self.defs.len().min(self.branches.len())
+    }
+
+    fn index(&self, branch: u32) -> Option<usize> {
+        usize::try_from(branch).ok().filter(|&i| i < self.len())
+    }
+
+    fn touch(&mut self, i: usize) {
+        let i = i as u32;
+        if !self.out.changed.contains(&i) {
+            self.out.changed.push(i);
+        }
+    }
+
+    fn note(&mut self, kind: &'static str, branch: Option<usize>, detail: String) {
+        self.out.notes.push(Note {
+            kind,
+            branch: branch.map(|i| i as u32),
+            detail,
+        });
+    }
+
+    fn set_state(&mut self, state: TxState) {
+        if *self.state != state {
+            *self.state = state;
+            self.out.tx_changed = true;
+        }
+    }
+
+    fn set_last_error(&mut self, reason: String) {
+        if self.last_error.as_deref() != Some(reason.as_str()) {
+            *self.last_error = Some(reason);
+            self.out.tx_changed = true;
+        }
+    }
+
+    fn clear_cancel_request(&mut self) {
+        if *self.cancel_requested {
+            *self.cancel_requested = false;
+            self.out.tx_changed = true;
+        }
+    }
+
+    fn status(&self, i: usize) -> StepStatus {
+        self.branches[i].status
+    }
+
+    fn all_status(&self, wanted: StepStatus) -> bool {
+        self.branches[..self.len()]
+            .iter()
+            .all(|b| b.status == wanted)
+    }
+
+    /// The attempt after the last one issued in the current phase: a re-send keeps the key
+    /// (tx, branch, phase) and only bumps the attempt, so a participant that already applied it
+    /// answers as before.
+    fn next_attempt(&self, i: usize) -> u32 {
+        self.branches[i].attempts.saturating_add(1)
+    }
+
+    /// Issues `phase` to branch `i` as `attempt`, with the branch status that says it is in flight.
+    fn send(&mut self, i: usize, phase: Phase, attempt: u32) {
+        let (status, kind) = match phase {
+            Phase::Prepare => (StepStatus::Running, "prepare_sent"),
+            Phase::Commit => (StepStatus::Committing, "commit_sent"),
+            Phase::Abort => (StepStatus::Aborting, "abort_sent"),
+            // A two-phase commit has no saga phases.
+            Phase::Execute | Phase::Compensate => return,
+        };
+        let b = &mut self.branches[i];
+        b.status = status;
+        b.attempts = attempt;
+        self.touch(i);
+        self.out.actions.push(Action::Call {
+            branch: i as u32,
+            phase,
+            attempt,
+        });
+        self.note(kind, Some(i), format!("attempt {attempt}"));
+    }
+
+    /// Puts branch `i` in `status` after a failed attempt and schedules the next one; returns
+    /// the delay in milliseconds for the history.
+    fn back_off(&mut self, i: usize, phase: Phase, status: StepStatus, msg: &str) -> u128 {
+        let next = self.next_attempt(i);
+        let b = &mut self.branches[i];
+        b.status = status;
+        b.last_error = Some(msg.to_string());
+        self.touch(i);
+        let after = self.defs[i].retry.backoff(next, self.jitter);
+        self.out.actions.push(Action::Schedule {
+            branch: i as u32,
+            phase,
+            attempt: next,
+            after,
+        });
+        after.as_millis()
+    }
+
+    // ---- driving ----
+
+    fn resume(&mut self) {
+        match *self.state {
+            TxState::Preparing => {
+                // Not reachable through `decide` (a no vote decides abort in the same decision),
+                // but a record in that shape must not wait forever for votes that are in.
+                if let Some(i) = (0..self.len())
+                    .find(|&i| matches!(self.status(i), StepStatus::Failed | StepStatus::Unknown))
+                {
+                    let name = &self.defs[i].name;
+                    self.decide_abort(format!("branch {name} did not prepare"));
+                    return;
+                }
+                for i in 0..self.len() {
+                    match self.status(i) {
+                        StepStatus::Pending => self.send(i, Phase::Prepare, 1),
+                        StepStatus::Running | StepStatus::Backoff => {
+                            self.send(i, Phase::Prepare, self.next_attempt(i))
+                        }
+                        _ => {}
+                    }
+                }
+                self.check_votes();
+            }
+            TxState::Committing => {
+                for i in 0..self.len() {
+                    match self.status(i) {
+                        StepStatus::Prepared => self.send(i, Phase::Commit, 1),
+                        StepStatus::Committing | StepStatus::CommitBackoff => {
+                            self.send(i, Phase::Commit, self.next_attempt(i))
+                        }
+                        _ => {}
+                    }
+                }
+                self.check_committed();
+            }
+            TxState::Aborting => self.send_aborts(),
+            _ => {}
+        }
+    }
+
+    fn reply(&mut self, i: usize, phase: Phase, attempt: u32, result: CallResult) {
+        let in_flight = match phase {
+            Phase::Prepare => (TxState::Preparing, StepStatus::Running),
+            Phase::Commit => (TxState::Committing, StepStatus::Committing),
+            Phase::Abort => (TxState::Aborting, StepStatus::Aborting),
+            Phase::Execute | Phase::Compensate => return,
+        };
+        let b = &self.branches[i];
+        // Anything but the answer to the call in flight is stale: an earlier attempt, a prepare
+        // overtaken by the abort decision, a duplicate delivery.
+        if (*self.state, b.status) != in_flight || b.attempts != attempt {
+            return;
+        }
+        match phase {
+            Phase::Prepare => self.reply_prepare(i, attempt, result),
+            Phase::Commit => self.reply_phase_two(i, attempt, result, Phase::Commit),
+            _ => self.reply_phase_two(i, attempt, result, Phase::Abort),
+        }
+    }
+
+    fn due(&mut self, i: usize, phase: Phase, attempt: u32) {
+        if self.branches[i].attempts.checked_add(1) != Some(attempt) {
+            return;
+        }
+        match (phase, *self.state, self.status(i)) {
+            (Phase::Prepare, TxState::Preparing, StepStatus::Backoff)
+            | (Phase::Commit, TxState::Committing, StepStatus::CommitBackoff)
+            | (Phase::Abort, TxState::Aborting, StepStatus::AbortBackoff) => {
+                self.send(i, phase, attempt)
+            }
+            _ => {}
+        }
+    }
+
+    // ---- phase one ----
+
+    fn reply_prepare(&mut self, i: usize, attempt: u32, result: CallResult) {
+        let defs = self.defs;
+        let def = &defs[i];
+        match result {
+            CallResult::Ok(output) => {
+                let b = &mut self.branches[i];
+                b.status = StepStatus::Prepared;
+                b.output = Some(output);
+                self.touch(i);
+                self.note(
+                    "prepare_ok",
+                    Some(i),
+                    format!("attempt {attempt} voted yes"),
+                );
+                self.check_votes();
+            }
+            // A definite no (or a participant that rejects the call): it did not prepare.
+            CallResult::Failed(msg) | CallResult::Permanent(msg) => {
+                let b = &mut self.branches[i];
+                b.status = StepStatus::Failed;
+                b.last_error = Some(msg.clone());
+                self.touch(i);
+                self.note("prepare_failed", Some(i), format!("voted no: {msg}"));
+                self.decide_abort(format!("branch {} voted no: {msg}", def.name));
+            }
+            CallResult::Transient(msg) if attempt < def.retry.max_attempts => {
+                let ms = self.back_off(i, Phase::Prepare, StepStatus::Backoff, &msg);
+                self.note(
+                    "prepare_error",
+                    Some(i),
+                    format!("attempt {attempt} failed: {msg}; retrying in {ms}ms"),
+                );
+            }
+            // Out of retries without an answer: it may have prepared, so it is sent an abort.
+            CallResult::Transient(msg) => {
+                let b = &mut self.branches[i];
+                b.status = StepStatus::Unknown;
+                b.last_error = Some(msg.clone());
+                self.touch(i);
+                self.note(
+                    "prepare_error",
+                    Some(i),
+                    format!(
+                        "attempt {attempt} failed: {msg}; out of retries, it may have prepared"
+                    ),
+                );
+                self.decide_abort(format!(
+                    "branch {} gave no answer after {}: {msg}",
+                    def.name,
+                    attempts_text(attempt)
+                ));
+            }
+        }
+    }
+
+    /// Takes the commit decision once every branch voted yes, and starts phase two in the same
+    /// decision: the driver records it before it sends any `Commit`.
+    fn check_votes(&mut self) {
+        if *self.state != TxState::Preparing || !self.all_status(StepStatus::Prepared) {
+            return;
+        }
+        self.set_state(TxState::Committing);
+        self.note("commit_decided", None, "every branch voted yes".to_string());
+        for i in 0..self.len() {
+            self.send(i, Phase::Commit, 1);
+        }
+        self.check_committed();
+    }
+
+    /// Takes the abort decision and sends `Abort` to every branch that may have prepared.
+    fn decide_abort(&mut self, reason: String) {
+        self.set_state(TxState::Aborting);
+        self.set_last_error(reason.clone());
+        self.clear_cancel_request();
+        self.note("abort_decided", None, reason);
+        self.send_aborts();
+    }
+
+    // ---- phase two ----
+
+    /// Sends (or, after a restart, re-sends) `Abort` wherever it is needed and marks the branches
+    /// that never prepared as aborted; ends the transaction when nothing is left to abort.
+    fn send_aborts(&mut self) {
+        for i in 0..self.len() {
+            match self.status(i) {
+                // A prepare in flight is overtaken: the participant's barrier refuses a prepare
+                // that arrives after its abort, and the late reply is stale here.
+                StepStatus::Prepared
+                | StepStatus::Unknown
+                | StepStatus::Running
+                | StepStatus::Backoff => self.send(i, Phase::Abort, 1),
+                StepStatus::Aborting | StepStatus::AbortBackoff => {
+                    self.send(i, Phase::Abort, self.next_attempt(i))
+                }
+                StepStatus::Pending | StepStatus::Failed => {
+                    let why = if self.status(i) == StepStatus::Pending {
+                        "prepare never sent; nothing to abort"
+                    } else {
+                        "voted no; nothing to abort"
+                    };
+                    let b = &mut self.branches[i];
+                    b.status = StepStatus::Aborted;
+                    b.attempts = 0;
+                    self.touch(i);
+                    self.note("abort_skipped", Some(i), why.to_string());
+                }
+                _ => {}
+            }
+        }
+        self.check_aborted();
+    }
+
+    /// A `Commit` or `Abort` answer. Only `Ok` ends the branch: any failure is retried with
+    /// backoff for as long as it takes, because the decision is already taken and durable.
+    fn reply_phase_two(&mut self, i: usize, attempt: u32, result: CallResult, phase: Phase) {
+        let (done, backoff, ok_kind, error_kind) = if phase == Phase::Commit {
+            (
+                StepStatus::Committed,
+                StepStatus::CommitBackoff,
+                "commit_ok",
+                "commit_error",
+            )
+        } else {
+            (
+                StepStatus::Aborted,
+                StepStatus::AbortBackoff,
+                "abort_ok",
+                "abort_error",
+            )
+        };
+        match result {
+            CallResult::Ok(_) => {
+                // The output kept is the prepare's; an acknowledgement adds nothing to it.
+                self.branches[i].status = done;
+                self.touch(i);
+                self.note(ok_kind, Some(i), format!("attempt {attempt} succeeded"));
+                if phase == Phase::Commit {
+                    self.check_committed();
+                } else {
+                    self.check_aborted();
+                }
+            }
+            CallResult::Failed(msg) | CallResult::Transient(msg) | CallResult::Permanent(msg) => {
+                let ms = self.back_off(i, phase, backoff, &msg);
+                self.note(
+                    error_kind,
+                    Some(i),
+                    format!("attempt {attempt} failed: {msg}; retrying in {ms}ms"),
+                );
+            }
+        }
+    }
+
+    fn check_committed(&mut self) {
+        if *self.state == TxState::Committing && self.all_status(StepStatus::Committed) {
+            self.set_state(TxState::Committed);
+            self.note("committed", None, "every branch committed".to_string());
+        }
+    }
+
+    fn check_aborted(&mut self) {
+        if *self.state == TxState::Aborting && self.all_status(StepStatus::Aborted) {
+            self.set_state(TxState::Aborted);
+            self.note(
+                "aborted",
+                None,
+                "every branch that may have prepared was aborted".to_string(),
+            );
+        }
+    }
+
+    // ---- operator verbs ----
+
+    fn cancel(&mut self, reason: &str) -> Result<(), Refused> {
+        let state = *self.state;
+        if state.is_resting() {
+            return Err(Refused(format!(
+                "transaction {} has already ended ({state})",
+                self.id
+            )));
+        }
+        match state {
+            TxState::Preparing => {
+                self.note("cancel_requested", None, reason.to_string());
+                self.decide_abort(format!("cancelled: {reason}"));
+            }
+            // Already aborting: the cancel is satisfied as it stands.
+            TxState::Aborting => self.clear_cancel_request(),
+            TxState::Committing => {
+                return Err(Refused(format!(
+                    "transaction {} has decided to commit; it cannot be cancelled",
+                    self.id
+                )))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A two-phase commit never rests in `failed` (phase two retries instead), so there is
+    /// never anything for an operator's retry to resume.
+    fn retry(&mut self) -> Result<(), Refused> {
+        Err(Refused(format!(
+            "transaction {} is {}; only a failed transaction can be retried",
+            self.id, self.state
+        )))
+    }
+}
+
+fn attempts_text(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".to_string()
+    } else {
+        format!("{n} attempts")
+    }
+}
