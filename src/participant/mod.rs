@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+pub mod barrier;
 mod error;
 mod register;
 mod server;
