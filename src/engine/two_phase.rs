@@ -204,23 +204,17 @@ impl TwoPhase<'_> {
     fn resume(&mut self) {
         match *self.state {
             TxState::Preparing => {
-                // Not reachable through `decide` (a no vote decides abort in the same decision),
-                // but a record in that shape must not wait forever for votes that are in.
-                if let Some(i) = (0..self.len())
-                    .find(|&i| matches!(self.status(i), StepStatus::Failed | StepStatus::Unknown))
-                {
-                    let name = &self.defs[i].name;
-                    self.decide_abort(format!("branch {name} did not prepare"));
+                // Presumed abort: a prepare phase that had begun before this (re)start has no
+                // decision in the log, so it aborts. Only a transaction whose prepares were never
+                // sent (every branch pending) starts its prepare phase here.
+                if (0..self.len()).any(|i| self.status(i) != StepStatus::Pending) {
+                    self.decide_abort(
+                        "the coordinator restarted before the decision (presumed abort)".into(),
+                    );
                     return;
                 }
                 for i in 0..self.len() {
-                    match self.status(i) {
-                        StepStatus::Pending => self.send(i, Phase::Prepare, 1),
-                        StepStatus::Running | StepStatus::Backoff => {
-                            self.send(i, Phase::Prepare, self.next_attempt(i))
-                        }
-                        _ => {}
-                    }
+                    self.send(i, Phase::Prepare, 1);
                 }
                 self.check_votes();
             }

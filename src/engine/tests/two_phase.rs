@@ -434,32 +434,41 @@ fn aborts_retry_past_their_budget_too() {
 
 #[test]
 fn resume_resends_with_the_next_attempt_in_each_state() {
-    // Preparing: in flight and waiting branches go out again, pending ones for the first time.
+    // Preparing, once prepares went out: presumed abort. Every branch that may have prepared
+    // (in flight, backing off, prepared) is aborted; none is asked to prepare again.
     let mut tx = three_branches();
     apply(&mut tx, Event::Resume);
     apply(&mut tx, transient(1, Phase::Prepare, 1));
     apply(&mut tx, ok(2, Phase::Prepare, 1));
-    tx.branches.push(BranchRecord {
-        index: 3,
-        name: "d".to_string(),
-        ..BranchRecord::default()
-    });
-    if let Definition::TwoPhase(def) = &mut tx.definition {
-        def.branches.push(branch("d", 2));
-    }
     let d = apply(&mut tx, Event::Resume);
     assert_eq!(
         d.actions,
         vec![
-            call(0, Phase::Prepare, 2),
-            call(1, Phase::Prepare, 2),
-            call(3, Phase::Prepare, 1)
+            call(0, Phase::Abort, 1),
+            call(1, Phase::Abort, 1),
+            call(2, Phase::Abort, 1)
         ]
     );
-    assert_eq!(d.changed, vec![0, 1, 3]);
+    assert_eq!(tx.state, TxState::Aborting);
+    assert_eq!(
+        tx.last_error.as_deref(),
+        Some("the coordinator restarted before the decision (presumed abort)")
+    );
     assert_eq!(
         apply(&mut tx, ok(0, Phase::Prepare, 1)),
-        Decision::default()
+        Decision::default(),
+        "a late vote changes nothing"
+    );
+    // Preparing with nothing sent yet: the prepare phase starts.
+    let mut tx = three_branches();
+    let d = apply(&mut tx, Event::Resume);
+    assert_eq!(
+        d.actions,
+        vec![
+            call(0, Phase::Prepare, 1),
+            call(1, Phase::Prepare, 1),
+            call(2, Phase::Prepare, 1)
+        ]
     );
 
     // Committing: in flight and backing-off commits go out again.
@@ -547,5 +556,8 @@ fn a_preparing_record_with_a_no_vote_aborts_on_resume() {
     let d = apply(&mut tx, Event::Resume);
     assert_eq!(d.actions, vec![call(2, Phase::Abort, 1)]);
     assert_eq!(tx.state, TxState::Aborting);
-    assert_eq!(tx.last_error.as_deref(), Some("branch b did not prepare"));
+    assert_eq!(
+        tx.last_error.as_deref(),
+        Some("the coordinator restarted before the decision (presumed abort)")
+    );
 }
