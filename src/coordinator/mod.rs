@@ -351,10 +351,13 @@ impl Coordinator {
     /// another coordinator may already have claimed. When the heartbeat succeeds again it hands
     /// back what it held (epoch + 1 fences any straggler) and claims work afresh.
     pub fn run_background(self: &Arc<Self>) {
+        // Heartbeats run on their own task, so that a slow claim or a busy database read can
+        // never delay the renewal into a lost lease.
         let this = self.clone();
         let stop = self.stop.clone();
         self.tracker.spawn(async move {
-            let mut tick = tokio::time::interval(this.config.claim_interval);
+            let every = this.config.claim_interval.min(this.config.lease / 4);
+            let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_renewed = tokio::time::Instant::now();
             loop {
@@ -383,6 +386,21 @@ impl Coordinator {
                 }
                 if last_renewed.elapsed() > this.config.lease / 2 {
                     this.lose_lease();
+                }
+            }
+        });
+
+        let this = self.clone();
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(this.config.claim_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if !this.is_ready() {
                     continue;
                 }
                 this.take_cancel_requests().await;
@@ -390,7 +408,7 @@ impl Coordinator {
                 // at database speed, not one batch per tick.
                 loop {
                     match this.claim_some().await {
-                        Ok(n) if n > 0 && n >= this.config.claim_batch as usize => continue,
+                        Ok(n) if n >= this.config.claim_batch as usize => continue,
                         Ok(_) => break,
                         Err(e) => {
                             tracing::warn!(error = %e, "claim failed");
