@@ -349,3 +349,153 @@ async fn bad_two_phase_definitions_are_refused() {
         );
     }
 }
+
+#[path = "../examples/bank_transfer/bank.rs"]
+mod bank;
+
+/// Many concurrent transfers (2PC and sagas) between two banks whose services fail, stall, lose
+/// replies and get restarted: every transfer ends, and no money is created or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_transfers_keep_the_total_constant() {
+    use bank::{Bank, Faults};
+    use baton::client::{Client, Saga, Step, TwoPhase, TwoPhaseBranch};
+    use rand::Rng;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let db = fresh_database().await;
+    let dir = std::env::temp_dir().join(format!("baton-banks-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = Bank::open("bank-a", &dir.join("a.db")).await.unwrap();
+    let b = Bank::open("bank-b", &dir.join("b.db")).await.unwrap();
+    for (bank, ids) in [(&a, ["a1", "a2"]), (&b, ["b1", "b2"])] {
+        for id in ids {
+            bank.open_account(id, 1_000).await.unwrap();
+        }
+    }
+    let faults = Faults {
+        fail_before: 0.1,
+        fail_after: 0.1,
+        stall: 0.05,
+        hang: Duration::from_millis(400),
+    };
+    let server_a = a.participant(faults).serve("127.0.0.1:0").await.unwrap();
+    let server_b = b.participant(faults).serve("127.0.0.1:0").await.unwrap();
+    let (ep_a, ep_b) = (server_a.endpoint(), server_b.endpoint());
+    let co = coordinator(&db.url, "c1", &["--default-max-attempts", "12"], &[]).await;
+    let client = Client::connect(co.endpoint.clone()).await.unwrap();
+
+    let transfers = 120usize;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (client, next, ep_a, ep_b) = (client.clone(), next.clone(), ep_a.clone(), ep_b.clone());
+        workers.spawn(async move {
+            let mut outcomes = Vec::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n >= transfers {
+                    return outcomes;
+                }
+                let (amount, from_a, account) = {
+                    let mut rng = rand::thread_rng();
+                    (
+                        rng.gen_range(1..400i64),
+                        rng.gen_bool(0.5),
+                        rng.gen_range(1..=2),
+                    )
+                };
+                let (src, dst) = if from_a {
+                    (
+                        (ep_a.clone(), format!("a{account}")),
+                        (ep_b.clone(), format!("b{account}")),
+                    )
+                } else {
+                    (
+                        (ep_b.clone(), format!("b{account}")),
+                        (ep_a.clone(), format!("a{account}")),
+                    )
+                };
+                let body = |acc: &str| serde_json::json!({ "account": acc, "amount": amount });
+                let timeout = Duration::from_millis(200);
+                let request: baton::proto::StartRequest = if n % 2 == 0 {
+                    TwoPhase::new()
+                        .branch(
+                            TwoPhaseBranch::to_endpoint("debit", &src.0)
+                                .json(&body(&src.1))
+                                .unwrap()
+                                .timeout(timeout),
+                        )
+                        .branch(
+                            TwoPhaseBranch::to_endpoint("credit", &dst.0)
+                                .json(&body(&dst.1))
+                                .unwrap()
+                                .timeout(timeout),
+                        )
+                        .prepare_timeout(Duration::from_secs(20))
+                        .into()
+                } else {
+                    Saga::new()
+                        .step(
+                            Step::to_endpoint("withdraw", &src.0)
+                                .compensate("withdraw")
+                                .json(&body(&src.1))
+                                .unwrap()
+                                .timeout(timeout),
+                        )
+                        .step(
+                            Step::to_endpoint("deposit", &dst.0)
+                                .compensate("deposit")
+                                .json(&body(&dst.1))
+                                .unwrap()
+                                .timeout(timeout),
+                        )
+                        .into()
+                };
+                let tx = client.run(request).await.unwrap();
+                outcomes.push((n % 2 == 0, tx));
+            }
+        });
+    }
+    // Meanwhile restart bank B's service on the same port, twice.
+    let port_b = server_b.local_addr();
+    let mut server_b = Some(server_b);
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        server_b.take().unwrap().shutdown().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server_b = Some(b.participant(faults).serve(port_b).await.unwrap());
+    }
+    let mut outcomes = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        outcomes.extend(done.unwrap());
+    }
+    assert_eq!(outcomes.len(), transfers);
+    let mut counts = std::collections::BTreeMap::new();
+    for (two_phase, tx) in &outcomes {
+        let s = state(tx);
+        let ok = if *two_phase {
+            matches!(s, TxState::Committed | TxState::Aborted)
+        } else {
+            matches!(s, TxState::Committed | TxState::Compensated)
+        };
+        assert!(ok, "transfer ended {s:?}: {tx:?}");
+        *counts.entry(format!("{s:?}")).or_insert(0) += 1;
+    }
+    let (total_a, reserved_a) = a.totals().await.unwrap();
+    let (total_b, reserved_b) = b.totals().await.unwrap();
+    eprintln!("transfers: {counts:?}; totals {total_a} + {total_b}");
+    assert_eq!(
+        total_a + total_b,
+        4_000,
+        "money is neither created nor lost"
+    );
+    assert_eq!(
+        (reserved_a, reserved_b),
+        (0, 0),
+        "no reservation is left hanging"
+    );
+    server_a.shutdown().await;
+    server_b.unwrap().shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
