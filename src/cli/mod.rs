@@ -35,6 +35,8 @@ pub enum LogFormat {
 }
 
 /// The `baton` subcommands.
+// Parsed once per process; the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a coordinator.
