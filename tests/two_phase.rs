@@ -351,6 +351,7 @@ async fn bad_two_phase_definitions_are_refused() {
 }
 
 #[path = "../examples/bank_transfer/bank.rs"]
+#[allow(dead_code)] // the example uses all of it; this test only some
 mod bank;
 
 /// Many concurrent transfers (2PC and sagas) between two banks whose services fail, stall, lose
