@@ -25,6 +25,7 @@ use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
 use support::db::{fresh_database, TestDb};
+use support::process::Coordinator;
 
 /// The participant service every instance serves.
 const SERVICE: &str = "inventory";
@@ -282,51 +283,18 @@ impl ChildInstance {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// A `baton serve` child process.
-
-struct Coordinator {
-    _child: Child,
-    endpoint: String,
-    client: CoordinatorClient<Channel>,
-}
-
 async fn coordinator(db: &TestDb, extra: &[&str]) -> Coordinator {
     let refresh = REFRESH_MS.to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            &db.url,
-        ])
-        .args(["--id", "lb-1", "--registry-refresh-ms", &refresh])
-        .args(["--default-initial-backoff-ms", "20"])
-        .args(["--default-max-backoff-ms", "200"])
-        .args(["--default-timeout-ms", "2000"])
-        .args(["--connect-timeout-ms", "500"])
-        .args(extra)
-        .env("BATON_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn baton serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("baton serve did not start within 60 s")
-        .unwrap()
-        .expect("baton serve exited before listening");
-    let endpoint = line.split_whitespace().last().unwrap().to_string();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let client = CoordinatorClient::connect(endpoint.clone()).await.unwrap();
-    Coordinator {
-        _child: child,
-        endpoint,
-        client,
-    }
+    let args: Vec<&str> = [
+        "--registry-refresh-ms",
+        &refresh,
+        "--connect-timeout-ms",
+        "500",
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .collect();
+    support::process::coordinator(&db.url, "lb-1", &args, &[]).await
 }
 
 fn saga(services: &[&str], labels: HashMap<String, String>) -> StartRequest {
