@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::model::{Definition, Phase, TxRecord};
 
+mod book;
 mod saga;
 #[cfg(test)]
 mod tests;

@@ -2,11 +2,10 @@
 //! saga is cancelled before its pivot, compensation of every step that may have run, one at a
 //! time, in reverse order of completion.
 
-use crate::model::{
-    BranchRecord, Definition, Phase, StepDef, StepKind, StepStatus, TxId, TxRecord, TxState,
-};
+use crate::model::{Definition, Phase, StepDef, StepKind, StepStatus, TxId, TxRecord, TxState};
 
-use super::{Action, CallResult, Decision, Event, Note, Refused};
+use super::book::{deref_core, Core};
+use super::{Action, CallResult, Decision, Event, Refused};
 
 /// Applies `event` to a saga. Anything that is not a saga is left alone.
 pub(super) fn decide(tx: &mut TxRecord, event: Event, jitter: f64) -> Result<Decision, Refused> {
@@ -26,30 +25,31 @@ pub(super) fn decide(tx: &mut TxRecord, event: Event, jitter: f64) -> Result<Dec
     let mut saga = Saga {
         id: *id,
         steps: &def.steps,
-        branches,
-        state,
         stage,
-        last_error,
-        cancel_requested,
         jitter,
-        out: Decision::default(),
+        core: Core {
+            len: def.steps.len().min(branches.len()),
+            branches,
+            state,
+            last_error,
+            cancel_requested,
+            out: Decision::default(),
+        },
     };
     saga.apply(event)?;
-    Ok(saga.out)
+    Ok(saga.core.out)
 }
 
 /// One decision in progress: borrowed views of the transaction plus the answer being built.
 struct Saga<'a> {
     id: TxId,
     steps: &'a [StepDef],
-    branches: &'a mut [BranchRecord],
-    state: &'a mut TxState,
     stage: &'a mut u32,
-    last_error: &'a mut Option<String>,
-    cancel_requested: &'a mut bool,
     jitter: f64,
-    out: Decision,
+    core: Core<'a>,
 }
+
+deref_core!(Saga);
 
 impl Saga<'_> {
     fn apply(&mut self, event: Event) -> Result<(), Refused> {
@@ -90,56 +90,6 @@ impl Saga<'_> {
     }
 
     // ---- bookkeeping ----
-
-    /// The number of steps that have a branch record. The two lists are equal for a well-formed
-    /// record; a mismatch is tolerated rather than panicking on it.
-    fn len(&self) -> usize {
-        self.steps.len().min(self.branches.len())
-    }
-
-    fn index(&self, branch: u32) -> Option<usize> {
-        usize::try_from(branch).ok().filter(|&i| i < self.len())
-    }
-
-    fn touch(&mut self, i: usize) {
-        let i = i as u32;
-        if !self.out.changed.contains(&i) {
-            self.out.changed.push(i);
-        }
-    }
-
-    fn note(&mut self, kind: &'static str, branch: Option<usize>, detail: String) {
-        self.out.notes.push(Note {
-            kind,
-            branch: branch.map(|i| i as u32),
-            detail,
-        });
-    }
-
-    fn set_state(&mut self, state: TxState) {
-        if *self.state != state {
-            *self.state = state;
-            self.out.tx_changed = true;
-        }
-    }
-
-    fn set_last_error(&mut self, reason: String) {
-        if self.last_error.as_deref() != Some(reason.as_str()) {
-            *self.last_error = Some(reason);
-            self.out.tx_changed = true;
-        }
-    }
-
-    fn clear_cancel_request(&mut self) {
-        if *self.cancel_requested {
-            *self.cancel_requested = false;
-            self.out.tx_changed = true;
-        }
-    }
-
-    fn status(&self, i: usize) -> StepStatus {
-        self.branches[i].status
-    }
 
     fn any_status(&self, wanted: &[StepStatus]) -> bool {
         self.branches[..self.len()]

@@ -8,11 +8,10 @@
 //! until it hears the outcome. The driver persists a [`Decision`] before it sends any of its calls,
 //! so the commit decision is durable before the first `Commit` leaves.
 
-use crate::model::{
-    BranchDef, BranchRecord, Definition, Phase, StepStatus, TxId, TxRecord, TxState,
-};
+use crate::model::{BranchDef, Definition, Phase, StepStatus, TxId, TxRecord, TxState};
 
-use super::{Action, CallResult, Decision, Event, Note, Refused};
+use super::book::{deref_core, Core};
+use super::{Action, CallResult, Decision, Event, Refused};
 
 /// Applies `event` to a two-phase commit. Anything that is not one is left alone.
 pub(super) fn decide(tx: &mut TxRecord, event: Event, jitter: f64) -> Result<Decision, Refused> {
@@ -31,28 +30,29 @@ pub(super) fn decide(tx: &mut TxRecord, event: Event, jitter: f64) -> Result<Dec
     let mut tpc = TwoPhase {
         id: *id,
         defs: &def.branches,
-        branches,
-        state,
-        last_error,
-        cancel_requested,
         jitter,
-        out: Decision::default(),
+        core: Core {
+            len: def.branches.len().min(branches.len()),
+            branches,
+            state,
+            last_error,
+            cancel_requested,
+            out: Decision::default(),
+        },
     };
     tpc.apply(event)?;
-    Ok(tpc.out)
+    Ok(tpc.core.out)
 }
 
 /// One decision in progress: borrowed views of the transaction plus the answer being built.
 struct TwoPhase<'a> {
     id: TxId,
     defs: &'a [BranchDef],
-    branches: &'a mut [BranchRecord],
-    state: &'a mut TxState,
-    last_error: &'a mut Option<String>,
-    cancel_requested: &'a mut bool,
     jitter: f64,
-    out: Decision,
+    core: Core<'a>,
 }
+
+deref_core!(TwoPhase);
 
 impl TwoPhase<'_> {
     fn apply(&mut self, event: Event) -> Result<(), Refused> {
@@ -96,56 +96,6 @@ impl TwoPhase<'_> {
     }
 
     // ---- bookkeeping ----
-
-    /// The number of branches that have a record. The two lists are equal for a well-formed
-    /// record; a mismatch is tolerated rather than panicking on it.
-    fn len(&self) -> usize {
-        self.defs.len().min(self.branches.len())
-    }
-
-    fn index(&self, branch: u32) -> Option<usize> {
-        usize::try_from(branch).ok().filter(|&i| i < self.len())
-    }
-
-    fn touch(&mut self, i: usize) {
-        let i = i as u32;
-        if !self.out.changed.contains(&i) {
-            self.out.changed.push(i);
-        }
-    }
-
-    fn note(&mut self, kind: &'static str, branch: Option<usize>, detail: String) {
-        self.out.notes.push(Note {
-            kind,
-            branch: branch.map(|i| i as u32),
-            detail,
-        });
-    }
-
-    fn set_state(&mut self, state: TxState) {
-        if *self.state != state {
-            *self.state = state;
-            self.out.tx_changed = true;
-        }
-    }
-
-    fn set_last_error(&mut self, reason: String) {
-        if self.last_error.as_deref() != Some(reason.as_str()) {
-            *self.last_error = Some(reason);
-            self.out.tx_changed = true;
-        }
-    }
-
-    fn clear_cancel_request(&mut self) {
-        if *self.cancel_requested {
-            *self.cancel_requested = false;
-            self.out.tx_changed = true;
-        }
-    }
-
-    fn status(&self, i: usize) -> StepStatus {
-        self.branches[i].status
-    }
 
     fn all_status(&self, wanted: StepStatus) -> bool {
         self.branches[..self.len()]
