@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
     // The coordinator, on a free loopback port. Auth and TLS do not exist yet; keep it on loopback.
     let coordinator = api::serve(ServeConfig {
         listen: "127.0.0.1:0".parse()?,
+        http_listen: None,
         database_url,
         store: StoreOptions::default(),
         migrate: true,

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod coordinator;
 pub mod engine;
+pub mod http;
 pub mod model;
 pub mod participant;
 pub mod registry;

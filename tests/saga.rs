@@ -624,3 +624,57 @@ async fn cli_lists_shows_and_explains_errors() {
     assert!(!ok);
     assert!(err.contains("tx_id:"), "{err}");
 }
+
+#[tokio::test]
+async fn health_readiness_and_metrics_follow_the_sagas() {
+    let db = fresh_database().await;
+    let (p, _ledger) = participant().await;
+    let mut co = coordinator(&db, "c1", &[]).await;
+    assert_eq!(process::http_get(&co.http, "/healthz").await.0, 200);
+    let (status, body) = process::http_get(&co.http, "/readyz").await;
+    assert_eq!((status, body.trim()), (200, "ready"));
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .map(|v| v.trim().parse::<f64>().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let before = process::http_get(&co.http, "/metrics").await.1;
+    assert_eq!(
+        metric(&before, "baton_transactions_started_total{kind=\"saga\"}"),
+        0.0
+    );
+    run(&mut co.client, saga(vec![step("a", &p, "ok", "undo")])).await;
+    run(
+        &mut co.client,
+        saga(vec![
+            step("a", &p, "ok", "undo"),
+            step("b", &p, "fail", "undo"),
+        ]),
+    )
+    .await;
+    let after = process::http_get(&co.http, "/metrics").await.1;
+    assert_eq!(
+        metric(&after, "baton_transactions_started_total{kind=\"saga\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "baton_transactions_finished_total{kind=\"saga\",outcome=\"committed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "baton_transactions_finished_total{kind=\"saga\",outcome=\"compensated\"}"
+        ),
+        1.0
+    );
+    assert!(metric(&after, "baton_log_batches_total") >= 1.0);
+    assert_eq!(metric(&after, "baton_participant_calls_total"), 4.0);
+    assert_eq!(metric(&after, "baton_transactions_in_flight"), 0.0);
+}

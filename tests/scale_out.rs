@@ -251,6 +251,11 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(700)).await;
         cluster.stop();
         tokio::time::sleep(Duration::from_millis(outage_ms)).await;
+        if outage_ms >= 2000 {
+            // Past half the lease without a heartbeat: not ready, while the process stays up.
+            let (status, body) = support::process::http_get(&a.http, "/readyz").await;
+            assert_eq!(status, 503, "{body}");
+        }
         cluster.restart();
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -259,6 +264,8 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
         c.await.unwrap();
     }
     check_all(&addrs, &ledger, &seen).await;
+    let (status, body) = support::process::http_get(&a.http, "/readyz").await;
+    assert_eq!(status, 200, "ready again once the database answers: {body}");
     for node in [&mut a, &mut b] {
         assert!(
             node.child.try_wait().unwrap().is_none(),

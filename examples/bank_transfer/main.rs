@@ -30,6 +30,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let coordinator = api::serve(ServeConfig {
         listen: "127.0.0.1:0".parse()?,
+        http_listen: None,
         database_url: format!("sqlite://{}", dir.join("baton.db").display()),
         store: StoreOptions::default(),
         migrate: true,

@@ -19,6 +19,8 @@ use crate::store::{self, StoreError, StoreOptions};
 pub struct ServeConfig {
     /// Where to listen for gRPC; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics`; `None` serves no HTTP.
+    pub http_listen: Option<SocketAddr>,
     /// `postgres://...` or `sqlite://path`.
     pub database_url: String,
     pub store: StoreOptions,
@@ -49,6 +51,8 @@ pub enum ServeError {
 pub struct Serving {
     /// The bound gRPC address.
     pub addr: SocketAddr,
+    /// The bound HTTP address, if any.
+    pub http_addr: Option<SocketAddr>,
     coordinator: Arc<Coordinator>,
     stop: CancellationToken,
     drain: std::time::Duration,
@@ -108,6 +112,15 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
     if config.coordinator.address.is_empty() {
         config.coordinator.address = format!("http://{addr}");
     }
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
     let registry = Arc::new(Registry::new(log.clone(), config.registry.clone()));
     let coordinator = Coordinator::new(config.coordinator.clone(), log, registry);
     let resumed = coordinator
@@ -135,9 +148,18 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
                 shutdown.cancelled().await
             }),
     );
-    tracing::info!(%addr, id = %config.coordinator.id, "coordinator serving");
+    if let Some(listener) = http_listener {
+        let (co, stop) = (coordinator.clone(), stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(listener, co, stop).await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+    }
+    tracing::info!(%addr, ?http_addr, id = %config.coordinator.id, "coordinator serving");
     Ok(Serving {
         addr,
+        http_addr,
         coordinator,
         stop,
         drain: config.drain,

@@ -21,6 +21,8 @@ use crate::store::{self, StoreOptions};
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://baton.db";
 /// Default gRPC address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7600";
+/// Default HTTP address (health and metrics).
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7601";
 
 /// Options of `baton serve`. Each has a `BATON_*` variable and a key of the same name (with `_`)
 /// in the TOML file.
@@ -34,6 +36,10 @@ pub struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:7600].
     #[arg(long, env = "BATON_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// HTTP address for /healthz, /readyz and /metrics [default: 127.0.0.1:7601]; "off" serves
+    /// no HTTP.
+    #[arg(long, env = "BATON_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
     /// The log: postgres://user@host/db, or sqlite://path for the embedded store
     /// [default: sqlite://baton.db]. An SQLite file serves one coordinator only.
     #[arg(long, env = "BATON_DATABASE_URL")]
@@ -127,6 +133,7 @@ impl ServeArgs {
         Ok(ServeArgs {
             config: self.config,
             listen: self.listen.or(file.listen),
+            http_listen: self.http_listen.or(file.http_listen),
             database_url: self.database_url.or(file.database_url),
             id: self.id.or(file.id),
             no_migrate: self.no_migrate.or(file.no_migrate),
@@ -207,8 +214,16 @@ impl ServeArgs {
         }
         let registry_default = RegistryConfig::default();
         let limits_default = Limits::default();
+        let http_listen = match args.http_listen.as_deref() {
+            None => Some(DEFAULT_HTTP_LISTEN.parse().expect("default address parses")),
+            Some("off") => None,
+            Some(text) => Some(text.parse().with_context(|| {
+                format!("http_listen: {text:?} is not an address such as 127.0.0.1:7601 (or off)")
+            })?),
+        };
         Ok(ServeConfig {
             listen,
+            http_listen,
             database_url: args
                 .database_url
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
@@ -279,6 +294,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
     let serving = api::serve(config).await?;
     println!("baton coordinator listening on {}", serving.endpoint());
+    if let Some(http) = serving.http_addr {
+        println!("health and metrics on http://{http}");
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
     serving.shutdown().await;

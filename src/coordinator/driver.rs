@@ -206,6 +206,7 @@ impl Driver {
                 self.tx.updated_at = now;
                 if release {
                     self.tx.owner = None;
+                    self.co.metrics.finished(self.tx.kind, self.tx.state);
                 }
                 for e in events {
                     let _ = self.events.send(EventRecord {
@@ -220,6 +221,7 @@ impl Driver {
                 Ok(Persisted::Written)
             }
             Ok(WriteOutcome::Fenced) => {
+                self.co.metrics.fenced();
                 tracing::warn!(
                     epoch = self.tx.epoch,
                     "fenced: another coordinator owns the transaction now"
@@ -290,6 +292,7 @@ impl Driver {
                     return;
                 };
                 let registry = self.co.registry.clone();
+                self.co.metrics.call(attempt > 1);
                 self.work.spawn(async move {
                     let result = call::call(&registry, spec).await;
                     Event::Reply {

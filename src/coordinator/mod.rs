@@ -9,6 +9,7 @@
 pub mod call;
 mod driver;
 pub mod failpoint;
+pub mod metrics;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -139,6 +140,7 @@ pub struct Coordinator {
     /// Whether the heartbeat is current (false while the log is unreachable for too long).
     has_lease: std::sync::atomic::AtomicBool,
     writer_stop: CancellationToken,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Coordinator {
@@ -148,8 +150,10 @@ impl Coordinator {
         let tracker = TaskTracker::new();
         let stop = CancellationToken::new();
         let writer_stop = CancellationToken::new();
+        let metrics = Arc::new(metrics::Metrics::default());
         let writer = LogWriter::start(
             store.clone(),
+            metrics.clone(),
             config.max_batch,
             config.max_inflight.max(64) * 2,
             &tracker,
@@ -167,6 +171,7 @@ impl Coordinator {
             stop,
             has_lease: std::sync::atomic::AtomicBool::new(true),
             writer_stop,
+            metrics,
         })
     }
 
@@ -180,6 +185,15 @@ impl Coordinator {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Unfinished transactions driven here now.
+    pub fn in_flight(&self) -> usize {
+        self.config.max_inflight - self.inflight.available_permits()
     }
 
     /// Whether shutdown has begun.
@@ -214,6 +228,7 @@ impl Coordinator {
         match outcome {
             WriteOutcome::Created => {
                 let id = record.id;
+                self.metrics.started(record.kind);
                 self.spawn_driver(record, Event::Resume, permit);
                 Ok(Started::Created(id))
             }
@@ -333,6 +348,7 @@ impl Coordinator {
             )
             .await?;
         let n = claimed.len();
+        self.metrics.claimed(n as u64);
         for tx in claimed {
             let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
                 break;

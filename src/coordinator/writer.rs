@@ -41,13 +41,14 @@ impl LogWriter {
     /// drained, or when every handle is dropped.
     pub fn start(
         store: Arc<dyn TxLog>,
+        metrics: Arc<super::metrics::Metrics>,
         max_batch: usize,
         queue_len: usize,
         tracker: &tokio_util::task::TaskTracker,
         stop: CancellationToken,
     ) -> Self {
         let (queue, rx) = mpsc::channel(queue_len.max(1));
-        tracker.spawn(run(store, rx, max_batch.max(1), stop));
+        tracker.spawn(run(store, metrics, rx, max_batch.max(1), stop));
         LogWriter { queue }
     }
 
@@ -64,6 +65,7 @@ impl LogWriter {
 
 async fn run(
     store: Arc<dyn TxLog>,
+    metrics: Arc<super::metrics::Metrics>,
     mut rx: mpsc::Receiver<Pending>,
     max_batch: usize,
     stop: CancellationToken,
@@ -96,6 +98,7 @@ async fn run(
         let started = std::time::Instant::now();
         let result = store.apply(&writes).await;
         writes.clear();
+        metrics.batch(batch.len(), started.elapsed().as_micros() as u64);
         tracing::trace!(
             batch = batch.len(),
             micros = started.elapsed().as_micros() as u64,

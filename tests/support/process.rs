@@ -26,6 +26,8 @@ pub const FAST: &[&str] = &[
 pub struct Coordinator {
     pub child: Child,
     pub endpoint: String,
+    /// `127.0.0.1:port` of the health and metrics server.
+    pub http: String,
     pub client: CoordinatorClient<Channel>,
 }
 
@@ -42,7 +44,7 @@ pub async fn coordinator(
         .args(["serve", "--database-url", database_url, "--id", id])
         .args(
             // `extra` overrides a default of the same flag.
-            ["--listen", "127.0.0.1:0"]
+            ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
                 .iter()
                 .chain(FAST)
                 .collect::<Vec<_>>()
@@ -71,6 +73,14 @@ pub async fn coordinator(
         .last()
         .expect("the listening line names the address")
         .to_string();
+    let http = lines
+        .next_line()
+        .await
+        .expect("read baton serve's stdout")
+        .and_then(|l| l.split_whitespace().last().map(str::to_string))
+        .expect("baton serve names its http address")
+        .trim_start_matches("http://")
+        .to_string();
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let client = CoordinatorClient::connect(endpoint.clone())
@@ -79,6 +89,7 @@ pub async fn coordinator(
     Coordinator {
         child,
         endpoint,
+        http,
         client,
     }
 }
@@ -89,6 +100,25 @@ impl Coordinator {
         self.child.start_kill().expect("send SIGKILL");
         self.child.wait().await.expect("reap baton serve");
     }
+}
+
+/// `GET path` on `addr` over plain HTTP/1.0; returns the status code and the body.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
 }
 
 /// Polls `pred` every 10 ms for up to 10 s.

@@ -1,0 +1,59 @@
+//! The coordinator's HTTP port: `/healthz` (the process runs), `/readyz` (it takes new work: its
+//! lease is current, it is not draining, and the database answers) and `/metrics` (Prometheus
+//! text). Plain HTTP/1 on its own listener, next to the gRPC port.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::coordinator::Coordinator;
+
+/// Serves the HTTP endpoints on `listener` until `stop` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    coordinator: Arc<Coordinator>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(coordinator);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+async fn ready(State(co): State<Arc<Coordinator>>) -> (StatusCode, String) {
+    if co.is_stopping() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
+    }
+    if !co.is_ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "lease lost: the database does not answer\n".into(),
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(2), co.store().ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n".into()),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database: no answer within 2 s\n".into(),
+        ),
+    }
+}
+
+async fn metrics(State(co): State<Arc<Coordinator>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        co.metrics().render(co.in_flight(), co.is_ready()),
+    )
+}
