@@ -102,10 +102,9 @@ pub async fn run(config: &BenchConfig, cancel: CancellationToken) -> Result<Repo
         return Err(BenchError::Unavailable(*w));
     }
     let scratch = scratch::Scratch::create(&config.store).await?;
-    let result = tokio::select! {
-        r = run_on(config, &scratch, &cancel) => r,
-        _ = cancel.cancelled() => Err(BenchError::Interrupted),
-    };
+    // Not a select: an interrupted run still stops its coordinator and participants in order,
+    // before the database they use is dropped.
+    let result = run_on(config, &scratch, &cancel).await;
     scratch.remove().await;
     result
 }
@@ -138,28 +137,7 @@ async fn run_cells(
     cancel: &CancellationToken,
 ) -> Result<Report, BenchError> {
     let baseline = baseline::Baseline::prepare(&scratch.baseline_url).await?;
-    let window = measure::Timing {
-        warmup: config.warmup,
-        duration: config.duration,
-    };
-    let mut cells = Vec::new();
-    for &workload in &config.workloads {
-        for &clients in config.concurrency.iter().filter(|&&c| c > 0) {
-            tracing::info!(%workload, clients, "baseline");
-            let base = baseline.run(clients, window, cancel).await?;
-            tracing::info!(%workload, clients, "baton");
-            let baton = workloads::run(
-                workload,
-                &serving.endpoint(),
-                participants,
-                clients,
-                window,
-                cancel,
-            )
-            .await?;
-            cells.push(CellReport::new(workload, clients, baton, base));
-        }
-    }
+    let cells = measure_cells(config, &baseline, serving, participants, cancel).await;
     baseline.finish().await;
     Ok(Report {
         store: scratch.describe(),
@@ -167,8 +145,44 @@ async fn run_cells(
         warmup: config.warmup,
         duration: config.duration,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        cells,
+        cells: cells?,
     })
+}
+
+/// Every (workload, concurrency) cell, each right after its baseline.
+async fn measure_cells(
+    config: &BenchConfig,
+    baseline: &baseline::Baseline,
+    serving: &Serving,
+    participants: &workloads::ParticipantHost,
+    cancel: &CancellationToken,
+) -> Result<Vec<CellReport>, BenchError> {
+    let timing = measure::Timing {
+        warmup: config.warmup,
+        duration: config.duration,
+    };
+    let interrupted = || {
+        if cancel.is_cancelled() {
+            Err(BenchError::Interrupted)
+        } else {
+            Ok(())
+        }
+    };
+    let mut cells = Vec::new();
+    for &workload in &config.workloads {
+        for &clients in config.concurrency.iter().filter(|&&c| c > 0) {
+            tracing::info!(%workload, clients, "baseline");
+            let base = baseline.run(clients, timing, cancel).await?;
+            interrupted()?;
+            tracing::info!(%workload, clients, "baton");
+            let endpoint = serving.endpoint();
+            let baton =
+                workloads::run(workload, &endpoint, participants, clients, timing, cancel).await?;
+            interrupted()?;
+            cells.push(CellReport::new(workload, clients, baton, base));
+        }
+    }
+    Ok(cells)
 }
 
 /// A coordinator on a free loopback port, configured as `baton serve` would be by default.
