@@ -1,7 +1,8 @@
-//! The `baton` command line: `serve`, `migrate`, and the operator commands `tx` and
-//! `participants`, which talk to a coordinator through the client SDK.
+//! The `baton` command line: `serve`, `migrate`, the operator commands `tx` and
+//! `participants`, which talk to a coordinator through the client SDK, and `bench`.
 
 mod coordinators;
+pub mod bench;
 pub mod output;
 mod participants;
 pub mod serve;
@@ -67,6 +68,11 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Measure throughput and latency of the reference workloads against a raw-database baseline.
+    Bench(bench::BenchArgs),
+    /// Serve the bench's participant service and print its endpoint (used by `bench`).
+    #[command(name = "bench-participant", hide = true)]
+    BenchParticipant(bench::BenchParticipantArgs),
 }
 
 /// Options of every command that talks to a running coordinator.
@@ -99,6 +105,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tx { remote, command } => tx::run(&remote, command).await,
         Command::Participants { remote, command } => participants::run(&remote, command).await,
         Command::Coordinators { remote } => coordinators::run(&remote).await,
+        Command::Bench(args) => bench::run(args).await,
+        Command::BenchParticipant(args) => bench::participant(args).await,
     }
 }
 

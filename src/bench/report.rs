@@ -1,0 +1,217 @@
+//! A bench run's results: per-cell statistics next to their baseline, as a table for people and
+//! as one JSON document for scripts.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::baseline::COMMITS_PER_SAGA;
+use super::measure::Sample;
+use super::workloads::{BatonSample, Workload};
+
+/// One (workload, concurrency) cell: Baton's numbers, the same-run baseline's, and their ratio.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CellReport {
+    pub workload: String,
+    pub concurrency: usize,
+    /// Transactions that ended as expected inside the window.
+    pub transactions: u64,
+    pub tps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Transactions that ended otherwise (wrong state, RPC error, timeout) inside the window.
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    /// CPU time of the bench process per transaction: the coordinator, and also the clients,
+    /// which run in the same process.
+    pub coordinator_cpu_ms_per_tx: Option<f64>,
+    /// CPU time of the participant process per transaction (`None` when in process).
+    pub participant_cpu_ms_per_tx: Option<f64>,
+    pub baseline: BaselineReport,
+    /// Baton's throughput over the baseline's; `None` when the baseline finished nothing.
+    pub ratio_to_baseline: Option<f64>,
+}
+
+/// The raw-database baseline run right before a cell, with the same clients and window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BaselineReport {
+    pub transactions: u64,
+    pub tps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    pub commits_per_tx: u32,
+}
+
+impl CellReport {
+    /// Summarises the samples of one cell.
+    pub fn new(workload: Workload, concurrency: usize, baton: BatonSample, base: Sample) -> Self {
+        let s = &baton.sample;
+        let finished = s.count() + s.errors;
+        let per_tx = |cpu: Option<Duration>| {
+            cpu.filter(|_| finished > 0)
+                .map(|cpu| round(cpu.as_secs_f64() * 1e3 / finished as f64, 3))
+        };
+        let baseline = BaselineReport {
+            transactions: base.count(),
+            tps: round(base.throughput(), 1),
+            p50_ms: round(base.percentile_ms(0.50), 3),
+            p99_ms: round(base.percentile_ms(0.99), 3),
+            max_ms: round(base.max_ms(), 3),
+            errors: base.errors,
+            error_samples: base.error_samples.clone(),
+            commits_per_tx: COMMITS_PER_SAGA,
+        };
+        let base_tps = base.throughput();
+        CellReport {
+            workload: workload.to_string(),
+            concurrency,
+            transactions: s.count(),
+            tps: round(s.throughput(), 1),
+            p50_ms: round(s.percentile_ms(0.50), 3),
+            p99_ms: round(s.percentile_ms(0.99), 3),
+            max_ms: round(s.max_ms(), 3),
+            errors: s.errors,
+            error_samples: s.error_samples.clone(),
+            coordinator_cpu_ms_per_tx: per_tx(baton.bench_cpu),
+            participant_cpu_ms_per_tx: per_tx(baton.participant_cpu),
+            baseline,
+            ratio_to_baseline: (base_tps > 0.0).then(|| round(s.throughput() / base_tps, 3)),
+        }
+    }
+}
+
+/// Everything one `baton bench` run measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// Which log, described without credentials.
+    pub store: String,
+    /// Where the participants ran.
+    pub participants: String,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// CPUs available to this process.
+    pub cpus: usize,
+    pub cells: Vec<CellReport>,
+}
+
+impl Report {
+    /// Errors in any cell, Baton's or the baseline's.
+    pub fn errors(&self) -> u64 {
+        self.cells
+            .iter()
+            .map(|c| c.errors + c.baseline.errors)
+            .sum()
+    }
+
+    /// The JSON document: run settings, `cells`, and the first cell's `ratio_to_baseline` at the
+    /// top so scripts always find it there. With a single cell its fields are also at the top.
+    pub fn to_json(&self) -> Value {
+        let cells: Vec<Value> = self
+            .cells
+            .iter()
+            .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+            .collect();
+        let mut doc = json!({
+            "baton_version": crate::VERSION,
+            "store": self.store,
+            "participants": self.participants,
+            "warmup_ms": self.warmup.as_millis() as u64,
+            "duration_ms": self.duration.as_millis() as u64,
+            "cpus": self.cpus,
+            "cpu_note": "coordinator_cpu_ms_per_tx is the bench process (coordinator and clients); \
+                         participant_cpu_ms_per_tx is the participant process",
+        });
+        let Value::Object(top) = &mut doc else {
+            return doc;
+        };
+        if let [Value::Object(only)] = cells.as_slice() {
+            for (key, value) in only {
+                top.insert(key.clone(), value.clone());
+            }
+        }
+        let first_ratio = self
+            .cells
+            .first()
+            .and_then(|c| c.ratio_to_baseline)
+            .map_or(Value::Null, Value::from);
+        top.insert("ratio_to_baseline".into(), first_ratio);
+        top.insert("cells".into(), Value::Array(cells));
+        doc
+    }
+
+    /// The readable table.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "baton bench: store {}, participants {}, warm-up {:?}, window {:?}, {} CPUs",
+            self.store, self.participants, self.warmup, self.duration, self.cpus
+        );
+        let _ = writeln!(
+            out,
+            "{:<4} {:>4} | {:>9} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} | {:>9} {:>8} {:>8} | {:>6}",
+            "load",
+            "C",
+            "tx/s",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "errors",
+            "coord cpu",
+            "part cpu",
+            "base tx/s",
+            "base p50",
+            "base p99",
+            "ratio"
+        );
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
+        for c in &self.cells {
+            let _ = writeln!(
+                out,
+                "{:<4} {:>4} | {:>9.1} {:>8.3} {:>8.3} {:>8.3} {:>6} {:>9} {:>9} | {:>9.1} {:>8.3} {:>8.3} | {:>6}",
+                c.workload,
+                c.concurrency,
+                c.tps,
+                c.p50_ms,
+                c.p99_ms,
+                c.max_ms,
+                c.errors,
+                ms(c.coordinator_cpu_ms_per_tx),
+                ms(c.participant_cpu_ms_per_tx),
+                c.baseline.tps,
+                c.baseline.p50_ms,
+                c.baseline.p99_ms,
+                c.ratio_to_baseline
+                    .map_or_else(|| "-".to_string(), |r| format!("{r:.2}x")),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "cpu columns: ms of CPU per transaction; coord = the bench process (coordinator and \
+             clients), part = the participant process. Baseline: {COMMITS_PER_SAGA} single-statement \
+             commits per saga."
+        );
+        for c in self
+            .cells
+            .iter()
+            .filter(|c| c.errors + c.baseline.errors > 0)
+        {
+            for e in c.error_samples.iter().chain(&c.baseline.error_samples) {
+                let _ = writeln!(out, "error in {} C={}: {e}", c.workload, c.concurrency);
+            }
+        }
+        out
+    }
+}
+
+/// `value` rounded to `digits` decimals, to keep the JSON readable.
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}

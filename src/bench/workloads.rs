@@ -1,0 +1,303 @@
+//! The reference workloads, the participant services they call, and one Baton cell's closed loop.
+//!
+//! Every workload is a 3-step saga `reserve → charge → ship` whose steps name the participant's
+//! endpoint directly (no registry lookup). The participant answers at once: W1's steps all succeed;
+//! in W2 `ship` is declined (a business failure), so `charge` and `reserve` are compensated.
+
+use std::fmt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::measure::{Recorder, Sample, Timing, Window, CALL_TIMEOUT};
+use super::{cpu, BenchError, Participants};
+use crate::client::{Client, Saga, StartRequest, Step, TxState};
+use crate::participant::{HandlerError, Participant, Reply, ServerHandle};
+
+/// How long a participant process may take to print its endpoint.
+const PARTICIPANT_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A reference workload (DESIGN §9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Workload {
+    /// A 3-step saga whose participants succeed at once.
+    W1,
+    /// The same saga with step 3 declined, so steps 2 and 1 compensate.
+    W2,
+    /// Two-phase commit with two branches (not available until the coordinator runs 2PC).
+    W3,
+}
+
+impl Workload {
+    /// The workloads `--workload all` runs.
+    pub const ALL: [Workload; 2] = [Workload::W1, Workload::W2];
+
+    /// Whether this build can run it.
+    pub fn is_available(self) -> bool {
+        self != Workload::W3
+    }
+
+    /// The state every transaction of this workload must end in; anything else is an error.
+    pub fn expected(self) -> TxState {
+        match self {
+            Workload::W1 | Workload::W3 => TxState::Committed,
+            Workload::W2 => TxState::Compensated,
+        }
+    }
+
+    /// The saga one client starts, again and again, against the participant at `endpoint`.
+    pub fn saga(self, endpoint: &str) -> StartRequest {
+        let last = match self {
+            Workload::W2 => "ship_declined",
+            _ => "ship",
+        };
+        Saga::new()
+            .step(
+                Step::to_endpoint("reserve", endpoint)
+                    .compensate("release")
+                    .payload(vec![b'r'; super::baseline::PAYLOAD_BYTES]),
+            )
+            .step(Step::to_endpoint("charge", endpoint).compensate("refund"))
+            .step(Step::to_endpoint("ship", endpoint).action(last))
+            .into()
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Workload::W1 => "w1",
+            Workload::W2 => "w2",
+            Workload::W3 => "w3",
+        })
+    }
+}
+
+/// The participant service every workload calls: each action answers at once.
+pub fn participant() -> Participant {
+    let ok = |_| async { Ok(Reply::ok()) };
+    Participant::new()
+        .on_execute("reserve", ok)
+        .on_compensate("release", ok)
+        .on_execute("charge", ok)
+        .on_compensate("refund", ok)
+        .on_execute("ship", ok)
+        .on_execute("ship_declined", |_| async {
+            Err(HandlerError::failed("declined by the bench workload"))
+        })
+}
+
+/// The running participant service, in a child process or in this one.
+pub struct ParticipantHost {
+    endpoint: String,
+    host: Host,
+}
+
+enum Host {
+    /// The child, and its stdin: it serves until stdin closes or it is killed.
+    Process {
+        child: Child,
+        _stdin: ChildStdin,
+    },
+    InProcess(ServerHandle),
+}
+
+impl ParticipantHost {
+    /// Starts the participant service where `how` says.
+    pub async fn start(how: &Participants) -> Result<ParticipantHost, BenchError> {
+        match how {
+            Participants::InProcess => {
+                let server = participant()
+                    .serve("127.0.0.1:0")
+                    .await
+                    .map_err(|e| BenchError::Participants(e.to_string()))?;
+                Ok(ParticipantHost {
+                    endpoint: server.endpoint(),
+                    host: Host::InProcess(server),
+                })
+            }
+            Participants::Process { exe } => spawn_process(exe).await,
+        }
+    }
+
+    /// The URL steps call.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The child's pid, when the participant runs in one.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.host {
+            Host::Process { child, .. } => child.id(),
+            Host::InProcess(_) => None,
+        }
+    }
+
+    /// A short description for the report.
+    pub fn describe(&self) -> String {
+        match &self.host {
+            Host::Process { .. } => "separate process".to_string(),
+            Host::InProcess(_) => "in process".to_string(),
+        }
+    }
+
+    /// Stops the service: kills the child by its pid (and reaps it), or shuts the server down.
+    pub async fn stop(self) {
+        match self.host {
+            Host::Process { mut child, .. } => {
+                if let Err(e) = child.kill().await {
+                    tracing::warn!(error = %e, "could not stop the participant process");
+                }
+            }
+            Host::InProcess(server) => server.shutdown().await,
+        }
+    }
+}
+
+/// Runs `exe bench-participant` and reads the endpoint it prints.
+async fn spawn_process(exe: &Path) -> Result<ParticipantHost, BenchError> {
+    let mut child = Command::new(exe)
+        .args(["bench-participant", "--listen", "127.0.0.1:0"])
+        .env("BATON_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| BenchError::Participants(format!("run {}: {e}", exe.display())))?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(BenchError::Participants("no pipes to the child".into()));
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(PARTICIPANT_START_TIMEOUT, lines.next_line()).await;
+    let endpoint = match line {
+        Ok(Ok(Some(line))) => line.trim().to_string(),
+        Ok(Ok(None)) => return Err(BenchError::Participants("it exited at once".into())),
+        Ok(Err(e)) => return Err(BenchError::Participants(e.to_string())),
+        Err(_) => {
+            return Err(BenchError::Participants(format!(
+                "no endpoint within {PARTICIPANT_START_TIMEOUT:?}"
+            )))
+        }
+    };
+    if !endpoint.starts_with("http://127.0.0.1:") {
+        return Err(BenchError::Participants(format!(
+            "unexpected endpoint {endpoint:?}"
+        )));
+    }
+    Ok(ParticipantHost {
+        endpoint,
+        host: Host::Process {
+            child,
+            _stdin: stdin,
+        },
+    })
+}
+
+/// What one Baton cell measured.
+#[derive(Clone, Debug, Default)]
+pub struct BatonSample {
+    pub sample: Sample,
+    /// CPU time of this process (coordinator and clients) during the window.
+    pub bench_cpu: Option<Duration>,
+    /// CPU time of the participant process during the window (none when in process).
+    pub participant_cpu: Option<Duration>,
+}
+
+/// One closed-loop cell of `workload` with `clients` clients against the coordinator at
+/// `coordinator`.
+pub async fn run(
+    workload: Workload,
+    coordinator: &str,
+    participants: &ParticipantHost,
+    clients: usize,
+    timing: Timing,
+    cancel: &CancellationToken,
+) -> Result<BatonSample, BenchError> {
+    // One connection per client, as separate application instances would have.
+    let mut connected = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        connected.push(
+            Client::connect(coordinator)
+                .await
+                .map_err(|e| BenchError::Client(e.to_string()))?,
+        );
+    }
+    let request = workload.saga(participants.endpoint());
+    let expected = workload.expected();
+    let window = timing.window_from_now();
+    let cpu = tokio::spawn(cpu_during(window, participants.pid(), cancel.clone()));
+    let mut loops: JoinSet<Recorder> = JoinSet::new();
+    for client in connected {
+        let (request, cancel) = (request.clone(), cancel.clone());
+        loops.spawn(async move {
+            let mut recorder = Recorder::new(window);
+            while recorder.open(&cancel) {
+                let started = Instant::now();
+                let outcome = one(&client, request.clone(), expected).await;
+                recorder.record(started, outcome);
+            }
+            recorder
+        });
+    }
+    let recorders = loops.join_all().await;
+    let (bench_cpu, participant_cpu) = cpu.await.unwrap_or((None, None));
+    Ok(BatonSample {
+        sample: Sample::merge(recorders, timing.duration),
+        bench_cpu,
+        participant_cpu,
+    })
+}
+
+/// One transaction: start it, wait for its outcome, check it is the expected one.
+async fn one(client: &Client, request: StartRequest, expected: TxState) -> Result<(), String> {
+    match tokio::time::timeout(CALL_TIMEOUT, client.run(request)).await {
+        Ok(Ok(tx)) if tx.state() == expected => Ok(()),
+        Ok(Ok(tx)) => Err(format!(
+            "transaction {} ended {:?}, expected {expected:?}: {}",
+            tx.tx_id,
+            tx.state(),
+            tx.last_error
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no outcome within {CALL_TIMEOUT:?}")),
+    }
+}
+
+/// CPU time of this process and of `participant` between the window's start and end.
+async fn cpu_during(
+    window: Window,
+    participant: Option<u32>,
+    cancel: CancellationToken,
+) -> (Option<Duration>, Option<Duration>) {
+    let wait = |until| {
+        let cancel = cancel.clone();
+        async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => true,
+                _ = cancel.cancelled() => false,
+            }
+        }
+    };
+    if !wait(window.start).await {
+        return (None, None);
+    }
+    let before = (
+        cpu::process_cpu(None),
+        participant.and_then(|p| cpu::process_cpu(Some(p))),
+    );
+    if !wait(window.end).await {
+        return (None, None);
+    }
+    let after = (
+        cpu::process_cpu(None),
+        participant.and_then(|p| cpu::process_cpu(Some(p))),
+    );
+    (cpu::delta(before.0, after.0), cpu::delta(before.1, after.1))
+}

@@ -1,0 +1,161 @@
+//! `baton bench` (the reference workloads against an in-process coordinator, next to a raw-database
+//! baseline) and its hidden helper `baton bench-participant`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use tokio_util::sync::CancellationToken;
+
+use crate::bench::{self, measure::parse_duration, BenchConfig, Participants, Store, Workload};
+
+/// Which workloads to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WorkloadArg {
+    /// A 3-step saga whose participants succeed at once.
+    W1,
+    /// The same saga with step 3 declined, so steps 2 and 1 compensate.
+    W2,
+    /// Two-phase commit with two branches (not available yet).
+    W3,
+    /// W1 then W2.
+    All,
+}
+
+/// Options of `baton bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The workload to run.
+    #[arg(long, value_enum, default_value_t = WorkloadArg::All)]
+    pub workload: WorkloadArg,
+    /// Concurrent closed-loop clients; repeat the flag or give a comma list to run several.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 32])]
+    pub concurrency: Vec<usize>,
+    /// Warm-up before each measured window, such as 3s or 500ms.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// The measured window of each cell; only transactions finishing inside it count.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// A PostgreSQL database to use as it is (give an empty one). Without it a fresh database
+    /// baton_bench_<uuid> is created on postgres://postgres@127.0.0.1:5432 and dropped at the end.
+    #[arg(long, conflicts_with = "sqlite")]
+    pub database_url: Option<String>,
+    /// Log to temporary SQLite files instead of PostgreSQL (the baseline too).
+    #[arg(long)]
+    pub sqlite: bool,
+    /// Run the participant services inside the bench process instead of a child process.
+    #[arg(long)]
+    pub in_process_participants: bool,
+    /// The coordinator's database connections.
+    #[arg(long, default_value_t = 16)]
+    pub max_connections: u32,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of the hidden `baton bench-participant`.
+#[derive(Debug, clap::Args)]
+pub struct BenchParticipantArgs {
+    /// Where to listen (loopback).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+}
+
+impl BenchArgs {
+    /// The bench configuration these options describe.
+    pub fn to_config(&self) -> anyhow::Result<BenchConfig> {
+        let workloads = match self.workload {
+            WorkloadArg::W1 => vec![Workload::W1],
+            WorkloadArg::W2 => vec![Workload::W2],
+            WorkloadArg::W3 => vec![Workload::W3],
+            WorkloadArg::All => Workload::ALL.to_vec(),
+        };
+        let participants = if self.in_process_participants {
+            Participants::InProcess
+        } else {
+            Participants::Process {
+                exe: std::env::current_exe()
+                    .map_err(|e| anyhow::anyhow!("cannot find the baton executable: {e}"))?,
+            }
+        };
+        let store = if self.sqlite {
+            Store::Sqlite
+        } else {
+            Store::Postgres(self.database_url.clone())
+        };
+        anyhow::ensure!(!self.duration.is_zero(), "--duration must be above 0");
+        Ok(BenchConfig {
+            workloads,
+            concurrency: self.concurrency.clone(),
+            warmup: self.warmup,
+            duration: self.duration,
+            store,
+            participants,
+            max_connections: self.max_connections.max(1),
+        })
+    }
+}
+
+/// Runs the bench, prints the table or the JSON document; Ctrl-C stops it and still cleans up.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let cancel = CancellationToken::new();
+    let on_interrupt = cancel.clone();
+    let interrupt = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_interrupt.cancel();
+        }
+    });
+    let result = bench::run(&config, cancel).await;
+    interrupt.abort();
+    let report = result?;
+    if args.json {
+        super::print_json(&report.to_json())?;
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
+}
+
+/// Serves the bench participant on loopback, prints its endpoint on stdout, and serves until
+/// stdin closes (the bench process ended) or a termination signal arrives.
+pub async fn participant(args: BenchParticipantArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.listen.ip().is_loopback(),
+        "--listen must be a loopback address"
+    );
+    let server = bench::workloads::participant().serve(args.listen).await?;
+    println!("{}", server.endpoint());
+    let stdin_closed = CancellationToken::new();
+    let closed = stdin_closed.clone();
+    // A plain thread: a blocking read on the runtime's blocking pool would hold up its shutdown.
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        closed.cancel();
+    });
+    tokio::select! {
+        _ = stdin_closed.cancelled() => {}
+        _ = terminated() => {}
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
