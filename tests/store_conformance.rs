@@ -137,6 +137,7 @@ fn update_of(rec: &TxRecord) -> TxUpdate {
         id: rec.id,
         owner: rec.owner.clone().unwrap_or_default(),
         epoch: rec.epoch,
+        expected_last_seq: rec.last_seq,
         state: rec.state,
         stage: rec.stage,
         last_error: rec.last_error.clone(),
@@ -341,6 +342,13 @@ async fn stale_owner_or_epoch_is_fenced(log: &dyn TxLog) {
         ..changes(update_of(&rec))
     };
     assert_eq!(apply_one(log, missing).await, WriteOutcome::Fenced);
+    // A write that does not follow the history's last event (one queued behind a write that
+    // failed) is refused the same way.
+    let out_of_sequence = TxUpdate {
+        expected_last_seq: rec.last_seq + 1,
+        ..changes(update_of(&rec))
+    };
+    assert_eq!(apply_one(log, out_of_sequence).await, WriteOutcome::Fenced);
     assert_eq!(
         get(log, rec.id).await,
         rec,

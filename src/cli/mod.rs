@@ -1,8 +1,8 @@
 //! The `baton` command line: `serve`, `migrate`, the operator commands `tx` and
 //! `participants`, which talk to a coordinator through the client SDK, and `bench`.
 
-mod coordinators;
 pub mod bench;
+mod coordinators;
 pub mod output;
 mod participants;
 pub mod serve;

@@ -1,10 +1,14 @@
 //! The driver of one transaction: feeds events to the engine, records each decision through the
 //! log writer (fenced by owner and epoch), then carries out the decision's calls and timers.
 //!
-//! A decision is recorded before its calls go out, and history reaches watchers only after it is
-//! committed, so a waiting client never hears of an outcome that is not durable. If a write fails,
-//! the driver re-reads the transaction: if it still owns it, it resumes from what the log says
-//! (re-sending in-flight calls with the same keys); if not, it stops.
+//! What must be durable before Baton acts is awaited: the outcome (before any waiter hears it), a
+//! 2PC decision (before phase two), and a cancel or retry (before its caller is answered).
+//! Progress in between is queued to the log writer and the calls go out at once (DESIGN §5):
+//! recovery re-sends, with the same keys, every call not recorded as finished. History reaches
+//! watchers only once committed. Writes of one transaction apply in order, and each is
+//! conditional on the one before it (`expected_last_seq`), so none lands on top of a failed one.
+//! If a write fails or is fenced, the driver re-reads the transaction: if it still owns it, it
+//! resumes from what the log says; if not, it stops.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::call::{self, CallSpec};
+use super::writer::Ack;
 use super::{Command, Coordinator, WriteError};
 use crate::engine::{self, Action, Decision, Event, Refused};
 use crate::model::{Definition, EventRecord, Phase, TxRecord, TxState};
@@ -47,6 +52,7 @@ pub(super) async fn drive(
         work: JoinSet::new(),
         events,
         resume_after_reload: false,
+        unacked: VecDeque::new(),
     }
     .run(first, commands)
     .instrument(span)
@@ -63,6 +69,8 @@ struct Driver {
     events: broadcast::Sender<EventRecord>,
     /// Set when a failed write made the driver re-read the transaction.
     resume_after_reload: bool,
+    /// Progress writes submitted and not yet acknowledged, oldest first, with their history.
+    unacked: VecDeque<(Ack, Vec<NewEvent>)>,
 }
 
 impl Driver {
@@ -96,6 +104,14 @@ impl Driver {
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
+                ack = next_ack(&mut self.unacked), if !self.unacked.is_empty() => {
+                    if let Err(Stop) = self.acknowledged(ack).await {
+                        return;
+                    }
+                    if self.reloaded_needs_resume() {
+                        queue.push_back(Event::Resume);
+                    }
+                }
                 Some(done) = self.work.join_next() => {
                     if let Ok(event) = done {
                         queue.push_back(event);
@@ -138,11 +154,15 @@ impl Driver {
     async fn apply(&mut self, event: Event) -> Result<Result<(), Refused>, Stop> {
         let jitter: f64 = rand::random();
         let state_before = self.tx.state;
+        let answers_a_caller = matches!(event, Event::Cancel { .. } | Event::Retry);
         let decision = match engine::decide(&mut self.tx, event, chrono::Utc::now(), jitter) {
             Ok(d) => d,
             Err(refused) => return Ok(Err(refused)),
         };
-        match self.persist(&decision).await? {
+        let decided = state_before != self.tx.state
+            && matches!(self.tx.state, TxState::Committing | TxState::Aborting);
+        let durable = answers_a_caller || decided || self.tx.state.is_resting();
+        match self.persist(&decision, durable).await? {
             Persisted::Written => {
                 if state_before != TxState::Committing && self.tx.state == TxState::Committing {
                     super::failpoint::hit(super::failpoint::AFTER_COMMIT_DECISION).await;
@@ -160,54 +180,97 @@ impl Driver {
         Ok(Ok(()))
     }
 
-    /// Records the decision: changed rows and history, conditional on owner and epoch.
-    async fn persist(&mut self, decision: &Decision) -> Result<Persisted, Stop> {
-        if decision.notes.is_empty() && decision.changed.is_empty() && !decision.tx_changed {
+    /// Records the decision: changed rows and history, conditional on owner, epoch and the
+    /// history so far. With `durable`, waits until it (and every write before it) is committed;
+    /// otherwise only queues it.
+    async fn persist(&mut self, decision: &Decision, durable: bool) -> Result<Persisted, Stop> {
+        let nothing =
+            decision.notes.is_empty() && decision.changed.is_empty() && !decision.tx_changed;
+        if nothing && !durable {
             return Ok(Persisted::Written);
         }
-        let now = chrono::Utc::now();
-        let events: Vec<NewEvent> = decision
-            .notes
-            .iter()
-            .enumerate()
-            .map(|(i, note)| NewEvent {
-                seq: self.tx.last_seq + 1 + i as u64,
-                at: now,
-                kind: note.kind.to_string(),
-                branch: note.branch,
-                detail: note.detail.clone(),
-            })
-            .collect();
-        let release = self.tx.state.is_resting();
-        let update = TxUpdate {
-            id: self.tx.id,
-            owner: self.co.config.id.clone(),
-            epoch: self.tx.epoch,
-            state: self.tx.state,
-            stage: self.tx.stage,
-            last_error: self.tx.last_error.clone(),
-            cancel_requested: self.tx.cancel_requested,
-            release,
-            branches: decision
-                .changed
+        if !nothing {
+            let now = chrono::Utc::now();
+            let events: Vec<NewEvent> = decision
+                .notes
                 .iter()
-                .filter_map(|&i| self.tx.branches.get(i as usize).cloned())
-                .collect(),
-            events: events.clone(),
-        };
-        match self
-            .co
-            .writer
-            .write(LogWrite::Update(Box::new(update)))
-            .await
-        {
-            Ok(WriteOutcome::Updated) => {
-                self.tx.last_seq += events.len() as u64;
-                self.tx.updated_at = now;
-                if release {
-                    self.tx.owner = None;
-                    self.co.metrics.finished(self.tx.kind, self.tx.state);
+                .enumerate()
+                .map(|(i, note)| NewEvent {
+                    seq: self.tx.last_seq + 1 + i as u64,
+                    at: now,
+                    kind: note.kind.to_string(),
+                    branch: note.branch,
+                    detail: note.detail.clone(),
+                })
+                .collect();
+            let release = self.tx.state.is_resting();
+            let update = TxUpdate {
+                id: self.tx.id,
+                owner: self.co.config.id.clone(),
+                epoch: self.tx.epoch,
+                expected_last_seq: self.tx.last_seq,
+                state: self.tx.state,
+                stage: self.tx.stage,
+                last_error: self.tx.last_error.clone(),
+                cancel_requested: self.tx.cancel_requested,
+                release,
+                branches: decision
+                    .changed
+                    .iter()
+                    .filter_map(|&i| self.tx.branches.get(i as usize).cloned())
+                    .collect(),
+                events: events.clone(),
+            };
+            let ack = match self
+                .co
+                .writer
+                .submit(LogWrite::Update(Box::new(update)))
+                .await
+            {
+                Ok(ack) => ack,
+                Err(_) => return Err(Stop),
+            };
+            self.tx.last_seq += events.len() as u64;
+            self.tx.updated_at = now;
+            if release {
+                self.tx.owner = None;
+                self.co.metrics.finished(self.tx.kind, self.tx.state);
+            }
+            self.unacked.push_back((ack, events));
+        }
+        if durable {
+            while let Some((ack, events)) = self.unacked.pop_front() {
+                let outcome = ack.await.unwrap_or(Err(WriteError::Closed));
+                if self.settle(outcome, events).await? {
+                    return Ok(Persisted::Reloaded);
                 }
+            }
+        }
+        Ok(Persisted::Written)
+    }
+
+    /// Handles the acknowledgement of the oldest queued write.
+    async fn acknowledged(
+        &mut self,
+        (outcome, events): (Result<WriteOutcome, WriteError>, Vec<NewEvent>),
+    ) -> Result<(), Stop> {
+        if self.settle(outcome, events).await? {
+            self.work.abort_all();
+            self.work = JoinSet::new();
+            self.resume_after_reload = true;
+        }
+        Ok(())
+    }
+
+    /// Publishes a committed write's history; after a failed or refused one, re-reads the
+    /// transaction (returns `true`: the in-memory state was replaced and queued writes dropped).
+    async fn settle(
+        &mut self,
+        outcome: Result<WriteOutcome, WriteError>,
+        events: Vec<NewEvent>,
+    ) -> Result<bool, Stop> {
+        match outcome {
+            Ok(WriteOutcome::Updated) => {
                 for e in events {
                     let _ = self.events.send(EventRecord {
                         tx_id: self.tx.id,
@@ -218,15 +281,13 @@ impl Driver {
                         detail: e.detail,
                     });
                 }
-                Ok(Persisted::Written)
+                Ok(false)
             }
             Ok(WriteOutcome::Fenced) => {
+                // Another owner, or a write before this one failed: the log decides which.
                 self.co.metrics.fenced();
-                tracing::warn!(
-                    epoch = self.tx.epoch,
-                    "fenced: another coordinator owns the transaction now"
-                );
-                Err(Stop)
+                self.unacked.clear();
+                self.reload().await.map(|_| true)
             }
             Ok(other) => {
                 tracing::error!(?other, "unexpected log outcome for an update");
@@ -235,7 +296,8 @@ impl Driver {
             Err(WriteError::Closed) => Err(Stop),
             Err(WriteError::Store(error)) => {
                 tracing::warn!(%error, "could not record progress; re-reading the transaction");
-                self.reload().await
+                self.unacked.clear();
+                self.reload().await.map(|_| true)
             }
         }
     }
@@ -369,6 +431,20 @@ impl Driver {
 fn instant_of(at: chrono::DateTime<chrono::Utc>) -> tokio::time::Instant {
     let left = (at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
     tokio::time::Instant::now() + left
+}
+
+/// The oldest queued write's outcome, with its history.
+async fn next_ack(
+    unacked: &mut VecDeque<(Ack, Vec<NewEvent>)>,
+) -> (Result<WriteOutcome, WriteError>, Vec<NewEvent>) {
+    match unacked.front_mut() {
+        Some((ack, _)) => {
+            let outcome = ack.await.unwrap_or(Err(WriteError::Closed));
+            let events = unacked.pop_front().map(|(_, e)| e).unwrap_or_default();
+            (outcome, events)
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

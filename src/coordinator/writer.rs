@@ -30,6 +30,9 @@ struct Pending {
     done: oneshot::Sender<Result<WriteOutcome, WriteError>>,
 }
 
+/// The outcome of a submitted write, once its batch is done.
+pub type Ack = oneshot::Receiver<Result<WriteOutcome, WriteError>>;
+
 /// A handle to submit writes; cheap to clone.
 #[derive(Clone)]
 pub struct LogWriter {
@@ -54,12 +57,21 @@ impl LogWriter {
 
     /// Submits one write and waits until its batch has committed.
     pub async fn write(&self, write: LogWrite) -> Result<WriteOutcome, WriteError> {
+        self.submit(write)
+            .await?
+            .await
+            .map_err(|_| WriteError::Closed)?
+    }
+
+    /// Queues one write and returns at once with the receiver of its outcome; writes are applied
+    /// in submission order.
+    pub async fn submit(&self, write: LogWrite) -> Result<Ack, WriteError> {
         let (done, answer) = oneshot::channel();
         self.queue
             .send(Pending { write, done })
             .await
             .map_err(|_| WriteError::Closed)?;
-        answer.await.map_err(|_| WriteError::Closed)?
+        Ok(answer)
     }
 }
 

@@ -93,13 +93,16 @@ pub struct NewTx {
 }
 
 /// A change to one transaction by its owner. Applied only if the row still has this `owner` and
-/// `epoch` (fencing); otherwise nothing of it is written and the outcome is
-/// [`WriteOutcome::Fenced`].
+/// `epoch` (fencing) and its history ends at `expected_last_seq` (so a write queued behind one
+/// that failed can never land on top of the gap); otherwise nothing of it is written and the
+/// outcome is [`WriteOutcome::Fenced`].
 #[derive(Clone, Debug)]
 pub struct TxUpdate {
     pub id: TxId,
     pub owner: String,
     pub epoch: i64,
+    /// The row's `last_seq` this write follows.
+    pub expected_last_seq: u64,
     pub state: TxState,
     pub stage: u32,
     pub last_error: Option<String>,

@@ -123,7 +123,7 @@ impl PgLog {
                 SET state = $4, stage = $5, last_error = $6, cancel_requested = $7,
                     owner = CASE WHEN $8 THEN NULL ELSE owner END,
                     last_seq = GREATEST(last_seq, $9), updated_at = now()
-                WHERE id = $1 AND owner = $2 AND epoch = $3
+                WHERE id = $1 AND owner = $2 AND epoch = $3 AND last_seq = $22
                 RETURNING id
             ), branches AS (
                 INSERT INTO baton_branches
@@ -165,6 +165,7 @@ impl PgLog {
         .bind(&ev.kind)
         .bind(&ev.branch)
         .bind(&ev.detail)
+        .bind(to_i64(up.expected_last_seq))
         .fetch_one(&mut *conn)
         .await
         .map_err(db_err)?;

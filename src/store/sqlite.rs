@@ -153,7 +153,7 @@ impl SqliteLog {
              SET state = ?4, stage = ?5, last_error = ?6, cancel_requested = ?7,
                  owner = CASE WHEN ?8 THEN NULL ELSE owner END,
                  last_seq = max(last_seq, ?9), updated_at = ?10
-             WHERE id = ?1 AND owner = ?2 AND epoch = ?3",
+             WHERE id = ?1 AND owner = ?2 AND epoch = ?3 AND last_seq = ?11",
         )
         .bind(&id)
         .bind(&up.owner)
@@ -165,6 +165,7 @@ impl SqliteLog {
         .bind(up.release)
         .bind(to_i64(max_seq))
         .bind(now)
+        .bind(to_i64(up.expected_last_seq))
         .execute(&mut *conn)
         .await
         .map_err(db_err)?;
