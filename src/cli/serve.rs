@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// [default: 10000].
     #[arg(long, env = "BATON_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
+    /// Log writer tasks committing batches in parallel [default: 4 on PostgreSQL, 1 on SQLite].
+    #[arg(long, env = "BATON_LOG_WRITERS")]
+    pub log_writers: Option<usize>,
     /// Database connections [default: 16].
     #[arg(long, env = "BATON_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
@@ -149,6 +152,7 @@ impl ServeArgs {
             lease_ms: self.lease_ms.or(file.lease_ms),
             claim_interval_ms: self.claim_interval_ms.or(file.claim_interval_ms),
             max_connections: self.max_connections.or(file.max_connections),
+            log_writers: self.log_writers.or(file.log_writers),
             drain_timeout_ms: self.drain_timeout_ms.or(file.drain_timeout_ms),
             endpoints: if self.endpoints.is_empty() {
                 file.endpoints
@@ -214,6 +218,10 @@ impl ServeArgs {
         }
         let registry_default = RegistryConfig::default();
         let limits_default = Limits::default();
+        let database_url = args
+            .database_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
         let http_listen = match args.http_listen.as_deref() {
             None => Some(DEFAULT_HTTP_LISTEN.parse().expect("default address parses")),
             Some("off") => None,
@@ -224,9 +232,7 @@ impl ServeArgs {
         Ok(ServeConfig {
             listen,
             http_listen,
-            database_url: args
-                .database_url
-                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
+            database_url: database_url.clone(),
             store: StoreOptions {
                 max_connections: args
                     .max_connections
@@ -245,6 +251,14 @@ impl ServeArgs {
                 ),
                 default_retry,
                 max_inflight: args.max_inflight.unwrap_or(defaults.max_inflight).max(1),
+                log_writers: args
+                    .log_writers
+                    .unwrap_or(if database_url.starts_with("sqlite") {
+                        1
+                    } else {
+                        4
+                    })
+                    .clamp(1, 64),
                 lease: args
                     .lease_ms
                     .map(Duration::from_millis)

@@ -42,6 +42,9 @@ pub struct Config {
     pub max_inflight: usize,
     /// Largest group-commit batch.
     pub max_batch: usize,
+    /// Log writer tasks (each with its own batches and connection). More than one only pays
+    /// where the database commits in parallel (PostgreSQL); SQLite has one writer anyway.
+    pub log_writers: usize,
     /// A coordinator whose heartbeat is older than this is dead; its transactions are claimed.
     pub lease: Duration,
     /// How often this coordinator heartbeats and claims unowned or orphaned transactions.
@@ -59,6 +62,7 @@ impl Default for Config {
             default_retry: RetryPolicy::default(),
             max_inflight: 10_000,
             max_batch: 512,
+            log_writers: 1,
             lease: Duration::from_secs(15),
             claim_interval: Duration::from_secs(2),
             claim_batch: 500,
@@ -154,6 +158,7 @@ impl Coordinator {
         let writer = LogWriter::start(
             store.clone(),
             metrics.clone(),
+            config.log_writers,
             config.max_batch,
             config.max_inflight.max(64) * 2,
             &tracker,

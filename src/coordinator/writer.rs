@@ -34,25 +34,43 @@ struct Pending {
 pub type Ack = oneshot::Receiver<Result<WriteOutcome, WriteError>>;
 
 /// A handle to submit writes; cheap to clone.
+///
+/// There may be several writer tasks, each with its own queue and connection; a transaction's
+/// writes always go to the same one (chosen by its id), which keeps them in order while batches
+/// of different transactions commit in parallel.
 #[derive(Clone)]
 pub struct LogWriter {
-    queue: mpsc::Sender<Pending>,
+    queues: Arc<[mpsc::Sender<Pending>]>,
 }
 
 impl LogWriter {
-    /// Starts the writer task on `tracker`; it stops when `stop` is cancelled and the queue is
-    /// drained, or when every handle is dropped.
+    /// Starts `writers` writer tasks on `tracker`; they stop when `stop` is cancelled and their
+    /// queues are drained, or when every handle is dropped.
     pub fn start(
         store: Arc<dyn TxLog>,
         metrics: Arc<super::metrics::Metrics>,
+        writers: usize,
         max_batch: usize,
         queue_len: usize,
         tracker: &tokio_util::task::TaskTracker,
         stop: CancellationToken,
     ) -> Self {
-        let (queue, rx) = mpsc::channel(queue_len.max(1));
-        tracker.spawn(run(store, metrics, rx, max_batch.max(1), stop));
-        LogWriter { queue }
+        let queues: Vec<_> = (0..writers.max(1))
+            .map(|_| {
+                let (queue, rx) = mpsc::channel(queue_len.max(1));
+                tracker.spawn(run(
+                    store.clone(),
+                    metrics.clone(),
+                    rx,
+                    max_batch.max(1),
+                    stop.clone(),
+                ));
+                queue
+            })
+            .collect();
+        LogWriter {
+            queues: queues.into(),
+        }
     }
 
     /// Submits one write and waits until its batch has committed.
@@ -67,7 +85,13 @@ impl LogWriter {
     /// in submission order.
     pub async fn submit(&self, write: LogWrite) -> Result<Ack, WriteError> {
         let (done, answer) = oneshot::channel();
-        self.queue
+        let id = match &write {
+            LogWrite::Create(new) => new.id,
+            LogWrite::Update(up) => up.id,
+        };
+        // UUID v7: the low bits are random, so this spreads transactions evenly.
+        let queue = &self.queues[(id.0.as_u128() % self.queues.len() as u128) as usize];
+        queue
             .send(Pending { write, done })
             .await
             .map_err(|_| WriteError::Closed)?;
