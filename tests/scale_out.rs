@@ -117,7 +117,7 @@ async fn coordinators_die_join_and_leave_under_load_and_nothing_is_lost() {
 }
 
 /// Starts `clients` tasks that each run sagas back to back (one in four fails at step 3) until
-/// `stop` is set (or two minutes pass), retrying through any coordinator with the same key.
+/// `stop` is set (or a bound that grows with the chaos cycles passes), retrying through any coordinator with the same key.
 async fn load(
     addrs: &[String],
     participant: &str,
@@ -132,7 +132,8 @@ async fn load(
         let (seen, stop, counter) = (seen.clone(), stop.clone(), counter.clone());
         let p = participant.to_string();
         handles.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(120);
+            // Bounded even if `stop` never comes: long enough for the chaos cycles asked for.
+            let deadline = Instant::now() + Duration::from_secs(60 + 3 * cycles() as u64);
             while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::SeqCst);
                 let fail = n % 4 == 3;
