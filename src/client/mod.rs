@@ -412,20 +412,14 @@ impl Client {
     }
 }
 
-/// Whether a status means the coordinator could not be reached (so another one may answer), as
-/// opposed to an answer from a coordinator.
+/// Whether a status means the coordinator could not be reached or the connection broke (so
+/// another one may answer), as opposed to an answer from a coordinator.
+///
+/// A status a coordinator sent carries no source error; one built on this side from a failure
+/// below gRPC does (a transport error, or an HTTP/2 stream reset when a coordinator dies in the
+/// middle of its answer, which surfaces as `UNKNOWN`).
 fn is_unreachable(status: &Status) -> bool {
-    if status.code() == Code::Unavailable {
-        return true;
-    }
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if error.is::<tonic::transport::Error>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
+    status.code() == Code::Unavailable || std::error::Error::source(status).is_some()
 }
 
 fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {

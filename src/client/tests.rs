@@ -279,3 +279,20 @@ fn list_query_converts_to_the_request() {
     assert_eq!(request.limit, 10);
     assert_eq!(request.page_token, "p2");
 }
+
+#[test]
+fn broken_connections_fail_over_but_answers_do_not() {
+    // Built here from a failure below gRPC: carries the cause.
+    let broken = Status::from_error(Box::new(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "connection reset mid-answer",
+    )));
+    assert_eq!(broken.code(), Code::Unknown);
+    assert!(super::is_unreachable(&broken));
+    assert!(super::is_unreachable(&Status::unavailable("down")));
+    // Sent by a coordinator: an answer, not a reason to ask another one.
+    assert!(!super::is_unreachable(&Status::unknown("handler failed")));
+    assert!(!super::is_unreachable(&Status::not_found(
+        "transaction x not found"
+    )));
+}
