@@ -13,7 +13,7 @@ use tonic::Code;
 
 use support::db::{fresh_database, TestDb};
 use support::participant::participant;
-use support::process::{self, until, Coordinator};
+use support::process::{self, state, until, wait, Coordinator};
 
 async fn coordinator(db: &TestDb, id: &str, extra: &[&str]) -> Coordinator {
     process::coordinator(&db.url, id, extra, &[]).await
@@ -56,20 +56,6 @@ async fn run(c: &mut CoordinatorClient<Channel>, mut req: StartRequest) -> proto
     req.wait_timeout_ms = 30_000;
     let resp = c.start(req).await.unwrap().into_inner();
     resp.transaction.expect("wait returns the transaction")
-}
-
-async fn wait(c: &mut CoordinatorClient<Channel>, id: &str) -> proto::Transaction {
-    c.wait(proto::WaitRequest {
-        tx_id: id.into(),
-        timeout_ms: 30_000,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-}
-
-fn state(tx: &proto::Transaction) -> TxState {
-    TxState::try_from(tx.state).unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ use tonic::Code;
 
 use support::db::fresh_database;
 use support::participant::{participant, Ledger};
-use support::process::{coordinator, until};
+use support::process::{coordinator, state, until, wait};
 
 fn branch(name: &str, endpoint: &str, action: &str) -> TwoPhaseBranch {
     TwoPhaseBranch {
@@ -47,20 +47,6 @@ async fn get(c: &mut CoordinatorClient<Channel>, id: &str) -> proto::Transaction
         .await
         .unwrap()
         .into_inner()
-}
-
-async fn wait(c: &mut CoordinatorClient<Channel>, id: &str) -> proto::Transaction {
-    c.wait(proto::WaitRequest {
-        tx_id: id.into(),
-        timeout_ms: 30_000,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-}
-
-fn state(tx: &proto::Transaction) -> TxState {
-    TxState::try_from(tx.state).unwrap()
 }
 
 /// Polls the coordinator until the transaction is in `want`.

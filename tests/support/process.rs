@@ -102,6 +102,22 @@ impl Coordinator {
     }
 }
 
+/// Waits (up to 30 s, on the server) until the transaction rests; returns it.
+pub async fn wait(c: &mut CoordinatorClient<Channel>, id: &str) -> baton::proto::Transaction {
+    c.wait(baton::proto::WaitRequest {
+        tx_id: id.into(),
+        timeout_ms: 30_000,
+    })
+    .await
+    .expect("wait")
+    .into_inner()
+}
+
+/// The transaction's state as the enum.
+pub fn state(tx: &baton::proto::Transaction) -> baton::proto::TxState {
+    baton::proto::TxState::try_from(tx.state).expect("a known state")
+}
+
 /// `GET path` on `addr` over plain HTTP/1.0; returns the status code and the body.
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
