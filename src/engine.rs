@@ -25,8 +25,11 @@ mod two_phase;
 /// What happened to a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// Start driving (first time, or after a claim / restart): issue the calls for everything
-    /// that is due or was in flight, with the same keys.
+    /// The first drive of a transaction this coordinator has just accepted: nothing of it has
+    /// been sent yet.
+    Begin,
+    /// Drive a transaction read from the log (after a claim, a restart or a failed write): issue
+    /// the calls for everything that is due or may have been in flight, with the same keys.
     Resume,
     /// The result of the call `(branch, phase, attempt)`.
     Reply {

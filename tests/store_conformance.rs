@@ -113,6 +113,7 @@ fn new_tx(owner: &str, state: TxState) -> NewTx {
         owner: owner.into(),
         epoch: 1,
         deadline_at: Some(now_ms() + chrono::Duration::seconds(60)),
+        created_at: now_ms(),
         events: vec![event(1, "accepted", None), event(2, "started", None)],
     }
 }

@@ -180,7 +180,19 @@ async fn a_participant_down_in_phase_two_gets_its_commit_once_back() {
         ledger.delivered(&id, 0, "commit") >= 3
     })
     .await;
-    let tx = get(&mut co.client, &id).await;
+    // Progress reaches the log within the progress flush time (100 ms by default).
+    let mut tx = get(&mut co.client, &id).await;
+    for _ in 0..50 {
+        if tx
+            .branches
+            .iter()
+            .any(|b| b.last_error.contains("restarting"))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tx = get(&mut co.client, &id).await;
+    }
     assert_eq!(state(&tx), TxState::Committing);
     assert!(tx.in_doubt, "phase two is stuck: in doubt");
     assert!(

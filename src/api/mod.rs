@@ -100,6 +100,20 @@ impl CoordinatorService {
     /// Blocks until the transaction rests or `timeout` passes; returns it as it then is.
     async fn wait_for_rest(&self, id: TxId, timeout: Duration) -> Result<TxRecord, Status> {
         let until = tokio::time::Instant::now() + timeout;
+        // Driven here: the driver hands over the record it wrote at rest, no read needed.
+        if let Some(mut rested) = self.co.rested(id) {
+            let waited = tokio::time::timeout_at(until, async {
+                rested.wait_for(Option::is_some).await.map(|tx| tx.clone())
+            })
+            .await;
+            match waited {
+                Ok(Ok(Some(tx))) => return Ok(tx),
+                Ok(Ok(None)) => {}
+                // The driver stopped without an outcome (handed over, shutting down): read below.
+                Ok(Err(_)) => {}
+                Err(_) => return self.load(id).await,
+            }
+        }
         loop {
             // Subscribe before reading, so no outcome slips between the two.
             let live = self.co.subscribe(id);
@@ -183,7 +197,7 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
             Some(req.idempotency_key.clone())
         };
         self.check_services(&definition).await?;
-        let now = chrono::Utc::now();
+        let now = whole_millis(chrono::Utc::now());
         let deadline_at = (req.timeout_ms > 0).then(|| {
             now + chrono::Duration::milliseconds(req.timeout_ms.min(i64::MAX as u64 / 2) as i64)
         });
@@ -200,6 +214,7 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
             owner: config.id.clone(),
             epoch: 1,
             deadline_at,
+            created_at: now,
             events: vec![NewEvent {
                 seq: 1,
                 at: now,
@@ -581,4 +596,9 @@ async fn watch(
             }
         }
     }
+}
+
+/// `at` without its sub-millisecond part, as every store keeps it.
+fn whole_millis(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
 }

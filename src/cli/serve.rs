@@ -85,6 +85,11 @@ pub struct ServeArgs {
     /// Log writer tasks committing batches in parallel [default: 4 on PostgreSQL, 1 on SQLite].
     #[arg(long, env = "BATON_LOG_WRITERS")]
     pub log_writers: Option<usize>,
+    /// How long a transaction's progress may wait before it is queued to the log, in ms (at most
+    /// 10000); a transaction that ends sooner writes its progress with its outcome. The outcome,
+    /// a 2PC decision and answers to callers are always written at once [default: 100].
+    #[arg(long, env = "BATON_PROGRESS_FLUSH_MS")]
+    pub progress_flush_ms: Option<u64>,
     /// Database connections [default: 16].
     #[arg(long, env = "BATON_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
@@ -153,6 +158,7 @@ impl ServeArgs {
             claim_interval_ms: self.claim_interval_ms.or(file.claim_interval_ms),
             max_connections: self.max_connections.or(file.max_connections),
             log_writers: self.log_writers.or(file.log_writers),
+            progress_flush_ms: self.progress_flush_ms.or(file.progress_flush_ms),
             drain_timeout_ms: self.drain_timeout_ms.or(file.drain_timeout_ms),
             endpoints: if self.endpoints.is_empty() {
                 file.endpoints
@@ -267,6 +273,13 @@ impl ServeArgs {
                     .claim_interval_ms
                     .map(|ms| Duration::from_millis(ms.max(10)))
                     .unwrap_or(defaults.claim_interval),
+                progress_flush: match args.progress_flush_ms {
+                    Some(ms) if ms > 10_000 => {
+                        anyhow::bail!("progress_flush_ms: {ms} is more than the limit of 10000")
+                    }
+                    Some(ms) => Duration::from_millis(ms),
+                    None => defaults.progress_flush,
+                },
                 ..defaults
             },
             registry: RegistryConfig {

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -42,6 +42,7 @@ pub(super) async fn drive(
     first: Event,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<EventRecord>,
+    rested: watch::Sender<Option<TxRecord>>,
     stop: CancellationToken,
 ) {
     let span = tracing::info_span!("tx", tx_id = %tx.id);
@@ -51,7 +52,9 @@ pub(super) async fn drive(
         tx,
         work: JoinSet::new(),
         events,
+        rested,
         resume_after_reload: false,
+        held: None,
         unacked: VecDeque::new(),
     }
     .run(first, commands)
@@ -67,8 +70,13 @@ struct Driver {
     /// In-flight calls and retry timers; each yields the event it produces.
     work: JoinSet<Event>,
     events: broadcast::Sender<EventRecord>,
+    /// The transaction as it was recorded at rest, for callers waiting on its outcome.
+    rested: watch::Sender<Option<TxRecord>>,
     /// Set when a failed write made the driver re-read the transaction.
     resume_after_reload: bool,
+    /// Progress not yet handed to the log writer (decisions folded into one write), and when
+    /// it must be handed over at the latest.
+    held: Option<(TxUpdate, tokio::time::Instant)>,
     /// Progress writes submitted and not yet acknowledged, oldest first, with their history.
     unacked: VecDeque<(Ack, Vec<NewEvent>)>,
 }
@@ -133,6 +141,11 @@ impl Driver {
                         }
                     }
                 },
+                _ = sleep_until(self.held.as_ref().map(|(_, at)| *at)), if self.held.is_some() => {
+                    if let Err(Stop) = self.hand_over().await {
+                        return;
+                    }
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     deadline = None;
                     queue.push_back(Event::DeadlineExpired);
@@ -182,7 +195,8 @@ impl Driver {
 
     /// Records the decision: changed rows and history, conditional on owner, epoch and the
     /// history so far. With `durable`, waits until it (and every write before it) is committed;
-    /// otherwise only queues it.
+    /// otherwise holds it for up to `progress_flush`, folded with the decisions after it, so that
+    /// a transaction that ends sooner writes its progress with its outcome, in one statement.
     async fn persist(&mut self, decision: &Decision, durable: bool) -> Result<Persisted, Stop> {
         let nothing =
             decision.notes.is_empty() && decision.changed.is_empty() && !decision.tx_changed;
@@ -219,34 +233,58 @@ impl Driver {
                     .iter()
                     .filter_map(|&i| self.tx.branches.get(i as usize).cloned())
                     .collect(),
-                events: events.clone(),
+                events,
             };
-            let ack = match self
-                .co
-                .writer
-                .submit(LogWrite::Update(Box::new(update)))
-                .await
-            {
-                Ok(ack) => ack,
-                Err(_) => return Err(Stop),
-            };
-            self.tx.last_seq += events.len() as u64;
+            self.tx.last_seq += update.events.len() as u64;
             self.tx.updated_at = now;
             if release {
                 self.tx.owner = None;
                 self.co.metrics.finished(self.tx.kind, self.tx.state);
             }
-            self.unacked.push_back((ack, events));
+            match &mut self.held {
+                Some((held, _)) => held.absorb(update),
+                None => {
+                    let due = tokio::time::Instant::now() + self.co.config.progress_flush;
+                    self.held = Some((update, due));
+                }
+            }
+            if self.co.config.progress_flush.is_zero() {
+                self.hand_over().await?;
+            }
         }
         if durable {
+            self.hand_over().await?;
             while let Some((ack, events)) = self.unacked.pop_front() {
                 let outcome = ack.await.unwrap_or(Err(WriteError::Closed));
                 if self.settle(outcome, events).await? {
                     return Ok(Persisted::Reloaded);
                 }
             }
+            if self.tx.state.is_resting() {
+                let _ = self.rested.send_replace(Some(self.tx.clone()));
+            }
         }
         Ok(Persisted::Written)
+    }
+
+    /// Queues the held progress to the log writer.
+    async fn hand_over(&mut self) -> Result<(), Stop> {
+        let Some((update, _)) = self.held.take() else {
+            return Ok(());
+        };
+        let events = update.events.clone();
+        match self
+            .co
+            .writer
+            .submit(LogWrite::Update(Box::new(update)))
+            .await
+        {
+            Ok(ack) => {
+                self.unacked.push_back((ack, events));
+                Ok(())
+            }
+            Err(_) => Err(Stop),
+        }
     }
 
     /// Handles the acknowledgement of the oldest queued write.
@@ -287,6 +325,7 @@ impl Driver {
                 // Another owner, or a write before this one failed: the log decides which.
                 self.co.metrics.fenced();
                 self.unacked.clear();
+                self.held = None;
                 self.reload().await.map(|_| true)
             }
             Ok(other) => {
@@ -297,6 +336,7 @@ impl Driver {
             Err(WriteError::Store(error)) => {
                 tracing::warn!(%error, "could not record progress; re-reading the transaction");
                 self.unacked.clear();
+                self.held = None;
                 self.reload().await.map(|_| true)
             }
         }
@@ -318,6 +358,7 @@ impl Driver {
                             || (stored.owner.is_none() && stored.state.is_resting())) =>
                 {
                     self.tx = stored;
+                    self.held = None;
                     return Ok(Persisted::Reloaded);
                 }
                 Ok(_) => return Err(Stop),

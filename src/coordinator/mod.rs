@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -51,6 +51,10 @@ pub struct Config {
     pub claim_interval: Duration,
     /// Transactions claimed per claim query.
     pub claim_batch: u32,
+    /// How long a transaction's progress may wait in memory before it is queued to the log;
+    /// progress of a transaction that ends sooner rides in its outcome's write. Zero queues every
+    /// decision at once.
+    pub progress_flush: Duration,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             lease: Duration::from_secs(15),
             claim_interval: Duration::from_secs(2),
             claim_batch: 500,
+            progress_flush: Duration::from_millis(100),
         }
     }
 }
@@ -118,6 +123,7 @@ pub(crate) enum Command {
 struct DriverHandle {
     inbox: mpsc::Sender<Command>,
     events: broadcast::Sender<EventRecord>,
+    rested: watch::Receiver<Option<TxRecord>>,
 }
 
 /// What `start` did.
@@ -234,7 +240,7 @@ impl Coordinator {
             WriteOutcome::Created => {
                 let id = record.id;
                 self.metrics.started(record.kind);
-                self.spawn_driver(record, Event::Resume, permit);
+                self.spawn_driver(record, Event::Begin, permit);
                 Ok(Started::Created(id))
             }
             WriteOutcome::Existing(id) => Ok(Started::Existing(id)),
@@ -248,6 +254,13 @@ impl Coordinator {
     pub fn subscribe(&self, id: TxId) -> Option<broadcast::Receiver<EventRecord>> {
         let drivers = self.drivers.lock().unwrap_or_else(|e| e.into_inner());
         drivers.get(&id).map(|d| d.events.subscribe())
+    }
+
+    /// The transaction as recorded once it rests (`None` until then), if a driver runs it here.
+    /// The sender is dropped without a value if the driver stops first (fenced, shutting down).
+    pub fn rested(&self, id: TxId) -> Option<watch::Receiver<Option<TxRecord>>> {
+        let drivers = self.drivers.lock().unwrap_or_else(|e| e.into_inner());
+        drivers.get(&id).map(|d| d.rested.clone())
     }
 
     /// Asks the transaction to cancel (a running saga compensates).
@@ -537,6 +550,7 @@ impl Coordinator {
     fn spawn_driver(self: &Arc<Self>, tx: TxRecord, first: Event, permit: OwnedSemaphorePermit) {
         let (inbox, commands) = mpsc::channel(16);
         let (events, _) = broadcast::channel(256);
+        let (rested, rested_rx) = watch::channel(None);
         let id = tx.id;
         {
             let mut drivers = self.drivers.lock().unwrap_or_else(|e| e.into_inner());
@@ -545,6 +559,7 @@ impl Coordinator {
                 DriverHandle {
                     inbox,
                     events: events.clone(),
+                    rested: rested_rx,
                 },
             );
         }
@@ -555,7 +570,7 @@ impl Coordinator {
             .clone();
         let this = self.clone();
         self.tracker.spawn(async move {
-            driver::drive(&this, tx, first, commands, events, driving).await;
+            driver::drive(&this, tx, first, commands, events, rested, driving).await;
             this.drivers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -582,7 +597,7 @@ pub fn resting_refusal(tx: &TxRecord, verb: &str) -> String {
 
 /// The in-memory record of a transaction just written by `Create`.
 fn record_of(new: &NewTx) -> TxRecord {
-    let now = chrono::Utc::now();
+    let now = new.created_at;
     TxRecord {
         id: new.id,
         kind: new.definition.kind(),

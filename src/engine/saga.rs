@@ -58,7 +58,7 @@ impl Saga<'_> {
             Event::Cancel { reason } => return self.cancel(&reason),
             // After the outcome nothing is ever called again; late replies and timers are moot.
             _ if self.state.is_resting() => {}
-            Event::Resume => self.resume(),
+            Event::Begin | Event::Resume => self.resume(),
             Event::Reply {
                 branch,
                 phase,

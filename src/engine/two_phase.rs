@@ -61,7 +61,13 @@ impl TwoPhase<'_> {
             Event::Cancel { reason } => return self.cancel(&reason),
             // After the outcome nothing is ever called again; late replies and timers are moot.
             _ if self.state.is_resting() => {}
-            Event::Resume => self.resume(),
+            Event::Begin
+                if *self.state == TxState::Preparing
+                    && (0..self.len()).all(|i| self.status(i) == StepStatus::Pending) =>
+            {
+                self.begin()
+            }
+            Event::Begin | Event::Resume => self.resume(),
             Event::Reply {
                 branch,
                 phase,
@@ -151,22 +157,31 @@ impl TwoPhase<'_> {
 
     // ---- driving ----
 
+    /// Asks every branch to prepare.
+    fn begin(&mut self) {
+        for i in 0..self.len() {
+            self.send(i, Phase::Prepare, 1);
+        }
+        self.check_votes();
+    }
+
     fn resume(&mut self) {
         match *self.state {
             TxState::Preparing => {
-                // Presumed abort: a prepare phase that had begun before this (re)start has no
-                // decision in the log, so it aborts. Only a transaction whose prepares were never
-                // sent (every branch pending) starts its prepare phase here.
-                if (0..self.len()).any(|i| self.status(i) != StepStatus::Pending) {
-                    self.decide_abort(
-                        "the coordinator restarted before the decision (presumed abort)".into(),
-                    );
-                    return;
-                }
+                // Presumed abort: there is no decision in the log, so the transaction aborts.
+                // Progress is written lazily, so a branch the log shows as never asked may have
+                // been asked and may have prepared: every such branch is sent an Abort too (its
+                // barrier turns an abort without a prepare into a no-op, and refuses a prepare
+                // that arrives after it).
                 for i in 0..self.len() {
-                    self.send(i, Phase::Prepare, 1);
+                    if self.status(i) == StepStatus::Pending {
+                        self.branches[i].status = StepStatus::Unknown;
+                        self.touch(i);
+                    }
                 }
-                self.check_votes();
+                self.decide_abort(
+                    "the coordinator restarted before the decision (presumed abort)".into(),
+                );
             }
             TxState::Committing => {
                 for i in 0..self.len() {

@@ -88,6 +88,8 @@ pub struct NewTx {
     pub owner: String,
     pub epoch: i64,
     pub deadline_at: Option<DateTime<Utc>>,
+    /// When it was accepted (whole milliseconds, which every store keeps exactly).
+    pub created_at: DateTime<Utc>,
     /// Event seqs start at 1.
     pub events: Vec<NewEvent>,
 }
@@ -114,6 +116,26 @@ pub struct TxUpdate {
     pub branches: Vec<BranchRecord>,
     /// Appended to the history; seqs continue the transaction's sequence.
     pub events: Vec<NewEvent>,
+}
+
+impl TxUpdate {
+    /// Folds `later`, the next write of the same transaction by the same owner, into this one:
+    /// applying the result is the same as applying both in order, in one statement.
+    pub fn absorb(&mut self, later: TxUpdate) {
+        debug_assert_eq!((self.id, self.epoch), (later.id, later.epoch));
+        self.state = later.state;
+        self.stage = later.stage;
+        self.last_error = later.last_error;
+        self.cancel_requested = later.cancel_requested;
+        self.release = later.release;
+        for branch in later.branches {
+            match self.branches.iter_mut().find(|b| b.index == branch.index) {
+                Some(slot) => *slot = branch,
+                None => self.branches.push(branch),
+            }
+        }
+        self.events.extend(later.events);
+    }
 }
 
 /// An event not yet written.

@@ -55,8 +55,8 @@ impl PgLog {
             "WITH tx AS (
                 INSERT INTO baton_transactions
                     (id, kind, state, definition, labels, idempotency_key, owner, epoch,
-                     deadline_at, last_seq)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                     deadline_at, last_seq, created_at, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $18, $18)
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING id
             ), branches AS (
@@ -88,6 +88,7 @@ impl PgLog {
         .bind(&ev.kind)
         .bind(&ev.branch)
         .bind(&ev.detail)
+        .bind(new.created_at)
         .fetch_optional(&mut *conn)
         .await
         .map_err(db_err)?;

@@ -87,11 +87,7 @@ impl SqliteLog {
             .map_err(db_err)
     }
 
-    async fn create(
-        conn: &mut SqliteConnection,
-        new: &NewTx,
-        now: i64,
-    ) -> Result<WriteOutcome, StoreError> {
+    async fn create(conn: &mut SqliteConnection, new: &NewTx) -> Result<WriteOutcome, StoreError> {
         let definition = serde_json::to_string(&new.definition).map_err(encode_err)?;
         let labels = serde_json::to_string(&new.labels).map_err(encode_err)?;
         let max_seq = new.events.iter().map(|e| e.seq).max().unwrap_or(0);
@@ -113,7 +109,7 @@ impl SqliteLog {
         .bind(new.epoch)
         .bind(new.deadline_at.map(|t| t.timestamp_millis()))
         .bind(to_i64(max_seq))
-        .bind(now)
+        .bind(new.created_at.timestamp_millis())
         .execute(&mut *conn)
         .await
         .map_err(db_err)?;
@@ -356,7 +352,7 @@ impl TxLog for SqliteLog {
         let mut outcomes = Vec::with_capacity(batch.len());
         for write in batch {
             outcomes.push(match write {
-                LogWrite::Create(new) => Self::create(&mut tx, new, now).await?,
+                LogWrite::Create(new) => Self::create(&mut tx, new).await?,
                 LogWrite::Update(up) => Self::update(&mut tx, up, now).await?,
             });
         }

@@ -96,7 +96,7 @@ fn all_vote_yes(tx: &mut TxRecord) -> Decision {
 #[test]
 fn all_yes_decides_commit_with_the_commit_calls_then_commits() {
     let mut tx = three_branches();
-    let d = apply(&mut tx, Event::Resume);
+    let d = apply(&mut tx, Event::Begin);
     assert_eq!(d.actions, calls(Phase::Prepare, &[0, 1, 2], 1));
     assert_eq!(kinds(&d), vec!["prepare_sent"; 3]);
     assert_eq!(d.changed, vec![0, 1, 2]);
@@ -152,7 +152,7 @@ fn one_no_vote_aborts_the_prepared_and_skips_the_rest() {
         branch("c", 2),
         branch("d", 2),
     ]);
-    apply(&mut tx, Event::Resume);
+    apply(&mut tx, Event::Begin);
     // d is waiting for its retry; a prepared; c is still in flight when b votes no.
     apply(&mut tx, transient(3, Phase::Prepare, 1));
     apply(&mut tx, ok(0, Phase::Prepare, 1));
@@ -219,7 +219,7 @@ fn one_no_vote_aborts_the_prepared_and_skips_the_rest() {
 #[test]
 fn a_prepare_without_answer_retries_then_aborts_as_unknown() {
     let mut tx = two_phase(vec![branch("a", 2), branch("b", 3)]);
-    apply(&mut tx, Event::Resume);
+    apply(&mut tx, Event::Begin);
     apply(&mut tx, ok(0, Phase::Prepare, 1));
     let d = apply(&mut tx, transient(1, Phase::Prepare, 1));
     assert_eq!(
@@ -268,7 +268,7 @@ fn the_prepare_timeout_and_the_deadline_abort_only_before_the_decision() {
         (Event::DeadlineExpired, "deadline exceeded"),
     ] {
         let mut tx = three_branches();
-        apply(&mut tx, Event::Resume);
+        apply(&mut tx, Event::Begin);
         apply(&mut tx, ok(0, Phase::Prepare, 1));
         let d = apply(&mut tx, event.clone());
         assert_eq!(d.actions, calls(Phase::Abort, &[0, 1, 2], 1));
@@ -278,7 +278,7 @@ fn the_prepare_timeout_and_the_deadline_abort_only_before_the_decision() {
         assert_eq!(apply(&mut tx, event.clone()), Decision::default());
 
         let mut tx = three_branches();
-        apply(&mut tx, Event::Resume);
+        apply(&mut tx, Event::Begin);
         all_vote_yes(&mut tx);
         assert_eq!(apply(&mut tx, event.clone()), Decision::default());
         assert_eq!(tx.state, TxState::Committing);
@@ -289,7 +289,7 @@ fn the_prepare_timeout_and_the_deadline_abort_only_before_the_decision() {
 fn cancel_aborts_while_preparing_and_is_refused_after_the_commit_decision() {
     let mut tx = three_branches();
     tx.cancel_requested = true;
-    apply(&mut tx, Event::Resume);
+    apply(&mut tx, Event::Begin);
     apply(&mut tx, ok(2, Phase::Prepare, 1));
     let d = apply(&mut tx, cancel("user asked"));
     assert_eq!(
@@ -318,7 +318,7 @@ fn cancel_aborts_while_preparing_and_is_refused_after_the_commit_decision() {
     );
 
     let mut tx = three_branches();
-    apply(&mut tx, Event::Resume);
+    apply(&mut tx, Event::Begin);
     all_vote_yes(&mut tx);
     let id = tx.id;
     assert_eq!(
@@ -351,7 +351,7 @@ fn cancel_before_anything_was_sent_aborts_at_once() {
         ]
     );
     assert_eq!(tx.state, TxState::Aborted);
-    assert_eq!(apply(&mut tx, Event::Resume), Decision::default());
+    assert_eq!(apply(&mut tx, Event::Begin), Decision::default());
 }
 
 #[test]
@@ -362,7 +362,7 @@ fn retry_is_always_refused() {
         refused(&mut tx, Event::Retry),
         format!("transaction {id} is preparing; only a failed transaction can be retried")
     );
-    apply(&mut tx, Event::Resume);
+    apply(&mut tx, Event::Begin);
     all_vote_yes(&mut tx);
     assert_eq!(
         refused(&mut tx, Event::Retry),
@@ -373,7 +373,7 @@ fn retry_is_always_refused() {
 #[test]
 fn phase_two_retries_past_its_budget_and_never_changes_the_decision() {
     let mut tx = two_phase(vec![branch("a", 1), branch("b", 1)]);
-    apply(&mut tx, Event::Resume);
+    apply(&mut tx, Event::Begin);
     all_vote_yes(&mut tx);
     apply(&mut tx, ok(0, Phase::Commit, 1));
     let failures = [
@@ -414,7 +414,7 @@ fn phase_two_retries_past_its_budget_and_never_changes_the_decision() {
 #[test]
 fn aborts_retry_past_their_budget_too() {
     let mut tx = two_phase(vec![branch("a", 1), branch("b", 1)]);
-    apply(&mut tx, Event::Resume);
+    apply(&mut tx, Event::Begin);
     apply(&mut tx, ok(0, Phase::Prepare, 1));
     apply(&mut tx, Event::PrepareTimeout);
     for attempt in 1..=3 {
@@ -437,10 +437,10 @@ fn resume_resends_with_the_next_attempt_in_each_state() {
     // Preparing, once prepares went out: presumed abort. Every branch that may have prepared
     // (in flight, backing off, prepared) is aborted; none is asked to prepare again.
     let mut tx = three_branches();
-    apply(&mut tx, Event::Resume);
+    apply(&mut tx, Event::Begin);
     apply(&mut tx, transient(1, Phase::Prepare, 1));
     apply(&mut tx, ok(2, Phase::Prepare, 1));
-    let d = apply(&mut tx, Event::Resume);
+    let d = apply(&mut tx, Event::Begin);
     assert_eq!(
         d.actions,
         vec![
@@ -461,7 +461,7 @@ fn resume_resends_with_the_next_attempt_in_each_state() {
     );
     // Preparing with nothing sent yet: the prepare phase starts.
     let mut tx = three_branches();
-    let d = apply(&mut tx, Event::Resume);
+    let d = apply(&mut tx, Event::Begin);
     assert_eq!(
         d.actions,
         vec![
@@ -473,11 +473,11 @@ fn resume_resends_with_the_next_attempt_in_each_state() {
 
     // Committing: in flight and backing-off commits go out again.
     let mut tx = three_branches();
-    apply(&mut tx, Event::Resume);
+    apply(&mut tx, Event::Begin);
     all_vote_yes(&mut tx);
     apply(&mut tx, ok(0, Phase::Commit, 1));
     apply(&mut tx, transient(2, Phase::Commit, 1));
-    let d = apply(&mut tx, Event::Resume);
+    let d = apply(&mut tx, Event::Begin);
     assert_eq!(
         d.actions,
         vec![call(1, Phase::Commit, 2), call(2, Phase::Commit, 2)]
@@ -488,7 +488,7 @@ fn resume_resends_with_the_next_attempt_in_each_state() {
     // a driver that persisted them apart) still gets them.
     tx.branches[1].status = StepStatus::Prepared;
     tx.branches[1].attempts = 0;
-    let d = apply(&mut tx, Event::Resume);
+    let d = apply(&mut tx, Event::Begin);
     assert_eq!(
         d.actions,
         vec![call(1, Phase::Commit, 1), call(2, Phase::Commit, 3)]
@@ -496,11 +496,11 @@ fn resume_resends_with_the_next_attempt_in_each_state() {
 
     // Aborting: likewise for aborts.
     let mut tx = three_branches();
-    apply(&mut tx, Event::Resume);
+    apply(&mut tx, Event::Begin);
     apply(&mut tx, ok(0, Phase::Prepare, 1));
     apply(&mut tx, no(1, 1, "no"));
     apply(&mut tx, transient(0, Phase::Abort, 1));
-    let d = apply(&mut tx, Event::Resume);
+    let d = apply(&mut tx, Event::Begin);
     assert_eq!(
         d.actions,
         vec![call(0, Phase::Abort, 2), call(2, Phase::Abort, 2)]
@@ -510,14 +510,14 @@ fn resume_resends_with_the_next_attempt_in_each_state() {
     apply(&mut tx, ok(2, Phase::Abort, 2));
     assert_eq!(tx.state, TxState::Aborted);
     // Resting: nothing is ever sent again.
-    assert_eq!(apply(&mut tx, Event::Resume), Decision::default());
+    assert_eq!(apply(&mut tx, Event::Begin), Decision::default());
 }
 
 #[test]
 fn stale_and_foreign_events_change_nothing() {
     let mut tx = three_branches();
-    apply(&mut tx, Event::Resume);
-    apply(&mut tx, Event::Resume);
+    apply(&mut tx, Event::Begin);
+    apply(&mut tx, Event::Begin);
     apply(&mut tx, ok(0, Phase::Prepare, 2));
     let before = tx.clone();
     for stale in [
@@ -541,7 +541,7 @@ fn stale_and_foreign_events_change_nothing() {
 #[test]
 fn no_branches_commit_at_once() {
     let mut tx = two_phase(Vec::new());
-    let d = apply(&mut tx, Event::Resume);
+    let d = apply(&mut tx, Event::Begin);
     assert_eq!(kinds(&d), vec!["commit_decided", "committed"]);
     assert_eq!(tx.state, TxState::Committed);
 }
@@ -554,10 +554,43 @@ fn a_preparing_record_with_a_no_vote_aborts_on_resume() {
     tx.branches[1].status = StepStatus::Failed;
     tx.branches[2].status = StepStatus::Prepared;
     let d = apply(&mut tx, Event::Resume);
-    assert_eq!(d.actions, vec![call(2, Phase::Abort, 1)]);
+    // Branch 0 shows as never asked, but progress is written lazily: it may have prepared.
+    assert_eq!(
+        d.actions,
+        vec![call(0, Phase::Abort, 1), call(2, Phase::Abort, 1)]
+    );
     assert_eq!(tx.state, TxState::Aborting);
     assert_eq!(
         tx.last_error.as_deref(),
         Some("the coordinator restarted before the decision (presumed abort)")
+    );
+}
+
+#[test]
+fn a_preparing_record_found_on_resume_aborts_every_branch_even_unasked() {
+    // The log may lag the prepares that went out, so a restart cannot tell "never asked" from
+    // "asked and prepared": presumed abort sends every branch an Abort.
+    let mut tx = three_branches();
+    let d = apply(&mut tx, Event::Resume);
+    assert_eq!(tx.state, TxState::Aborting);
+    assert_eq!(
+        d.actions,
+        vec![
+            call(0, Phase::Abort, 1),
+            call(1, Phase::Abort, 1),
+            call(2, Phase::Abort, 1)
+        ]
+    );
+    // The same record just accepted (nothing sent yet) asks for prepares instead.
+    let mut fresh = three_branches();
+    let d = apply(&mut fresh, Event::Begin);
+    assert_eq!(fresh.state, TxState::Preparing);
+    assert_eq!(
+        d.actions,
+        vec![
+            call(0, Phase::Prepare, 1),
+            call(1, Phase::Prepare, 1),
+            call(2, Phase::Prepare, 1)
+        ]
     );
 }

@@ -248,8 +248,14 @@ impl Sim {
                 }
                 Phase::Abort => {
                     assert_eq!(tx.state, TxState::Aborting, "abort sent undecided");
+                    // After a restart the log may not show a prepare that went out, so presumed
+                    // abort also aborts branches it cannot tell were asked.
                     assert!(
-                        self.prepare_sent.contains(&branch),
+                        self.prepare_sent.contains(&branch)
+                            || tx
+                                .last_error
+                                .as_deref()
+                                .is_some_and(|e| e.contains("presumed abort")),
                         "abort sent to branch {branch} that was never asked to prepare"
                     );
                     self.abort_sent.insert(branch);
@@ -358,7 +364,7 @@ impl Sim {
 
     /// Drives the transaction to an outcome: `chaos` random events first, then only successes.
     fn run(&mut self, chaos: usize) {
-        self.apply(Event::Resume).expect("resume is never refused");
+        self.apply(Event::Begin).expect("begin is never refused");
         for round in 0..chaos + 500 {
             let ok_only = round >= chaos;
             if self.tx.state.is_final() && self.inflight.is_empty() && self.timers.is_empty() {
