@@ -623,7 +623,10 @@ async fn sdks_and_cli_send_their_tokens() {
         command.output().unwrap()
     };
     let out = cli(&["tx", "show", &tx.tx_id, "--token", OPS], None);
-    assert!(!out.status.success(), "show is a client verb");
+    assert!(
+        !out.status.success(),
+        "show also needs the client role (Get)"
+    );
     let out = cli(&["tx", "events", &tx.tx_id, "--token", OPS], None);
     assert!(
         out.status.success(),
