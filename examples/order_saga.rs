@@ -1,10 +1,14 @@
 //! An order saga against a running coordinator (for example `baton serve` on PostgreSQL):
 //!
 //! ```sh
-//! cargo run -- serve --database-url postgres://postgres@127.0.0.1:5432/postgres &
+//! cargo run -- serve --database-url postgres://postgres@127.0.0.1:5432/postgres --no-auth &
 //! cargo run --example order_saga                # BATON_ADDR overrides http://127.0.0.1:7600
 //! cargo run -- tx list --label example=order_saga
 //! ```
+//!
+//! Against a coordinator with auth tokens, set `BATON_TOKEN` to a token with the `client`,
+//! `operator` and `participant` roles (the example starts sagas, reads their events and registers
+//! its participants).
 //!
 //! The example serves its own participants (inventory, payments, shipping) on free loopback
 //! ports, registers them with the coordinator, and places two orders: one that ships, and one
@@ -28,6 +32,7 @@ struct Order {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let addr = std::env::var("BATON_ADDR").unwrap_or_else(|_| "http://127.0.0.1:7600".into());
+    let token = std::env::var("BATON_TOKEN").ok();
     let inventory = Participant::new()
         .on_execute("reserve", |req: Request| async move {
             let o: Order = req.json()?;
@@ -76,12 +81,17 @@ async fn main() -> anyhow::Result<()> {
         ("payments", &payments),
         ("shipping", &shipping),
     ] {
-        server
-            .register(Registration::new(addr.clone(), service))
-            .await?;
+        let mut registration = Registration::new(addr.clone(), service);
+        if let Some(token) = &token {
+            registration = registration.token(token);
+        }
+        server.register(registration).await?;
     }
 
-    let client = Client::connect(addr.clone()).await?;
+    let mut client = Client::connect(addr.clone()).await?;
+    if let Some(token) = &token {
+        client = client.with_token(token)?;
+    }
     let run_id = std::process::id();
     for (n, sku) in [(1, "BOOK"), (2, "FRAGILE")] {
         let order = serde_json::json!({

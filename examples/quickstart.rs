@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use baton::api::{self, Limits, ServeConfig};
+use baton::auth::AuthConfig;
 use baton::cli::output;
 use baton::client::{Client, Saga, Step, TxState};
 use baton::coordinator::Config;
@@ -31,7 +32,8 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let database_url = format!("sqlite://{}", dir.join("baton.db").display());
 
-    // The coordinator, on a free loopback port. Auth and TLS do not exist yet; keep it on loopback.
+    // The coordinator, on a free loopback port, with authentication off: only this process talks
+    // to it. `baton serve` needs bearer tokens (or an explicit --no-auth) instead.
     let coordinator = api::serve(ServeConfig {
         listen: "127.0.0.1:0".parse()?,
         http_listen: None,
@@ -45,9 +47,11 @@ async fn main() -> anyhow::Result<()> {
         registry: RegistryConfig::default(),
         limits: Limits::default(),
         drain: Duration::from_secs(5),
+        auth: AuthConfig::Disabled,
     })
     .await?;
     println!("coordinator on {}", coordinator.endpoint());
+    println!("authentication is off: loopback only, for this demo (see README, Security)");
 
     // Three participant services, each an action and its compensation in a few lines.
     let inventory = Participant::new()

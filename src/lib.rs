@@ -9,6 +9,7 @@
 //! two SDKs beside them: [`client`] for applications and [`participant`] for services.
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;

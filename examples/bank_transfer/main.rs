@@ -14,6 +14,7 @@ mod bank;
 use std::time::Duration;
 
 use baton::api::{self, Limits, ServeConfig};
+use baton::auth::AuthConfig;
 use baton::cli::output;
 use baton::client::{Client, Saga, Step, TwoPhase, TwoPhaseBranch};
 use baton::coordinator::Config;
@@ -41,6 +42,8 @@ async fn main() -> anyhow::Result<()> {
         registry: RegistryConfig::default(),
         limits: Limits::default(),
         drain: Duration::from_secs(5),
+        // In-process on loopback: nothing else can reach it.
+        auth: AuthConfig::Disabled,
     })
     .await?;
 

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{self, Principal};
 use crate::coordinator::{CoordError, Coordinator, Started};
 use crate::model::{Definition, TxId, TxRecord, TxState};
 use crate::proto;
@@ -38,6 +39,10 @@ pub fn status_of(e: CoordError) -> Status {
 
 fn store_status(e: StoreError) -> Status {
     Status::unavailable(e.to_string())
+}
+
+fn not_found(id: TxId) -> Status {
+    Status::not_found(format!("transaction {id} not found"))
 }
 
 fn parse_id(text: &str) -> Result<TxId, Status> {
@@ -65,7 +70,17 @@ impl CoordinatorService {
             .get(id)
             .await
             .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("transaction {id} not found")))
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// The transaction if the caller's namespace holds it; one in another namespace is
+    /// `NOT_FOUND` exactly like an unknown id, so its existence does not leak.
+    async fn load_for(&self, id: TxId, principal: &Principal) -> Result<TxRecord, Status> {
+        let tx = self.load(id).await?;
+        if !principal.sees(&tx.labels) {
+            return Err(not_found(id));
+        }
+        Ok(tx)
     }
 
     /// Checks that every service a step names has an endpoint now.
@@ -160,6 +175,7 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<proto::StartRequest>,
     ) -> Result<Response<proto::StartResponse>, Status> {
+        let principal = auth::principal(&request)?.clone();
         let req = request.into_inner();
         let config = self.co.config();
         let definition = match &req.definition {
@@ -183,7 +199,8 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
                 )?)
             }
         };
-        let labels = convert::labels("labels", &req.labels, &self.limits)?;
+        let mut labels = convert::labels("labels", &req.labels, &self.limits)?;
+        principal.stamp(&mut labels)?;
         let idempotency_key = if req.idempotency_key.is_empty() {
             None
         } else {
@@ -230,6 +247,12 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
             Started::Created(id) => (id, true),
             Started::Existing(id) => {
                 let existing = self.load(id).await?;
+                if !principal.sees(&existing.labels) {
+                    return Err(Status::already_exists(format!(
+                        "idempotency_key: {:?} is already used in another namespace; choose another key",
+                        idempotency_key.unwrap_or_default()
+                    )));
+                }
                 if existing.definition != definition {
                     return Err(Status::already_exists(format!(
                         "idempotency_key: {:?} already names transaction {id}, which has a different definition",
@@ -258,16 +281,21 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::Transaction>, Status> {
+        let principal = auth::principal(&request)?;
         let id = parse_id(&request.get_ref().tx_id)?;
-        Ok(Response::new(convert::transaction(&self.load(id).await?)))
+        Ok(Response::new(convert::transaction(
+            &self.load_for(id, principal).await?,
+        )))
     }
 
     async fn wait(
         &self,
         request: Request<proto::WaitRequest>,
     ) -> Result<Response<proto::Transaction>, Status> {
+        let principal = auth::principal(&request)?.clone();
         let req = request.into_inner();
         let id = parse_id(&req.tx_id)?;
+        self.load_for(id, &principal).await?;
         let tx = self
             .wait_for_rest(id, self.wait_timeout(req.timeout_ms))
             .await?;
@@ -280,10 +308,12 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let principal = auth::principal(&request)?;
         let id = parse_id(&request.get_ref().tx_id)?;
         let live = self.co.subscribe(id);
-        // Fail fast on an unknown id, before the stream starts.
-        self.load(id).await?;
+        // Fail fast on an unknown id (or one outside the caller's namespace), before the stream
+        // starts.
+        self.load_for(id, principal).await?;
         let (out, rx) = mpsc::channel(64);
         let co = self.co.clone();
         tokio::spawn(watch(co, id, live, out));

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{CoordinatorService, Limits};
+use crate::auth::{AuthConfig, Authenticated};
 use crate::coordinator::{Config, Coordinator};
 use crate::proto::coordinator_server::CoordinatorServer;
 use crate::registry::{Registry, RegistryConfig};
@@ -30,6 +31,8 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// At shutdown, how long open requests may take to finish before they are cut off.
     pub drain: std::time::Duration,
+    /// Who may call what; [`AuthConfig::Disabled`] must be chosen explicitly.
+    pub auth: AuthConfig,
 }
 
 /// Why the server could not start.
@@ -139,6 +142,16 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
+    match &config.auth {
+        AuthConfig::Disabled => {
+            tracing::info!("authentication disabled: every caller may call every method")
+        }
+        AuthConfig::Tokens(tokens) => {
+            let names: Vec<&str> = tokens.specs().iter().map(|t| t.name.as_str()).collect();
+            tracing::info!(tokens = ?names, "bearer-token authentication");
+        }
+    }
+    let service = Authenticated::new(service, config.auth.clone());
     let shutdown = stop.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()

@@ -201,6 +201,8 @@ async fn start_coordinator(
         database_url: Some(database_url.to_string()),
         id: Some(format!("baton-bench-{}", std::process::id())),
         max_connections: Some(max_connections),
+        // In-process, on loopback, and the bench's own clients carry no token.
+        no_auth: Some(true),
         ..ServeArgs::default()
     }
     .to_config()

@@ -1,6 +1,7 @@
 //! The `baton` command line: `serve`, `migrate`, the operator commands `tx` and
 //! `participants`, which talk to a coordinator through the client SDK, and `bench`.
 
+mod auth;
 pub mod bench;
 mod coordinators;
 pub mod output;
@@ -10,6 +11,7 @@ mod tx;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use self::auth::AuthCommand;
 pub use self::participants::ParticipantsCommand;
 pub use self::tx::TxCommand;
 use crate::client::Client;
@@ -68,6 +70,12 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Bearer tokens for `serve --auth-token`.
+    Auth {
+        /// The auth command.
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// Measure throughput and latency of the reference workloads against a raw-database baseline.
     Bench(bench::BenchArgs),
     /// Serve the bench's participant service and print its endpoint (used by `bench`).
@@ -76,7 +84,7 @@ pub enum Command {
 }
 
 /// Options of every command that talks to a running coordinator.
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
+#[derive(Clone, PartialEq, Eq, Args)]
 pub struct Remote {
     /// The coordinator's gRPC address.
     #[arg(
@@ -89,11 +97,29 @@ pub struct Remote {
     /// Print one JSON document instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The bearer token to present (a coordinator with auth tokens needs one).
+    #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+// By hand, so the token never reaches a debug print.
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("addr", &self.addr)
+            .field("json", &self.json)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Remote {
     async fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(self.addr.clone()).await?)
+        let client = Client::connect(self.addr.clone()).await?;
+        Ok(match &self.token {
+            Some(token) => client.with_token(token)?,
+            None => client,
+        })
     }
 }
 
@@ -105,6 +131,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tx { remote, command } => tx::run(&remote, command).await,
         Command::Participants { remote, command } => participants::run(&remote, command).await,
         Command::Coordinators { remote } => coordinators::run(&remote).await,
+        Command::Auth { command } => auth::run(command),
         Command::Bench(args) => bench::run(args).await,
         Command::BenchParticipant(args) => bench::participant(args).await,
     }

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::api::{self, Limits, ServeConfig};
+use crate::auth::{self, AuthConfig, TokenSpec, Tokens};
 use crate::coordinator::Config;
 use crate::model::RetryPolicy;
 use crate::registry::{Policy, RegistryConfig};
@@ -118,6 +119,26 @@ pub struct ServeArgs {
     /// TCP connect timeout of connections to participants, in ms [default: 2000].
     #[arg(long, env = "BATON_CONNECT_TIMEOUT_MS")]
     pub connect_timeout_ms: Option<u32>,
+    /// A bearer token callers may present, as NAME:ROLES[:NAMESPACE]=sha256:HEX (repeatable; in
+    /// the environment, comma-separated). ROLES: client, operator, participant, joined by +. A
+    /// client token with a NAMESPACE only reaches transactions of that namespace. Only the
+    /// token's SHA-256 is configured: make it with `baton auth hash-token`.
+    #[arg(
+        long = "auth-token",
+        env = "BATON_AUTH_TOKENS",
+        value_delimiter = ',',
+        value_name = "NAME:ROLES[:NAMESPACE]=sha256:HEX"
+    )]
+    #[serde(default)]
+    pub auth_tokens: Vec<String>,
+    /// A file of bearer tokens, one NAME:ROLES[:NAMESPACE]=sha256:HEX per line (# comments);
+    /// used together with any --auth-token.
+    #[arg(long, env = "BATON_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Serve without authentication: every caller may call every method. Only on loopback or a
+    /// private network. Either this or at least one token is required.
+    #[arg(long, env = "BATON_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub no_auth: Option<bool>,
 }
 
 /// Options of `baton migrate`.
@@ -172,12 +193,20 @@ impl ServeArgs {
             },
             registry_refresh_ms: self.registry_refresh_ms.or(file.registry_refresh_ms),
             connect_timeout_ms: self.connect_timeout_ms.or(file.connect_timeout_ms),
+            auth_tokens: if self.auth_tokens.is_empty() {
+                file.auth_tokens
+            } else {
+                self.auth_tokens
+            },
+            auth_tokens_file: self.auth_tokens_file.or(file.auth_tokens_file),
+            no_auth: self.no_auth.or(file.no_auth),
         })
     }
 
     /// The server configuration these options describe.
     pub fn to_config(self) -> anyhow::Result<ServeConfig> {
         let args = self.merged()?;
+        let auth = args.auth()?;
         let listen = args
             .listen
             .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses"));
@@ -303,9 +332,46 @@ impl ServeArgs {
                 ..limits_default
             },
             drain: Duration::from_millis(args.drain_timeout_ms.unwrap_or(10_000)),
+            auth,
         })
     }
+
+    /// Tokens from `--auth-token` and `--auth-tokens-file`, or `--no-auth`; one of the two must
+    /// be given. Errors name the entry by position or token name, never its text.
+    fn auth(&self) -> anyhow::Result<AuthConfig> {
+        let mut specs = Vec::new();
+        for (i, entry) in self.auth_tokens.iter().enumerate() {
+            let spec = entry
+                .parse::<TokenSpec>()
+                .with_context(|| format!("auth_tokens: entry {} is not valid", i + 1))?;
+            specs.push(spec);
+        }
+        if let Some(path) = &self.auth_tokens_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read auth tokens file {}", path.display()))?;
+            let found = auth::parse_token_lines(&text)
+                .with_context(|| format!("auth tokens file {} is not valid", path.display()))?;
+            if found.is_empty() {
+                anyhow::bail!("auth tokens file {} holds no tokens", path.display());
+            }
+            specs.extend(found);
+        }
+        match (self.no_auth.unwrap_or(false), specs.is_empty()) {
+            (true, true) => Ok(AuthConfig::Disabled),
+            (true, false) => {
+                anyhow::bail!("give either auth tokens or --no-auth, not both")
+            }
+            (false, false) => Ok(AuthConfig::Tokens(Tokens::new(specs)?)),
+            (false, true) => anyhow::bail!("{NO_AUTH_CONFIGURED}"),
+        }
+    }
 }
+
+/// Why `baton serve` refuses to start without an auth choice, and what to do.
+pub const NO_AUTH_CONFIGURED: &str = "no authentication configured: give bearer tokens with \
+--auth-token NAME:ROLES[:NAMESPACE]=sha256:HEX (repeatable; BATON_AUTH_TOKENS, comma-separated) \
+or --auth-tokens-file PATH (one entry per line), hashing each token with `baton auth hash-token`; \
+or pass --no-auth (BATON_NO_AUTH=true) to serve without authentication on a trusted network";
 
 fn hostname() -> String {
     std::env::var("HOSTNAME")
@@ -319,10 +385,14 @@ fn hostname() -> String {
 /// Runs the coordinator until SIGTERM or Ctrl-C, then shuts down cleanly.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
+    let no_auth = config.auth == AuthConfig::Disabled;
     let serving = api::serve(config).await?;
     println!("baton coordinator listening on {}", serving.endpoint());
     if let Some(http) = serving.http_addr {
         println!("health and metrics on http://{http}");
+    }
+    if no_auth {
+        println!("authentication disabled (--no-auth): every caller may call every method");
     }
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -392,6 +462,7 @@ mod tests {
     fn defaults_and_static_endpoints() {
         let config = ServeArgs {
             endpoints: vec!["inventory=http://127.0.0.1:9000".into()],
+            no_auth: Some(true),
             ..ServeArgs::default()
         }
         .to_config()
@@ -405,6 +476,7 @@ mod tests {
         assert!(config.migrate);
         let bad = ServeArgs {
             endpoints: vec!["inventory".into()],
+            no_auth: Some(true),
             ..ServeArgs::default()
         };
         assert!(bad.to_config().is_err());
@@ -419,6 +491,7 @@ mod tests {
             ],
             registry_refresh_ms: Some(200),
             connect_timeout_ms: Some(300),
+            no_auth: Some(true),
             ..ServeArgs::default()
         }
         .to_config()
@@ -436,6 +509,7 @@ mod tests {
         for bad in ["inventory", "=random", "inventory=fastest"] {
             let args = ServeArgs {
                 policies: vec![bad.into()],
+                no_auth: Some(true),
                 ..ServeArgs::default()
             };
             assert!(args.to_config().is_err(), "{bad}");
@@ -444,5 +518,82 @@ mod tests {
             toml::from_str("policies = [\"inventory=random\"]\nregistry_refresh_ms = 50").unwrap();
         assert_eq!(file.policies, vec!["inventory=random"]);
         assert_eq!(file.registry_refresh_ms, Some(50));
+    }
+
+    #[test]
+    fn auth_must_be_chosen() {
+        let err = ServeArgs::default().to_config().unwrap_err().to_string();
+        assert_eq!(err, NO_AUTH_CONFIGURED);
+        let open = ServeArgs {
+            no_auth: Some(true),
+            ..ServeArgs::default()
+        };
+        assert_eq!(open.to_config().unwrap().auth, AuthConfig::Disabled);
+        let hash = auth::TokenHash::of("secret");
+        let both = ServeArgs {
+            no_auth: Some(true),
+            auth_tokens: vec![format!("app:client={hash}")],
+            ..ServeArgs::default()
+        };
+        assert!(both
+            .to_config()
+            .unwrap_err()
+            .to_string()
+            .contains("not both"));
+    }
+
+    #[test]
+    fn auth_tokens_from_flags_file_and_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        let (a, b) = (auth::TokenHash::of("a"), auth::TokenHash::of("b"));
+        std::fs::write(&file, format!("# operators\nops:operator={b}\n")).unwrap();
+        let config = ServeArgs {
+            auth_tokens: vec![format!("app:client:shop={a}")],
+            auth_tokens_file: Some(file.clone()),
+            ..ServeArgs::default()
+        }
+        .to_config()
+        .unwrap();
+        let AuthConfig::Tokens(tokens) = config.auth else {
+            panic!("tokens expected");
+        };
+        let names: Vec<&str> = tokens.specs().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["app", "ops"]);
+
+        let toml_file = dir.path().join("baton.toml");
+        std::fs::write(
+            &toml_file,
+            format!("auth_tokens = [\"app:client={a}\"]\nno_auth = false\n"),
+        )
+        .unwrap();
+        let config = ServeArgs {
+            config: Some(toml_file),
+            ..ServeArgs::default()
+        }
+        .to_config()
+        .unwrap();
+        assert!(matches!(config.auth, AuthConfig::Tokens(_)));
+
+        // A plain token given where the hash belongs is refused without being repeated.
+        let err = ServeArgs {
+            auth_tokens: vec!["app:client=hunter2".into()],
+            ..ServeArgs::default()
+        }
+        .to_config()
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("entry 1") && !text.contains("hunter2"),
+            "{text}"
+        );
+        std::fs::write(&file, "# nothing\n").unwrap();
+        let err = ServeArgs {
+            auth_tokens_file: Some(file),
+            ..ServeArgs::default()
+        }
+        .to_config()
+        .unwrap_err();
+        assert!(err.to_string().contains("holds no tokens"), "{err}");
     }
 }

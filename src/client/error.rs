@@ -28,6 +28,9 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// A bearer token cannot be sent (the message does not repeat it).
+    #[error("token: must be 1 to 1000 visible ASCII characters without spaces")]
+    InvalidToken,
     /// A step's payload could not be encoded as JSON.
     #[error("payload: cannot encode json: {0}")]
     Json(serde_json::Error),
@@ -55,9 +58,10 @@ impl ClientError {
         match self {
             ClientError::Status(status) => status.code(),
             ClientError::Connect { .. } => Code::Unavailable,
-            ClientError::NoAddress | ClientError::InvalidAddress { .. } | ClientError::Json(_) => {
-                Code::InvalidArgument
-            }
+            ClientError::NoAddress
+            | ClientError::InvalidAddress { .. }
+            | ClientError::InvalidToken
+            | ClientError::Json(_) => Code::InvalidArgument,
         }
     }
 

@@ -31,6 +31,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -115,7 +117,51 @@ pub struct Client {
     channels: Arc<[Channel]>,
     /// The coordinator that answered last; calls start there.
     current: Arc<AtomicUsize>,
+    /// Sent as `authorization` on every call, if set.
+    bearer: Bearer,
 }
+
+/// The `authorization: Bearer <token>` metadata a client adds to every call.
+#[derive(Clone, Default)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    fn new(token: &str) -> Result<Bearer, ClientError> {
+        if token.is_empty() || token.len() > 1000 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ClientError::InvalidToken);
+        }
+        let mut value: MetadataValue<Ascii> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::InvalidToken)?;
+        value.set_sensitive(true);
+        Ok(Bearer(Some(value)))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+// By hand, so the token never reaches a debug print.
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Bearer(<redacted>)"
+        } else {
+            "None"
+        })
+    }
+}
+
+/// The generated client with the bearer token added to every call.
+type Api = CoordinatorClient<InterceptedService<Channel, Bearer>>;
 
 impl Client {
     /// Connect to the coordinator at `addr`, such as `http://127.0.0.1:7600`.
@@ -160,7 +206,15 @@ impl Client {
             addrs: addrs.into(),
             channels: channels.into(),
             current: Arc::new(AtomicUsize::new(current)),
+            bearer: Bearer::default(),
         })
+    }
+
+    /// Present `token` as `authorization: Bearer <token>` on every call, as a coordinator with
+    /// auth tokens requires. Clones made afterwards share it.
+    pub fn with_token(mut self, token: &str) -> Result<Self, ClientError> {
+        self.bearer = Bearer::new(token)?;
+        Ok(self)
     }
 
     /// The coordinator addresses this client knows, in failover order.
@@ -382,7 +436,7 @@ impl Client {
     /// because it may have taken effect before the connection broke.
     async fn call<T, F, Fut>(&self, idempotent: bool, rpc: F) -> Result<T, ClientError>
     where
-        F: Fn(CoordinatorClient<Channel>) -> Fut,
+        F: Fn(Api) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let count = self.channels.len();
@@ -391,7 +445,10 @@ impl Client {
         let mut last = None;
         for offset in 0..tries {
             let index = (first + offset) % count;
-            let client = CoordinatorClient::new(self.channels[index].clone());
+            let client = CoordinatorClient::with_interceptor(
+                self.channels[index].clone(),
+                self.bearer.clone(),
+            );
             match rpc(client).await {
                 Ok(response) => {
                     if offset > 0 {

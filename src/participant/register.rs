@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
-use tonic::Code;
+use tonic::{Code, Status};
 
 use super::server::{ServeError, ServerHandle};
 use crate::proto::coordinator_client::CoordinatorClient;
@@ -12,7 +13,7 @@ use crate::proto::{
 };
 
 /// How a participant announces itself to a coordinator. See [`ServerHandle::register`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Registration {
     coordinator: String,
     service: String,
@@ -20,6 +21,22 @@ pub struct Registration {
     weight: u32,
     zone: String,
     ttl: Duration,
+    token: Option<String>,
+}
+
+// By hand, so the token never reaches a debug print.
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("coordinator", &self.coordinator)
+            .field("service", &self.service)
+            .field("endpoint", &self.endpoint)
+            .field("weight", &self.weight)
+            .field("zone", &self.zone)
+            .field("ttl", &self.ttl)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Registration {
@@ -33,7 +50,15 @@ impl Registration {
             weight: 1,
             zone: String::new(),
             ttl: Duration::from_secs(10),
+            token: None,
         }
+    }
+
+    /// Present `token` (one with the `participant` role) as `authorization: Bearer <token>` on
+    /// the registration, heartbeats and deregistration.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     /// Advertise this URL instead of the listening address (behind NAT or a proxy).
@@ -80,7 +105,23 @@ impl ServerHandle {
                 addr: registration.coordinator.clone(),
                 source,
             })?;
-        let mut client = CoordinatorClient::new(channel);
+        let bearer = match &registration.token {
+            None => None,
+            Some(token) => Some(bearer(token).ok_or_else(|| {
+                ServeError::Register(Status::invalid_argument(
+                    "token: must be 1 to 1000 visible ASCII characters without spaces",
+                ))
+            })?),
+        };
+        let mut client =
+            CoordinatorClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+                if let Some(value) = &bearer {
+                    request
+                        .metadata_mut()
+                        .insert("authorization", value.clone());
+                }
+                Ok(request)
+            });
         let ttl_ms = registration.ttl.as_millis().try_into().unwrap_or(u64::MAX);
         let register = RegisterParticipantRequest {
             service: registration.service.clone(),
@@ -132,4 +173,14 @@ impl ServerHandle {
         });
         Ok(())
     }
+}
+
+/// The `authorization` value for `token`, marked sensitive; `None` if it cannot be sent.
+fn bearer(token: &str) -> Option<MetadataValue<Ascii>> {
+    if token.is_empty() || token.len() > 1000 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let mut value: MetadataValue<Ascii> = format!("Bearer {token}").parse().ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }

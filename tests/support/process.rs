@@ -32,7 +32,8 @@ pub struct Coordinator {
 }
 
 /// Starts `baton serve` on a free loopback port (unless `extra` has `--listen`) against `database_url`, with [`FAST`] settings
-/// unless `extra` sets the same flag, plus `env` variables; waits until it listens.
+/// unless `extra` sets the same flag, plus `env` variables; waits until it listens. Auth is off
+/// (`--no-auth`) unless `extra` or `env` configures it.
 pub async fn coordinator(
     database_url: &str,
     id: &str,
@@ -57,6 +58,17 @@ pub async fn coordinator(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    let auth_flags = ["--no-auth", "--auth-token", "--auth-tokens-file"];
+    let auth_vars = [
+        "BATON_NO_AUTH",
+        "BATON_AUTH_TOKENS",
+        "BATON_AUTH_TOKENS_FILE",
+    ];
+    if !extra.iter().any(|a| auth_flags.contains(a))
+        && !env.iter().any(|(k, _)| auth_vars.contains(k))
+    {
+        command.arg("--no-auth");
+    }
     for (k, v) in env {
         command.env(k, v);
     }
