@@ -387,10 +387,7 @@ impl Client {
         };
         // Repeating a purge deletes nothing twice, so it may fail over.
         let response = self
-            .call(true, move |mut c| {
-                let request = request.clone();
-                async move { c.purge(request).await }
-            })
+            .call(true, move |mut c| async move { c.purge(request).await })
             .await?;
         Ok(response.purged)
     }
