@@ -430,6 +430,7 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     ("Cancel", Role::Operator),
     ("ListParticipants", Role::Operator),
     ("ListCoordinators", Role::Operator),
+    ("Purge", Role::Operator),
     ("RegisterParticipant", Role::Participant),
     ("HeartbeatParticipant", Role::Participant),
     ("DeregisterParticipant", Role::Participant),

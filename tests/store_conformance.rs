@@ -64,6 +64,8 @@ conformance!(
     coordinators_heartbeat_and_count_owned,
     concurrent_claimers_never_share_work,
     cancel_requests_reach_the_owner,
+    purge_deletes_only_old_finished_transactions,
+    purge_takes_the_oldest_in_batches,
 );
 
 // ---- fixtures ----
@@ -567,6 +569,114 @@ async fn cancel_requests_reach_the_owner(log: &dyn TxLog) {
     );
     // Nothing about the transaction itself changed.
     assert_eq!(get(log, b.id).await, b);
+}
+
+/// How old "old" is in the purge checks: rows made before a sleep of [`PURGE_SLEEP`] are older
+/// than it, rows made after are younger unless the machine stalls for this long.
+const PURGE_AGE: Duration = Duration::from_secs(2);
+const PURGE_SLEEP: Duration = Duration::from_millis(2_300);
+
+async fn purge_deletes_only_old_finished_transactions(log: &dyn TxLog) {
+    // One old transaction in every state; only the final ones may go.
+    let mut old = Vec::new();
+    for state in TxState::ALL {
+        old.push(create(log, new_tx("c1", state)).await);
+    }
+    // One that ended through an update, with branch output, more events and a cancel request
+    // left behind by a coordinator that finished before acting on it.
+    let ended = create(log, new_tx("c1", TxState::Running)).await;
+    assert!(log.request_cancel(ended.id, "late").await.expect("request"));
+    let mut up = update_of(&ended);
+    up.state = TxState::Committed;
+    up.branches = vec![BranchRecord {
+        index: 0,
+        name: "reserve".into(),
+        status: StepStatus::Succeeded,
+        attempts: 1,
+        output: Some(vec![7]),
+        last_error: None,
+        done_order: Some(1),
+    }];
+    up.events = vec![event(3, "committed", None)];
+    assert_eq!(apply_one(log, up).await, WriteOutcome::Updated);
+    tokio::time::sleep(PURGE_SLEEP).await;
+    let recent: Vec<TxRecord> = finished_now(log).await;
+
+    let purged = log.purge_finished(PURGE_AGE, 100).await.expect("purge");
+    assert_eq!(
+        purged, 4,
+        "committed, compensated, aborted and the one that ended"
+    );
+    for rec in old.iter().chain([&ended]) {
+        let after = log.get(rec.id).await.expect("get");
+        if rec.id == ended.id || rec.state.is_final() {
+            assert_eq!(after, None, "{} should be purged", rec.state);
+            assert!(
+                log.events(rec.id, 0, 100).await.expect("events").is_empty(),
+                "the events of a purged transaction remain"
+            );
+        } else {
+            // Unfinished and failed transactions stay, however old, untouched.
+            assert_eq!(after.as_ref(), Some(rec), "{} was changed", rec.state);
+            assert_eq!(log.events(rec.id, 0, 100).await.expect("events").len(), 2);
+        }
+    }
+    for rec in &recent {
+        assert_eq!(log.get(rec.id).await.expect("get").as_ref(), Some(rec));
+    }
+    assert_eq!(log.purge_finished(PURGE_AGE, 100).await.expect("purge"), 0);
+    // With no age limit left to wait for, the recent finished ones go too, and nothing else.
+    assert_eq!(
+        log.purge_finished(Duration::ZERO, 100)
+            .await
+            .expect("purge"),
+        recent.len() as u64
+    );
+    let left = log
+        .list(&ListFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(left.len(), TxState::ALL.len() - 3);
+    assert!(left.iter().all(|r| !r.state.is_final()));
+}
+
+/// Finished transactions made just now.
+async fn finished_now(log: &dyn TxLog) -> Vec<TxRecord> {
+    let mut recent = Vec::new();
+    for state in [TxState::Committed, TxState::Aborted] {
+        recent.push(create(log, new_tx("c1", state)).await);
+    }
+    recent
+}
+
+async fn purge_takes_the_oldest_in_batches(log: &dyn TxLog) {
+    let mut all = Vec::new();
+    for _ in 0..5 {
+        all.push(create(log, new_tx("c1", TxState::Compensated)).await.id);
+        // Distinct update times at the millisecond precision both stores keep.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    tokio::time::sleep(PURGE_SLEEP).await;
+    assert_eq!(log.purge_finished(PURGE_AGE, 0).await.expect("purge"), 0);
+    let mut gone = 0;
+    for expected in [2, 2, 1, 0] {
+        assert_eq!(
+            log.purge_finished(PURGE_AGE, 2).await.expect("purge"),
+            expected
+        );
+        gone += expected as usize;
+        for (i, id) in all.iter().enumerate() {
+            let present = log.get(*id).await.expect("get").is_some();
+            assert_eq!(
+                present,
+                i >= gone,
+                "oldest first: transaction {i} after {gone} purged"
+            );
+        }
+    }
 }
 
 async fn claim_one_checks_epoch(log: &dyn TxLog) {

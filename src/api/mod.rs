@@ -535,6 +535,46 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
                 .collect(),
         }))
     }
+
+    async fn purge(
+        &self,
+        request: Request<proto::PurgeRequest>,
+    ) -> Result<Response<proto::PurgeResponse>, Status> {
+        let (older_than, batch) = check_purge(request.get_ref(), self.co.config().retention_batch)?;
+        let purged = self.co.purge(older_than, batch).await.map_err(status_of)?;
+        Ok(Response::new(proto::PurgeResponse { purged }))
+    }
+}
+
+/// The longest age `Purge` accepts: more is a typo, not a retention period.
+const MAX_PURGE_AGE: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
+
+/// Checks a `Purge` request; returns the age and the batch size to use (0 means `default_batch`).
+fn check_purge(req: &proto::PurgeRequest, default_batch: u32) -> Result<(Duration, u32), Status> {
+    if req.older_than_ms == 0 {
+        return Err(Status::invalid_argument(
+            "older_than_ms: must be greater than 0",
+        ));
+    }
+    if Duration::from_millis(req.older_than_ms) > MAX_PURGE_AGE {
+        return Err(Status::invalid_argument(format!(
+            "older_than_ms: {} is more than 100 years",
+            req.older_than_ms
+        )));
+    }
+    if req.batch > crate::store::MAX_PURGE_BATCH {
+        return Err(Status::resource_exhausted(format!(
+            "batch: {} exceeds the limit of {}",
+            req.batch,
+            crate::store::MAX_PURGE_BATCH
+        )));
+    }
+    let batch = if req.batch == 0 {
+        default_batch
+    } else {
+        req.batch
+    };
+    Ok((Duration::from_millis(req.older_than_ms), batch))
 }
 
 fn check_registration(service: &str, endpoint: &str, limits: &Limits) -> Result<(), Status> {

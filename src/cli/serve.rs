@@ -139,6 +139,18 @@ pub struct ServeArgs {
     /// private network. Either this or at least one token is required.
     #[arg(long, env = "BATON_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub no_auth: Option<bool>,
+    /// How long finished (committed, compensated, aborted) transactions and their history are
+    /// kept before the background sweep deletes them, such as 7d, 12h, 30m or 90s; "off" keeps
+    /// them forever. Failed and unfinished transactions are never deleted [default: 7d].
+    #[arg(long, env = "BATON_RETENTION", value_name = "DURATION|off")]
+    pub retention: Option<String>,
+    /// Time between two retention sweeps, in ms [default: 60000].
+    #[arg(long, env = "BATON_RETENTION_SWEEP_MS")]
+    pub retention_sweep_ms: Option<u64>,
+    /// Transactions the retention sweep deletes per database transaction, at most 10000
+    /// [default: 500].
+    #[arg(long, env = "BATON_RETENTION_BATCH")]
+    pub retention_batch: Option<u32>,
 }
 
 /// Options of `baton migrate`.
@@ -200,6 +212,9 @@ impl ServeArgs {
             },
             auth_tokens_file: self.auth_tokens_file.or(file.auth_tokens_file),
             no_auth: self.no_auth.or(file.no_auth),
+            retention: self.retention.or(file.retention),
+            retention_sweep_ms: self.retention_sweep_ms.or(file.retention_sweep_ms),
+            retention_batch: self.retention_batch.or(file.retention_batch),
         })
     }
 
@@ -264,6 +279,23 @@ impl ServeArgs {
                 format!("http_listen: {text:?} is not an address such as 127.0.0.1:7601 (or off)")
             })?),
         };
+        let retention = match args.retention.as_deref() {
+            None => defaults.retention,
+            Some(text) => parse_retention(text).map_err(|e| anyhow::anyhow!("retention: {e}"))?,
+        };
+        let retention_sweep_interval = match args.retention_sweep_ms {
+            None => defaults.retention_sweep_interval,
+            Some(0) => anyhow::bail!("retention_sweep_ms: must be greater than 0"),
+            Some(ms) => Duration::from_millis(ms),
+        };
+        let retention_batch = match args.retention_batch {
+            None => defaults.retention_batch,
+            Some(n @ 1..=store::MAX_PURGE_BATCH) => n,
+            Some(n) => anyhow::bail!(
+                "retention_batch: {n} is not between 1 and {}",
+                store::MAX_PURGE_BATCH
+            ),
+        };
         Ok(ServeConfig {
             listen,
             http_listen,
@@ -309,6 +341,9 @@ impl ServeArgs {
                     Some(ms) => Duration::from_millis(ms),
                     None => defaults.progress_flush,
                 },
+                retention,
+                retention_sweep_interval,
+                retention_batch,
                 ..defaults
             },
             registry: RegistryConfig {
@@ -372,6 +407,22 @@ pub const NO_AUTH_CONFIGURED: &str = "no authentication configured: give bearer 
 --auth-token NAME:ROLES[:NAMESPACE]=sha256:HEX (repeatable; BATON_AUTH_TOKENS, comma-separated) \
 or --auth-tokens-file PATH (one entry per line), hashing each token with `baton auth hash-token`; \
 or pass --no-auth (BATON_NO_AUTH=true) to serve without authentication on a trusted network";
+
+/// `--retention`: a duration such as `7d`, `12h`, `30m` or `90s`, or `off` (`None`: keep
+/// finished transactions forever).
+pub fn parse_retention(text: &str) -> Result<Option<Duration>, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let age = super::output::parse_duration(text)
+        .map_err(|e| format!("{e} (expected a duration such as 7d, 12h, 30m or 90s, or off)"))?;
+    if age.is_zero() {
+        return Err(format!(
+            "{text:?} must be greater than 0 (off keeps transactions forever)"
+        ));
+    }
+    Ok(Some(age))
+}
 
 fn hostname() -> String {
     std::env::var("HOSTNAME")
@@ -480,6 +531,104 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(bad.to_config().is_err());
+    }
+
+    #[test]
+    fn retention_parses_durations_and_off() {
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(parse_retention("7d"), Ok(Some(7 * day)));
+        assert_eq!(parse_retention("12h"), Ok(Some(day / 2)));
+        assert_eq!(parse_retention("30m"), Ok(Some(Duration::from_secs(1800))));
+        assert_eq!(parse_retention("90s"), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(
+            parse_retention("1h30m"),
+            Ok(Some(Duration::from_secs(5400)))
+        );
+        assert_eq!(parse_retention("off"), Ok(None));
+        assert_eq!(parse_retention("OFF"), Ok(None));
+        for bad in ["", "0s", "7", "7w", "-1d", "forever"] {
+            assert!(parse_retention(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn retention_settings_from_flags_and_file() {
+        let config = ServeArgs {
+            no_auth: Some(true),
+            ..ServeArgs::default()
+        }
+        .to_config()
+        .unwrap()
+        .coordinator;
+        assert_eq!(config.retention, Some(Duration::from_secs(7 * 24 * 3600)));
+        assert_eq!(config.retention_sweep_interval, Duration::from_secs(60));
+        assert_eq!(config.retention_batch, 500);
+
+        let config = ServeArgs {
+            retention: Some("90s".into()),
+            retention_sweep_ms: Some(200),
+            retention_batch: Some(20),
+            no_auth: Some(true),
+            ..ServeArgs::default()
+        }
+        .to_config()
+        .unwrap()
+        .coordinator;
+        assert_eq!(config.retention, Some(Duration::from_secs(90)));
+        assert_eq!(config.retention_sweep_interval, Duration::from_millis(200));
+        assert_eq!(config.retention_batch, 20);
+
+        let off = ServeArgs {
+            retention: Some("off".into()),
+            no_auth: Some(true),
+            ..ServeArgs::default()
+        };
+        assert_eq!(off.to_config().unwrap().coordinator.retention, None);
+
+        for (args, field) in [
+            (
+                ServeArgs {
+                    retention: Some("soon".into()),
+                    no_auth: Some(true),
+                    ..ServeArgs::default()
+                },
+                "retention:",
+            ),
+            (
+                ServeArgs {
+                    retention_sweep_ms: Some(0),
+                    no_auth: Some(true),
+                    ..ServeArgs::default()
+                },
+                "retention_sweep_ms:",
+            ),
+            (
+                ServeArgs {
+                    retention_batch: Some(0),
+                    no_auth: Some(true),
+                    ..ServeArgs::default()
+                },
+                "retention_batch:",
+            ),
+            (
+                ServeArgs {
+                    retention_batch: Some(10_001),
+                    no_auth: Some(true),
+                    ..ServeArgs::default()
+                },
+                "retention_batch:",
+            ),
+        ] {
+            let error = args.to_config().unwrap_err().to_string();
+            assert!(error.starts_with(field), "{error}");
+        }
+
+        let file: ServeArgs =
+            toml::from_str("retention = \"12h\"\nretention_sweep_ms = 5000\nretention_batch = 100")
+                .unwrap();
+        assert_eq!(file.retention.as_deref(), Some("12h"));
+        assert_eq!(file.retention_sweep_ms, Some(5000));
+        assert_eq!(file.retention_batch, Some(100));
     }
 
     #[test]

@@ -140,3 +140,27 @@ fn bad_arguments_are_rejected_with_the_reason() {
     assert!(parse(&["tx", "show"]).is_err(), "an id is required");
     assert!(parse(&["tx"]).is_err(), "a verb is required");
 }
+
+#[test]
+fn tx_purge_takes_an_age_and_a_batch() {
+    let cli = parse(&["tx", "purge", "--older-than", "7d", "--batch", "100"]).unwrap();
+    let Command::Tx { command, .. } = cli.command else {
+        panic!("expected tx, got {:?}", cli.command);
+    };
+    assert_eq!(
+        command,
+        TxCommand::Purge {
+            older_than: std::time::Duration::from_secs(7 * 24 * 3600),
+            batch: Some(100),
+        }
+    );
+    for bad in [
+        &["tx", "purge"][..],
+        &["tx", "purge", "--older-than", "0s"],
+        &["tx", "purge", "--older-than", "7"],
+        &["tx", "purge", "--older-than", "soon"],
+    ] {
+        let error = parse(bad).unwrap_err().to_string();
+        assert!(error.contains("--older-than"), "{bad:?}: {error}");
+    }
+}

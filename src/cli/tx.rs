@@ -1,6 +1,6 @@
-//! `baton tx ...`: list, inspect, retry and cancel transactions.
+//! `baton tx ...`: list, inspect, retry, cancel and purge transactions.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use clap::Subcommand;
 use serde_json::json;
@@ -58,6 +58,27 @@ pub enum TxCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Delete finished (committed, compensated, aborted) transactions and their history that
+    /// ended longer ago than --older-than, now, as the retention sweep does. Failed and
+    /// unfinished transactions are never deleted.
+    Purge {
+        /// How long ago they must have ended, such as 7d, 12h, 30m or 90s.
+        #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+        older_than: Duration,
+        /// Transactions deleted per database transaction [default: the coordinator's
+        /// --retention-batch].
+        #[arg(long)]
+        batch: Option<u32>,
+    },
+}
+
+/// A purge age: a duration greater than zero.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let age = output::parse_duration(text)?;
+    if age.is_zero() {
+        return Err("must be greater than 0".to_string());
+    }
+    Ok(age)
 }
 
 fn parse_since_now(text: &str) -> Result<SystemTime, String> {
@@ -120,6 +141,14 @@ pub(super) async fn run(remote: &Remote, command: TxCommand) -> anyhow::Result<(
         }
         TxCommand::Retry { id } => print_tx(remote, &client.retry(&id).await?),
         TxCommand::Cancel { id, reason } => print_tx(remote, &client.cancel(&id, &reason).await?),
+        TxCommand::Purge { older_than, batch } => {
+            let purged = client.purge(older_than, batch.unwrap_or(0)).await?;
+            if remote.json {
+                return print_json(&json!({ "purged": purged }));
+            }
+            println!("purged {purged} finished transactions");
+            Ok(())
+        }
     }
 }
 

@@ -47,8 +47,8 @@ pub use crate::proto::{
 };
 use crate::proto::{
     CancelRequest, DeregisterParticipantRequest, EventsRequest, GetRequest,
-    ListCoordinatorsRequest, ListParticipantsRequest, ListRequest, RegisterParticipantRequest,
-    RetryRequest, WaitRequest, WatchRequest,
+    ListCoordinatorsRequest, ListParticipantsRequest, ListRequest, PurgeRequest,
+    RegisterParticipantRequest, RetryRequest, WaitRequest, WatchRequest,
 };
 
 /// How long to wait for a TCP connection to a coordinator before trying the next one.
@@ -429,6 +429,21 @@ impl Client {
             })
             .await?;
         Ok(response.coordinators)
+    }
+
+    /// Operator: delete finished transactions (with their history) that ended longer ago than
+    /// `older_than`, `batch` per database transaction (0: the coordinator's default). Failed and
+    /// unfinished ones are never deleted. Returns how many were.
+    pub async fn purge(&self, older_than: Duration, batch: u32) -> Result<u64, ClientError> {
+        let request = PurgeRequest {
+            older_than_ms: millis(older_than),
+            batch,
+        };
+        // Repeating a purge deletes nothing twice, so it may fail over.
+        let response = self
+            .call(true, move |mut c| async move { c.purge(request).await })
+            .await?;
+        Ok(response.purged)
     }
 
     /// Run one RPC, starting at the coordinator that answered last. An `idempotent` call that

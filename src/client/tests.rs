@@ -123,6 +123,12 @@ impl Coordinator for FakeCoordinator {
     ) -> Result<Response<ListCoordinatorsResponse>, Status> {
         Err(Status::unimplemented("list coordinators"))
     }
+    async fn purge(
+        &self,
+        _: Request<crate::proto::PurgeRequest>,
+    ) -> Result<Response<crate::proto::PurgeResponse>, Status> {
+        Err(Status::unimplemented("purge"))
+    }
 }
 
 /// A fake coordinator on a loopback port; the token stops it.

@@ -28,6 +28,7 @@ pub struct Metrics {
     batch_micros: AtomicU64,
     calls: AtomicU64,
     retries: AtomicU64,
+    purged: AtomicU64,
 }
 
 fn kind_index(kind: TxKind) -> usize {
@@ -71,6 +72,11 @@ impl Metrics {
         if retry {
             self.retries.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Finished transactions deleted by retention (the sweep or an operator's purge).
+    pub fn purged(&self, n: u64) {
+        self.purged.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Prometheus text exposition of every counter, plus the gauges given.
@@ -168,6 +174,13 @@ impl Metrics {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        header(
+            &mut out,
+            "baton_retention_purged_total",
+            "counter",
+            "Finished transactions deleted after the retention period or by an operator's purge.",
+        );
+        let _ = writeln!(out, "baton_retention_purged_total {}", get(&self.purged));
         out
     }
 }
@@ -186,6 +199,7 @@ mod tests {
         m.started(TxKind::Saga);
         m.finished(TxKind::Saga, TxState::Compensated);
         m.batch(3, 1500);
+        m.purged(4);
         let text = m.render(2, true);
         assert!(text.contains("baton_transactions_started_total{kind=\"saga\"} 1\n"));
         assert!(text.contains(
@@ -194,6 +208,7 @@ mod tests {
         assert!(text.contains("baton_transactions_in_flight 2\n"));
         assert!(text.contains("baton_log_batch_writes_total 3\n"));
         assert!(text.contains("baton_log_batch_seconds_total 0.001500\n"));
+        assert!(text.contains("baton_retention_purged_total 4\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("name value");
             value.parse::<f64>().expect("a number");

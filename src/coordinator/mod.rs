@@ -10,6 +10,7 @@ pub mod call;
 mod driver;
 pub mod failpoint;
 pub mod metrics;
+pub mod retention;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -55,6 +56,12 @@ pub struct Config {
     /// progress of a transaction that ends sooner rides in its outcome's write. Zero queues every
     /// decision at once.
     pub progress_flush: Duration,
+    /// Finished transactions are deleted this long after they ended; `None` keeps them forever.
+    pub retention: Option<Duration>,
+    /// How often the retention sweep runs.
+    pub retention_sweep_interval: Duration,
+    /// Transactions deleted per retention batch (one short database transaction each).
+    pub retention_batch: u32,
 }
 
 impl Default for Config {
@@ -71,6 +78,9 @@ impl Default for Config {
             claim_interval: Duration::from_secs(2),
             claim_batch: 500,
             progress_flush: Duration::from_millis(100),
+            retention: Some(retention::DEFAULT_RETENTION),
+            retention_sweep_interval: retention::DEFAULT_SWEEP_INTERVAL,
+            retention_batch: retention::DEFAULT_BATCH,
         }
     }
 }
@@ -452,6 +462,29 @@ impl Coordinator {
                 }
             }
         });
+
+        // Retention runs on a task of its own so a long sweep never delays claims or heartbeats.
+        if let Some(age) = self.config.retention {
+            self.tracker
+                .spawn(retention::sweep(self.clone(), age, self.stop.clone()));
+        }
+    }
+
+    /// Deletes finished transactions older than `older_than` now, `batch` at a time (the
+    /// operator's purge; the background sweep does the same every interval). Failed and
+    /// unfinished transactions are never deleted. Returns how many were.
+    pub async fn purge(&self, older_than: Duration, batch: u32) -> Result<u64, CoordError> {
+        if self.is_stopping() {
+            return Err(CoordError::Stopping);
+        }
+        Ok(retention::purge(
+            self.store.as_ref(),
+            &self.metrics,
+            older_than,
+            batch,
+            &self.stop,
+        )
+        .await?)
     }
 
     /// Acts on cancel requests that other coordinators recorded for transactions driven here.

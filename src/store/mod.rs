@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -297,6 +298,14 @@ pub trait TxLog: Send + Sync + 'static {
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Deletes at most `batch` finished transactions (committed, compensated or aborted; never
+    /// `failed`, which waits for an operator, nor anything unfinished) whose last update is older
+    /// than `older_than` by the database's clock, with their branches, events and cancel
+    /// requests, in one database transaction. Oldest first; rows another sweeper holds are
+    /// skipped, not waited for. Returns how many transactions were deleted: fewer than `batch`
+    /// means nothing older is left.
+    async fn purge_finished(&self, older_than: Duration, batch: u32) -> Result<u64, StoreError>;
 }
 
 /// Options for opening a store.
@@ -327,6 +336,10 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn TxLog>, S
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }
 }
+
+/// Final states as an SQL list: what retention may delete. Must match [`TxState::is_final`] and
+/// the partial index of migration 0003.
+const FINAL_SQL: &str = "('committed', 'compensated', 'aborted')";
 
 /// Resting states as an SQL list, for the claim and ownership queries of both backends.
 /// Must match [`TxState::is_resting`]; the conformance suite claims every state to check it.
@@ -491,4 +504,19 @@ fn event_record(
 /// Page sizes the store serves: at least one row, at most a thousand.
 fn clamp_limit(limit: u32) -> i64 {
     i64::from(limit.clamp(1, 1000))
+}
+
+/// Most transactions one [`TxLog::purge_finished`] call deletes, whatever it is asked: one
+/// database transaction stays short.
+pub const MAX_PURGE_BATCH: u32 = 10_000;
+
+/// A retention age in milliseconds for the database, capped at a thousand years so that an
+/// absurd age cannot overflow the database's interval or time arithmetic.
+fn age_ms(age: Duration) -> i64 {
+    const CAP_MS: u64 = 1000 * 366 * 24 * 3_600_000;
+    to_i64(
+        u64::try_from(age.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(CAP_MS),
+    )
 }

@@ -14,8 +14,9 @@ use sqlx::{PgConnection, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    assemble, clamp_limit, db_err, event_record, to_i64, ListFilter, LogWrite, NewTx, RawBranch,
-    RawTx, StoreError, StoreOptions, TxLog, TxUpdate, WriteOutcome, RESTING_SQL,
+    age_ms, assemble, clamp_limit, db_err, event_record, to_i64, ListFilter, LogWrite, NewTx,
+    RawBranch, RawTx, StoreError, StoreOptions, TxLog, TxUpdate, WriteOutcome, FINAL_SQL,
+    MAX_PURGE_BATCH, RESTING_SQL,
 };
 use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord};
 
@@ -623,5 +624,32 @@ impl TxLog for PgLog {
             .await
             .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn purge_finished(&self, older_than: Duration, batch: u32) -> Result<u64, StoreError> {
+        if batch == 0 {
+            return Ok(0);
+        }
+        // One statement, one transaction. SKIP LOCKED keeps concurrent sweepers (other
+        // coordinators, `baton tx purge`) from queueing behind each other; final rows are never
+        // written by the hot path, so nothing there waits on these locks. Branches, events and
+        // cancel requests go with the row (ON DELETE CASCADE).
+        let done = sqlx::query(&format!(
+            "DELETE FROM baton_transactions
+             WHERE id IN (
+                SELECT id FROM baton_transactions
+                WHERE state IN {FINAL_SQL}
+                  AND updated_at < now() - $1 * interval '1 millisecond'
+                ORDER BY updated_at
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED)
+               AND state IN {FINAL_SQL}"
+        ))
+        .bind(age_ms(older_than))
+        .bind(i64::from(batch.min(MAX_PURGE_BATCH)))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected())
     }
 }

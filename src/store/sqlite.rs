@@ -17,8 +17,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, SqliteConnection};
 
 use super::{
-    assemble, clamp_limit, db_err, event_record, to_i64, ListFilter, LogWrite, NewTx, RawBranch,
-    RawTx, StoreError, TxLog, TxUpdate, WriteOutcome, RESTING_SQL,
+    age_ms, assemble, clamp_limit, db_err, event_record, to_i64, ListFilter, LogWrite, NewTx,
+    RawBranch, RawTx, StoreError, TxLog, TxUpdate, WriteOutcome, FINAL_SQL, MAX_PURGE_BATCH,
+    RESTING_SQL,
 };
 use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord};
 
@@ -725,5 +726,26 @@ impl TxLog for SqliteLog {
             .await
             .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn purge_finished(&self, older_than: Duration, batch: u32) -> Result<u64, StoreError> {
+        if batch == 0 {
+            return Ok(0);
+        }
+        // Branches, events and cancel requests go with the row (ON DELETE CASCADE; the pool
+        // turns foreign keys on for every connection).
+        let done = sqlx::query(&format!(
+            "DELETE FROM baton_transactions WHERE id IN (
+                SELECT id FROM baton_transactions
+                WHERE state IN {FINAL_SQL} AND updated_at < ?
+                ORDER BY updated_at
+                LIMIT ?)"
+        ))
+        .bind(now_ms().saturating_sub(age_ms(older_than)))
+        .bind(i64::from(batch.min(MAX_PURGE_BATCH)))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected())
     }
 }

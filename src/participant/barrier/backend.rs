@@ -7,6 +7,7 @@
 //! the parent module is written once, generically.
 
 use std::future::Future;
+use std::time::Duration;
 
 use sqlx::{Pool, Postgres, Sqlite, Transaction};
 
@@ -70,6 +71,14 @@ pub trait Backend: sqlx::Database {
         message: &'c str,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c;
 
+    /// Deletes every record of at most `batch` transactions whose newest record is older than
+    /// `age` by the database's clock; returns how many records went.
+    fn purge(
+        pool: &Pool<Self>,
+        age: Duration,
+        batch: u32,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + '_;
+
     /// Runs a statement without parameters or results (savepoints, schema).
     fn run<'c>(
         conn: &'c mut Self::Connection,
@@ -84,6 +93,33 @@ const READ: &str = "SELECT outcome, output, message FROM baton_barrier \
 const SETTLE: &str = "UPDATE baton_barrier SET outcome = $4, output = $5, message = $6 \
                       WHERE tx_id = $1 AND branch = $2 AND phase = $3";
 
+/// A transaction's records go together, and only once all of them are older than the cutoff
+/// (`$1`): one that is still active keeps its history whole. The candidates come from the
+/// `created_at` index, the activity check from the primary key.
+macro_rules! purge_sql {
+    ($cutoff:literal) => {
+        concat!(
+            "DELETE FROM baton_barrier WHERE tx_id IN (
+                SELECT DISTINCT old.tx_id FROM baton_barrier old
+                WHERE old.created_at < ",
+            $cutoff,
+            " AND NOT EXISTS (
+                    SELECT 1 FROM baton_barrier young
+                    WHERE young.tx_id = old.tx_id AND young.created_at >= ",
+            $cutoff,
+            ")
+                LIMIT $2)"
+        )
+    };
+}
+
+const POSTGRES_PURGE: &str = purge_sql!("now() - $1 * interval '1 millisecond'");
+/// SQLite keeps `created_at` as `YYYY-MM-DD HH:MM:SS` text (UTC); `datetime` writes the cutoff
+/// the same way, so text order is time order. Both truncate to the second, which can only keep
+/// a record up to a second longer, never delete a younger one.
+const SQLITE_PURGE: &str = purge_sql!("datetime('now', $1)");
+
+/// Statements are separated by `;` (run one at a time by `migrate`).
 const POSTGRES_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS baton_barrier (
     tx_id      text        NOT NULL,
     branch     bigint      NOT NULL,
@@ -93,7 +129,8 @@ const POSTGRES_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS baton_barrier (
     message    text        NOT NULL DEFAULT '',
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tx_id, branch, phase)
-)";
+);
+CREATE INDEX IF NOT EXISTS baton_barrier_created ON baton_barrier (created_at)";
 
 const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS baton_barrier (
     tx_id      TEXT    NOT NULL,
@@ -104,7 +141,8 @@ const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS baton_barrier (
     message    TEXT    NOT NULL DEFAULT '',
     created_at TEXT    NOT NULL DEFAULT CURRENT_TIMESTAMP,
     PRIMARY KEY (tx_id, branch, phase)
-)";
+);
+CREATE INDEX IF NOT EXISTS baton_barrier_created ON baton_barrier (created_at)";
 
 macro_rules! backend {
     (
@@ -112,7 +150,9 @@ macro_rules! backend {
         begin: $begin:literal,
         schema: $schema:expr,
         migrate_lock: $lock:expr,
-        schema_error: $schema_error:expr $(,)?
+        schema_error: $schema_error:expr,
+        purge: $purge:expr,
+        purge_age: $purge_age:expr $(,)?
     ) => {
         impl Backend for $db {
             const SCHEMA: &'static str = $schema;
@@ -196,6 +236,21 @@ macro_rules! backend {
                 }
             }
 
+            fn purge(
+                pool: &Pool<Self>,
+                age: Duration,
+                batch: u32,
+            ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + '_ {
+                async move {
+                    let done = sqlx::query($purge)
+                        .bind(($purge_age)(age))
+                        .bind(i64::from(batch))
+                        .execute(pool)
+                        .await?;
+                    Ok(done.rows_affected())
+                }
+            }
+
             fn run<'c>(
                 conn: &'c mut Self::Connection,
                 sql: &'static str,
@@ -219,6 +274,8 @@ backend!(
     migrate_lock: Some("SELECT pg_advisory_xact_lock(7283514902761)"),
     // SQLSTATE class 42: undefined table, undefined column, syntax error.
     schema_error: |code| code.starts_with("42"),
+    purge: POSTGRES_PURGE,
+    purge_age: age_ms,
 );
 
 backend!(
@@ -231,4 +288,13 @@ backend!(
     migrate_lock: None,
     // SQLITE_ERROR, which is what a missing table or column reports.
     schema_error: |code| code == "1",
+    purge: SQLITE_PURGE,
+    purge_age: |age: Duration| format!("-{:.3} seconds", age_ms(age) as f64 / 1000.0),
 );
+
+/// An age in milliseconds, capped at a thousand years so the database's time arithmetic cannot
+/// overflow.
+fn age_ms(age: Duration) -> i64 {
+    const CAP_MS: u128 = 1000 * 366 * 24 * 3_600_000;
+    age.as_millis().min(CAP_MS) as i64
+}

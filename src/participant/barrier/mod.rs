@@ -80,6 +80,46 @@
 //! [`tx`](Guard::tx) is the local transaction to make the change in, finished with
 //! [`Guard::commit`] or [`Guard::fail`].
 //!
+//! # Cleaning up
+//!
+//! Records pile up, one or more per call. [`Barrier::purge_older_than`] deletes the records of
+//! transactions whose **newest** record is older than an age (all of a transaction's records
+//! together, so a transaction still active keeps its history whole). Run it periodically, for
+//! example hourly from one task of the participant:
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # async fn demo(barrier: baton::participant::barrier::PgBarrier) {
+//! // Twice the coordinator's default --retention of 7 days; see below.
+//! const KEEP: Duration = Duration::from_secs(14 * 24 * 3600);
+//! let mut every = tokio::time::interval(Duration::from_secs(3600));
+//! loop {
+//!     every.tick().await;
+//!     loop {
+//!         match barrier.purge_older_than(KEEP, 500).await {
+//!             Ok(0) => break,
+//!             Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+//!             Err(e) => {
+//!                 tracing::warn!(error = %e, "barrier purge failed");
+//!                 break;
+//!             }
+//!         }
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! **How long to keep records.** A record must outlive every call that can still arrive for its
+//! transaction: once a record is gone, a late compensation would find no action and do nothing,
+//! and a late action would run again. Calls stop when the transaction is finished, but a
+//! transaction can stay unfinished for long: a `failed` saga waits for an operator's
+//! `baton tx retry`, and its compensations then need the records of its actions. So keep records
+//! longer than any transaction may stay unfinished, `failed` ones included
+//! (`baton tx list --state failed` shows them), and at least as long as the coordinator's
+//! `--retention` (7 days by default), so a participant never forgets a transaction before the
+//! coordinator does. Twice the coordinator's retention is a sensible
+//! default; with `--retention off`, pick an age past which no failed transaction will be retried.
+//!
 //! Errors of the barrier's own statements are [`HandlerError::Transient`] (the coordinator
 //! retries, and the retry is safe because nothing was recorded), except schema errors such as a
 //! missing table, which are [`HandlerError::Permanent`].
@@ -89,6 +129,7 @@ mod backend;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use sqlx::{Pool, Postgres, Sqlite, Transaction};
 
@@ -115,6 +156,11 @@ pub type Business<'c> = Pin<Box<dyn Future<Output = Result<Reply, HandlerError>>
 #[derive(Debug, thiserror::Error)]
 #[error("cannot create the baton_barrier table")]
 pub struct MigrateError(#[source] sqlx::Error);
+
+/// Why [`Barrier::purge_older_than`] could not delete old records.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot purge old baton_barrier records")]
+pub struct PurgeError(#[source] sqlx::Error);
 
 /// Records each call's key and result in the participant's own database (table
 /// `baton_barrier`), so handlers take effect once per (tx_id, branch, phase). Cheap to clone: it
@@ -201,6 +247,9 @@ const ABORT: &str = "abort";
 const SAVEPOINT: &str = "SAVEPOINT baton_barrier_business";
 const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT baton_barrier_business";
 
+/// Most transactions one [`Barrier::purge_older_than`] call deletes, so one call stays short.
+pub const MAX_PURGE_BATCH: u32 = 10_000;
+
 /// Longest accepted tx_id; the coordinator's are UUIDs, this only bounds what a caller can store.
 const MAX_TX_ID: usize = 255;
 
@@ -216,8 +265,9 @@ impl<DB: BarrierDb> Barrier<DB> {
         &self.pool
     }
 
-    /// The `CREATE TABLE IF NOT EXISTS` statement for `baton_barrier`, for services that manage
-    /// their schema with their own migration tool instead of calling [`migrate`](Self::migrate).
+    /// The `CREATE TABLE IF NOT EXISTS` and `CREATE INDEX IF NOT EXISTS` statements for
+    /// `baton_barrier` (separated by `;`), for services that manage their schema with their own
+    /// migration tool instead of calling [`migrate`](Self::migrate).
     pub fn schema() -> &'static str {
         DB::SCHEMA
     }
@@ -230,8 +280,23 @@ impl<DB: BarrierDb> Barrier<DB> {
         if let Some(lock) = DB::MIGRATE_LOCK {
             DB::run(&mut tx, lock).await.map_err(MigrateError)?;
         }
-        DB::run(&mut tx, DB::SCHEMA).await.map_err(MigrateError)?;
+        for statement in DB::SCHEMA.split(';').filter(|s| !s.trim().is_empty()) {
+            DB::run(&mut tx, statement).await.map_err(MigrateError)?;
+        }
         tx.commit().await.map_err(MigrateError)
+    }
+
+    /// Deletes the records of at most `batch` transactions (every record of each) whose newest
+    /// record is older than `age`, judged by the database's clock. Returns how many records were
+    /// deleted; call it again until it returns 0 (see [the module docs](self) for how long to
+    /// keep records and how to run it periodically).
+    pub async fn purge_older_than(&self, age: Duration, batch: u32) -> Result<u64, PurgeError> {
+        if batch == 0 {
+            return Ok(0);
+        }
+        DB::purge(&self.pool, age, batch.min(MAX_PURGE_BATCH))
+            .await
+            .map_err(PurgeError)
     }
 
     /// Decides what to do with `req` from what is recorded for its branch, recording the call in
