@@ -48,6 +48,7 @@ use crate::proto::{
     ListCoordinatorsRequest, ListParticipantsRequest, ListRequest, RegisterParticipantRequest,
     RetryRequest, WaitRequest, WatchRequest,
 };
+pub use crate::trace::TraceParent;
 
 /// How long to wait for a TCP connection to a coordinator before trying the next one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,6 +116,8 @@ pub struct Client {
     channels: Arc<[Channel]>,
     /// The coordinator that answered last; calls start there.
     current: Arc<AtomicUsize>,
+    /// Sent as `traceparent` with `start` and `run`; see [`Client::with_traceparent`].
+    trace: Option<TraceParent>,
 }
 
 impl Client {
@@ -160,7 +163,32 @@ impl Client {
             addrs: addrs.into(),
             channels: channels.into(),
             current: Arc::new(AtomicUsize::new(current)),
+            trace: None,
         })
+    }
+
+    /// A client (sharing this one's connections) that sends `traceparent` with every `start`
+    /// and `run`: the transactions it starts join that trace, and every participant call they
+    /// make carries its trace id. Without it, each transaction starts a trace of its own.
+    pub fn with_traceparent(&self, traceparent: TraceParent) -> Self {
+        Client {
+            trace: Some(traceparent),
+            ..self.clone()
+        }
+    }
+
+    /// The trace context this client sends, if any.
+    pub fn traceparent(&self) -> Option<&TraceParent> {
+        self.trace.as_ref()
+    }
+
+    /// `request` with this client's trace context in its metadata.
+    fn traced<T>(&self, request: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(request);
+        if let Some(trace) = &self.trace {
+            trace.to_metadata(request.metadata_mut());
+        }
+        request
     }
 
     /// The coordinator addresses this client knows, in failover order.
@@ -174,7 +202,7 @@ impl Client {
         let idempotent = !request.idempotency_key.is_empty();
         let response = self
             .call(idempotent, move |mut c| {
-                let request = request.clone();
+                let request = self.traced(request.clone());
                 async move { c.start(request).await }
             })
             .await?;
@@ -195,7 +223,7 @@ impl Client {
         let idempotent = !request.idempotency_key.is_empty();
         let response = self
             .call(idempotent, move |mut c| {
-                let request = request.clone();
+                let request = self.traced(request.clone());
                 async move { c.start(request).await }
             })
             .await?;

@@ -44,7 +44,8 @@ pub(super) async fn drive(
     events: broadcast::Sender<EventRecord>,
     stop: CancellationToken,
 ) {
-    let span = tracing::info_span!("tx", tx_id = %tx.id);
+    let trace_id = call::trace_id(tx.id, &tx.labels);
+    let span = tracing::info_span!("tx", tx_id = %tx.id, %trace_id);
     Driver {
         co: co.clone(),
         stop,
@@ -355,15 +356,22 @@ impl Driver {
                 };
                 let registry = self.co.registry.clone();
                 self.co.metrics.call(attempt > 1);
-                self.work.spawn(async move {
-                    let result = call::call(&registry, spec).await;
-                    Event::Reply {
-                        branch,
-                        phase,
-                        attempt,
-                        result,
+                let metrics = self.co.metrics.clone();
+                let span = call::span(&spec);
+                self.work.spawn(
+                    async move {
+                        let sent = std::time::Instant::now();
+                        let result = call::call(&registry, spec).await;
+                        metrics.step(phase, &result, sent.elapsed());
+                        Event::Reply {
+                            branch,
+                            phase,
+                            attempt,
+                            result,
+                        }
                     }
-                });
+                    .instrument(span),
+                );
             }
         }
     }
@@ -423,6 +431,10 @@ impl Driver {
             timeout: Duration::from_millis(timeout_ms.max(1)),
             outputs,
             labels: self.tx.labels.clone(),
+            traceparent: crate::trace::TraceParent::new(
+                call::trace_id(self.tx.id, &self.tx.labels),
+                crate::trace::SpanId::random(),
+            ),
         })
     }
 }

@@ -275,6 +275,23 @@ pub trait TxLog: Send + Sync + 'static {
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The connection pool's use now, for the `/metrics` gauges; `None` when the store has no
+    /// pool to report.
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
+}
+
+/// How a store's connection pool is used at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections, in use or idle.
+    pub size: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// The most connections the pool opens.
+    pub max: u32,
 }
 
 /// Options for opening a store.
