@@ -78,6 +78,11 @@ impl SpanId {
         }
     }
 
+    /// The span id with these bytes, unless they are all zeros.
+    pub fn from_bytes(bytes: [u8; 8]) -> Option<Self> {
+        (bytes != [0; 8]).then_some(SpanId(bytes))
+    }
+
     /// Parses 16 lowercase hex digits, not all zeros.
     pub fn parse(text: &str) -> Option<Self> {
         let mut bytes = [0u8; 8];

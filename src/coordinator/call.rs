@@ -77,10 +77,11 @@ pub fn trace_id(tx_id: TxId, labels: &BTreeMap<String, String>) -> TraceId {
         .unwrap_or_else(TraceId::random)
 }
 
-/// The span of one call, a child of the transaction's span when created inside its driver.
-/// `endpoint` is recorded once one is picked.
-pub fn span(spec: &CallSpec) -> tracing::Span {
-    tracing::info_span!(
+/// The span of one call, a child of the transaction's span when created inside its driver, and
+/// the call's `traceparent` (this span's id when spans are exported). `endpoint` is recorded once
+/// one is picked.
+pub fn span(spec: &mut CallSpec) -> tracing::Span {
+    let span = tracing::info_span!(
         "call",
         tx_id = %spec.tx_id,
         branch = spec.branch,
@@ -89,8 +90,12 @@ pub fn span(spec: &CallSpec) -> tracing::Span {
         action = %spec.action,
         attempt = spec.attempt,
         endpoint = tracing::field::Empty,
-        span_id = %spec.traceparent.span_id(),
-    )
+        span_id = tracing::field::Empty,
+    );
+    let span_id = crate::telemetry::span_id(&span);
+    spec.traceparent = TraceParent::new(spec.traceparent.trace_id(), span_id);
+    span.record("span_id", tracing::field::display(span_id));
+    span
 }
 
 /// Whether a call's failure says the endpoint could not be reached (as opposed to an answer from
