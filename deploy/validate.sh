@@ -57,4 +57,33 @@ if grep -qiE '^(WARN|ERROR)' <<<"$out"; then
   echo "validate: FAILED (warnings count as failures)" >&2
   exit 1
 fi
+
+# The schemas cannot see that the grace period covers the drain: check that here. Kubernetes
+# kills the pod terminationGracePeriodSeconds after it starts stopping it; by then the preStop
+# pause, the gRPC drain (BATON_DRAIN_TIMEOUT_MS) and up to 10 s of stopping drivers and committing
+# the log writer's last batch must be over.
+"$venv/bin/python" - "${manifests[@]}" <<'PY'
+import sys, yaml
+bad = 0
+for path in sys.argv[1:]:
+    for doc in yaml.safe_load_all(open(path)):
+        if not doc or doc.get("kind") != "Deployment":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        grace_ms = pod.get("terminationGracePeriodSeconds", 30) * 1000
+        for c in pod["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            drain_ms = int(env.get("BATON_DRAIN_TIMEOUT_MS") or 10000)
+            pause_ms = 0
+            cmd = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+            if len(cmd) == 2 and cmd[0] == "sleep":
+                pause_ms = int(float(cmd[1]) * 1000)
+            need_ms = pause_ms + drain_ms + 10000
+            if grace_ms <= need_ms:
+                print(f"validate: {path}: terminationGracePeriodSeconds is {grace_ms // 1000} s, "
+                      f"but stopping may take {need_ms // 1000} s (preStop {pause_ms} ms + "
+                      f"drain {drain_ms} ms + 10 s to hand back)", file=sys.stderr)
+                bad += 1
+sys.exit(1 if bad else 0)
+PY
 echo "validate: ${#manifests[@]} manifests valid for Kubernetes $kubernetes_version"
