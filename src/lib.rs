@@ -20,6 +20,8 @@ pub mod model;
 pub mod participant;
 pub mod registry;
 pub mod store;
+pub mod telemetry;
+pub mod trace;
 
 /// Code generated from `proto/baton/v1/*.proto`.
 pub mod proto {

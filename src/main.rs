@@ -8,7 +8,6 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -18,6 +17,12 @@ fn main() -> ExitCode {
             eprintln!("error: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
+    };
+    // Inside the runtime: the OTLP exporter (feature `otlp`) keeps its gRPC client there. The
+    // guard flushes exported spans when main returns.
+    let _export = {
+        let _in_runtime = runtime.enter();
+        init_tracing(cli.log_format)
     };
     match runtime.block_on(baton::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -29,18 +34,40 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr so command output on stdout stays parseable. `BATON_LOG` wins over
-/// `RUST_LOG`; the default level is `info`.
-fn init_tracing(format: LogFormat) {
+/// `RUST_LOG`; the default level is `info`. With the `otlp` feature and
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans at `info` and above are also exported over OTLP,
+/// whatever the log level.
+/// Returns what must live until the end of `main` (the exporter, which flushes when dropped).
+fn init_tracing(format: LogFormat) -> Option<Box<dyn std::any::Any>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = std::env::var("BATON_LOG")
         .ok()
         .and_then(|spec| EnvFilter::try_new(spec).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    #[cfg(feature = "otlp")]
+    {
+        match baton::telemetry::otlp::tracer() {
+            Ok(Some((tracer, guard))) => {
+                let export = tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+                registry.with(export).init();
+                return Some(Box::new(guard));
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: not exporting spans: {e}"),
+        }
     }
+    registry.init();
+    None
 }

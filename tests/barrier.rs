@@ -61,6 +61,7 @@ macro_rules! suite {
                     deadline: None,
                     outputs: Vec::new(),
                     labels: Default::default(),
+                    trace: None,
                 }
             }
 

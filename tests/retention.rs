@@ -338,6 +338,7 @@ fn barrier_request(phase: Phase, tx_id: &str) -> Request {
         deadline: None,
         outputs: Vec::new(),
         labels: Default::default(),
+        trace: None,
     }
 }
 

@@ -176,6 +176,8 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         request: Request<proto::StartRequest>,
     ) -> Result<Response<proto::StartResponse>, Status> {
         let principal = auth::principal(&request)?.clone();
+        // An invalid traceparent is ignored (W3C): the transaction then starts its own trace.
+        let trace = crate::trace::TraceParent::from_metadata(request.metadata());
         let req = request.into_inner();
         let config = self.co.config();
         let definition = match &req.definition {
@@ -201,6 +203,18 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         };
         let mut labels = convert::labels("labels", &req.labels, &self.limits)?;
         principal.stamp(&mut labels)?;
+        if labels.contains_key(crate::trace::TRACE_LABEL) {
+            return Err(Status::invalid_argument(format!(
+                "labels: key {:?} is reserved for the caller's trace id; send a traceparent header instead",
+                crate::trace::TRACE_LABEL
+            )));
+        }
+        if let Some(trace) = trace {
+            labels.insert(
+                crate::trace::TRACE_LABEL.to_string(),
+                trace.trace_id().to_string(),
+            );
+        }
         let idempotency_key = if req.idempotency_key.is_empty() {
             None
         } else {

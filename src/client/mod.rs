@@ -50,6 +50,7 @@ use crate::proto::{
     ListCoordinatorsRequest, ListParticipantsRequest, ListRequest, PurgeRequest,
     RegisterParticipantRequest, RetryRequest, WaitRequest, WatchRequest,
 };
+pub use crate::trace::TraceParent;
 
 /// How long to wait for a TCP connection to a coordinator before trying the next one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,6 +120,8 @@ pub struct Client {
     current: Arc<AtomicUsize>,
     /// Sent as `authorization` on every call, if set.
     bearer: Bearer,
+    /// Sent as `traceparent` with `start` and `run`; see [`Client::with_traceparent`].
+    trace: Option<TraceParent>,
 }
 
 /// The `authorization: Bearer <token>` metadata a client adds to every call.
@@ -207,6 +210,7 @@ impl Client {
             channels: channels.into(),
             current: Arc::new(AtomicUsize::new(current)),
             bearer: Bearer::default(),
+            trace: None,
         })
     }
 
@@ -215,6 +219,30 @@ impl Client {
     pub fn with_token(mut self, token: &str) -> Result<Self, ClientError> {
         self.bearer = Bearer::new(token)?;
         Ok(self)
+    }
+
+    /// A client (sharing this one's connections) that sends `traceparent` with every `start`
+    /// and `run`: the transactions it starts join that trace, and every participant call they
+    /// make carries its trace id. Without it, each transaction starts a trace of its own.
+    pub fn with_traceparent(&self, traceparent: TraceParent) -> Self {
+        Client {
+            trace: Some(traceparent),
+            ..self.clone()
+        }
+    }
+
+    /// The trace context this client sends, if any.
+    pub fn traceparent(&self) -> Option<&TraceParent> {
+        self.trace.as_ref()
+    }
+
+    /// `request` with this client's trace context in its metadata.
+    fn traced<T>(&self, request: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(request);
+        if let Some(trace) = &self.trace {
+            trace.to_metadata(request.metadata_mut());
+        }
+        request
     }
 
     /// The coordinator addresses this client knows, in failover order.
@@ -228,7 +256,7 @@ impl Client {
         let idempotent = !request.idempotency_key.is_empty();
         let response = self
             .call(idempotent, move |mut c| {
-                let request = request.clone();
+                let request = self.traced(request.clone());
                 async move { c.start(request).await }
             })
             .await?;
@@ -249,7 +277,7 @@ impl Client {
         let idempotent = !request.idempotency_key.is_empty();
         let response = self
             .call(idempotent, move |mut c| {
-                let request = request.clone();
+                let request = self.traced(request.clone());
                 async move { c.start(request).await }
             })
             .await?;

@@ -11,6 +11,7 @@ use crate::model::{Phase, Target, TxId};
 use crate::proto::participant_client::ParticipantClient;
 use crate::proto::{BranchRequest, Outcome, StepOutput};
 use crate::registry::{PickKey, Registry, ResolveError};
+use crate::trace::{TraceId, TraceParent, TRACE_LABEL};
 
 /// How a gRPC status from a participant is treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +63,39 @@ pub struct CallSpec {
     pub timeout: Duration,
     pub outputs: Vec<StepOutput>,
     pub labels: BTreeMap<String, String>,
+    /// Sent as the call's `traceparent`: the transaction's trace, this call's own span id.
+    pub traceparent: TraceParent,
+}
+
+/// The trace a transaction's calls belong to: the one its client sent (kept as a label, so it
+/// survives a takeover), else the transaction id's own 128 bits.
+pub fn trace_id(tx_id: TxId, labels: &BTreeMap<String, String>) -> TraceId {
+    labels
+        .get(TRACE_LABEL)
+        .and_then(|text| TraceId::parse(text))
+        .or_else(|| TraceId::from_bytes(*tx_id.0.as_bytes()))
+        .unwrap_or_else(TraceId::random)
+}
+
+/// The span of one call, a child of the transaction's span when created inside its driver, and
+/// the call's `traceparent` (this span's id when spans are exported). `endpoint` is recorded once
+/// one is picked.
+pub fn span(spec: &mut CallSpec) -> tracing::Span {
+    let span = tracing::info_span!(
+        "call",
+        tx_id = %spec.tx_id,
+        branch = spec.branch,
+        branch_name = %spec.branch_name,
+        phase = %spec.phase,
+        action = %spec.action,
+        attempt = spec.attempt,
+        endpoint = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let span_id = crate::telemetry::span_id(&span);
+    spec.traceparent = TraceParent::new(spec.traceparent.trace_id(), span_id);
+    span.record("span_id", tracing::field::display(span_id));
+    span
 }
 
 /// Whether a call's failure says the endpoint could not be reached (as opposed to an answer from
@@ -89,6 +123,7 @@ pub async fn call(registry: &Registry, spec: CallSpec) -> CallResult {
         Err(e) => return CallResult::Transient(e.to_string()),
     };
     let endpoint = picked.endpoint.clone();
+    tracing::Span::current().record("endpoint", tracing::field::display(&endpoint));
     let channel = picked.channel.clone();
     let deadline_ms =
         chrono::Utc::now().timestamp_millis().max(0) as u64 + spec.timeout.as_millis() as u64;
@@ -104,6 +139,7 @@ pub async fn call(registry: &Registry, spec: CallSpec) -> CallResult {
         labels: spec.labels.into_iter().collect(),
     });
     request.set_timeout(spec.timeout);
+    spec.traceparent.to_metadata(request.metadata_mut());
     let mut client = ParticipantClient::new(channel);
     let sent = async {
         match spec.phase {

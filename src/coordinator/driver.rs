@@ -45,7 +45,16 @@ pub(super) async fn drive(
     rested: watch::Sender<Option<TxRecord>>,
     stop: CancellationToken,
 ) {
-    let span = tracing::info_span!("tx", tx_id = %tx.id);
+    let trace_id = call::trace_id(tx.id, &tx.labels);
+    let span = tracing::info_span!("tx", tx_id = %tx.id, %trace_id);
+    // Exported spans join the transaction's trace; the parent span id is only a placeholder for
+    // the client's span, whose id is not kept.
+    let placeholder = crate::trace::SpanId::from_bytes(tx.id.0.as_u64_pair().1.to_be_bytes())
+        .unwrap_or_else(crate::trace::SpanId::random);
+    crate::telemetry::set_parent(
+        &span,
+        &crate::trace::TraceParent::new(trace_id, placeholder),
+    );
     Driver {
         co: co.clone(),
         stop,
@@ -390,21 +399,28 @@ impl Driver {
                 phase,
                 attempt,
             } => {
-                let Some(spec) = self.call_spec(branch, phase, attempt) else {
+                let Some(mut spec) = self.call_spec(branch, phase, attempt) else {
                     tracing::error!(branch, %phase, "engine asked for a call the definition has no step for");
                     return;
                 };
                 let registry = self.co.registry.clone();
                 self.co.metrics.call(attempt > 1);
-                self.work.spawn(async move {
-                    let result = call::call(&registry, spec).await;
-                    Event::Reply {
-                        branch,
-                        phase,
-                        attempt,
-                        result,
+                let metrics = self.co.metrics.clone();
+                let span = call::span(&mut spec);
+                self.work.spawn(
+                    async move {
+                        let sent = std::time::Instant::now();
+                        let result = call::call(&registry, spec).await;
+                        metrics.step(phase, &result, sent.elapsed());
+                        Event::Reply {
+                            branch,
+                            phase,
+                            attempt,
+                            result,
+                        }
                     }
-                });
+                    .instrument(span),
+                );
             }
         }
     }
@@ -464,6 +480,10 @@ impl Driver {
             timeout: Duration::from_millis(timeout_ms.max(1)),
             outputs,
             labels: self.tx.labels.clone(),
+            traceparent: crate::trace::TraceParent::new(
+                call::trace_id(self.tx.id, &self.tx.labels),
+                crate::trace::SpanId::random(),
+            ),
         })
     }
 }

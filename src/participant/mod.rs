@@ -46,6 +46,7 @@ pub use crate::model::Phase;
 use crate::proto::participant_server::ParticipantServer;
 pub use crate::proto::StepOutput;
 use crate::proto::{BranchReply, BranchRequest};
+pub use crate::trace::TraceParent;
 
 /// One call from the coordinator, as a handler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,10 +71,17 @@ pub struct Request {
     pub outputs: Vec<StepOutput>,
     /// The transaction's labels.
     pub labels: HashMap<String, String>,
+    /// The W3C trace context the coordinator sent (`traceparent` metadata), if it was valid:
+    /// the transaction's trace id and the id of the coordinator's span for this call.
+    pub trace: Option<TraceParent>,
 }
 
 impl Request {
-    fn from_wire(phase: Phase, wire: BranchRequest) -> Result<Self, Status> {
+    fn from_wire(
+        phase: Phase,
+        wire: BranchRequest,
+        trace: Option<TraceParent>,
+    ) -> Result<Self, Status> {
         if wire.tx_id.is_empty() {
             return Err(Status::invalid_argument("tx_id: must not be empty"));
         }
@@ -94,7 +102,20 @@ impl Request {
             deadline,
             outputs: wire.outputs,
             labels: wire.labels,
+            trace,
         })
+    }
+
+    /// The trace this call belongs to, as 32 hex digits: the trace id the transaction's client
+    /// sent with `Start`, or the one the coordinator started for it.
+    pub fn trace_id(&self) -> Option<String> {
+        self.trace.map(|t| t.trace_id().to_string())
+    }
+
+    /// The `traceparent` header the call came with; send [`TraceParent::child`] of it on the
+    /// calls this handler makes, to keep them in the same trace.
+    pub fn traceparent(&self) -> Option<&TraceParent> {
+        self.trace.as_ref()
     }
 
     /// The payload decoded from JSON. A payload that does not decode can never succeed, so the
@@ -288,7 +309,8 @@ impl Dispatcher {
         phase: Phase,
         request: tonic::Request<BranchRequest>,
     ) -> Result<Response<BranchReply>, Status> {
-        let req = Request::from_wire(phase, request.into_inner())?;
+        let trace = TraceParent::from_metadata(request.metadata());
+        let req = Request::from_wire(phase, request.into_inner(), trace)?;
         let Some(handler) = self.handlers.get(&(phase, req.action.clone())) else {
             return Err(Status::unimplemented(format!(
                 "no {phase} handler for action {:?}",
@@ -296,8 +318,23 @@ impl Dispatcher {
             )));
         };
         let action = req.action.clone();
-        tracing::debug!(tx_id = %req.tx_id, branch = req.branch_index, %phase, %action, attempt = req.attempt, "participant call");
-        let result = match self.tracker.spawn(handler(req)).await {
+        let span = tracing::info_span!(
+            "participant_call",
+            tx_id = %req.tx_id,
+            branch = req.branch_index,
+            %phase,
+            %action,
+            attempt = req.attempt,
+            trace_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        if let Some(trace) = &req.trace {
+            span.record("trace_id", tracing::field::display(trace.trace_id()));
+            span.record("parent_span_id", tracing::field::display(trace.span_id()));
+        }
+        span.in_scope(|| tracing::debug!("participant call"));
+        let handled = tracing::Instrument::instrument(handler(req), span);
+        let result = match self.tracker.spawn(handled).await {
             Ok(result) => result,
             Err(join) => {
                 tracing::error!(%phase, %action, error = %join, "participant handler panicked");

@@ -244,7 +244,8 @@ async fn serves_on_a_listener_the_caller_bound() {
 
 #[test]
 fn request_helpers() {
-    let mut req = Request::from_wire(Phase::Execute, call("reserve", br#"{"qty":3}"#)).unwrap();
+    let mut req =
+        Request::from_wire(Phase::Execute, call("reserve", br#"{"qty":3}"#), None).unwrap();
     assert_eq!(req.deadline, None);
     assert_eq!(req.time_left(), None);
     let value: serde_json::Value = req.json().unwrap();
@@ -256,7 +257,7 @@ fn request_helpers() {
 
     let mut wire = call("reserve", b"");
     wire.deadline_unix_ms = 1_700_000_000_000;
-    let req = Request::from_wire(Phase::Commit, wire).unwrap();
+    let req = Request::from_wire(Phase::Commit, wire, None).unwrap();
     assert_eq!(
         req.deadline,
         Some(std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000))

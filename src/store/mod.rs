@@ -306,6 +306,23 @@ pub trait TxLog: Send + Sync + 'static {
     /// skipped, not waited for. Returns how many transactions were deleted: fewer than `batch`
     /// means nothing older is left.
     async fn purge_finished(&self, older_than: Duration, batch: u32) -> Result<u64, StoreError>;
+
+    /// The connection pool's use now, for the `/metrics` gauges; `None` when the store has no
+    /// pool to report.
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
+}
+
+/// How a store's connection pool is used at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections, in use or idle.
+    pub size: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// The most connections the pool opens.
+    pub max: u32,
 }
 
 /// Options for opening a store.

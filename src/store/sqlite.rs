@@ -748,4 +748,12 @@ impl TxLog for SqliteLog {
         .map_err(db_err)?;
         Ok(done.rows_affected())
     }
+
+    fn pool_stats(&self) -> Option<super::PoolStats> {
+        Some(super::PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+        })
+    }
 }

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Validates every Kubernetes manifest in deploy/k8s against the Kubernetes API schemas, offline.
+#
+# The validator is kubernetes-validate (PyPI), which bundles the schemas of each Kubernetes
+# release, so no cluster and no network are needed once it is installed. It is installed into a
+# virtualenv under target/ on first use (the only step that needs the package registry).
+# Strict mode: unknown or misspelt fields fail, as do missing required ones.
+#
+#   deploy/validate.sh              # every *.yaml in deploy/k8s
+#   deploy/validate.sh FILE...      # just these files
+#
+# Environment: KUBERNETES_VERSION (default 1.33.0) is the API version validated against.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$root/target/kubernetes-validate"
+validator_version="1.37.0"
+kubernetes_version="${KUBERNETES_VERSION:-1.33.0}"
+
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  echo "validate: installing kubernetes-validate $validator_version into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$validator_version"
+fi
+
+if [ "$#" -gt 0 ]; then
+  files=("$@")
+else
+  files=()
+  while IFS= read -r -d '' f; do files+=("$f"); done \
+    < <(find "$root/deploy/k8s" -name '*.yaml' -print0 | sort -z)
+fi
+[ "${#files[@]}" -gt 0 ] || { echo "validate: no manifests found" >&2; exit 1; }
+
+# kustomization.yaml is kustomize's own file, not an API object: the validator has no schema for
+# it, so it is checked for the files it names instead.
+manifests=()
+for f in "${files[@]}"; do
+  if [ "$(basename "$f")" = kustomization.yaml ]; then
+    dir="$(dirname "$f")"
+    for r in $(sed -n '/^resources:/,/^[^ -]/s/^  - //p' "$f"); do
+      [ -f "$dir/$r" ] || { echo "validate: $f names $r, which does not exist" >&2; exit 1; }
+    done
+  else
+    manifests+=("$f")
+  fi
+done
+
+# --strict rejects unknown fields; a manifest with an error makes the exit status non-zero.
+# Warnings (such as a deprecated API) are shown and fail too: the output is checked for them.
+out="$("$venv/bin/kubernetes-validate" --strict -k "$kubernetes_version" "${manifests[@]}" 2>&1)" || {
+  echo "$out" >&2
+  echo "validate: FAILED" >&2
+  exit 1
+}
+echo "$out"
+if grep -qiE '^(WARN|ERROR)' <<<"$out"; then
+  echo "validate: FAILED (warnings count as failures)" >&2
+  exit 1
+fi
+
+# The schemas cannot see that the grace period covers the drain: check that here. Kubernetes
+# kills the pod terminationGracePeriodSeconds after it starts stopping it; by then the preStop
+# pause, the gRPC drain (BATON_DRAIN_TIMEOUT_MS) and up to 10 s of stopping drivers and committing
+# the log writer's last batch must be over.
+"$venv/bin/python" - "${manifests[@]}" <<'PY'
+import sys, yaml
+bad = 0
+for path in sys.argv[1:]:
+    for doc in yaml.safe_load_all(open(path)):
+        if not doc or doc.get("kind") != "Deployment":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        grace_ms = pod.get("terminationGracePeriodSeconds", 30) * 1000
+        for c in pod["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            drain_ms = int(env.get("BATON_DRAIN_TIMEOUT_MS") or 10000)
+            pause_ms = 0
+            cmd = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+            if len(cmd) == 2 and cmd[0] == "sleep":
+                pause_ms = int(float(cmd[1]) * 1000)
+            need_ms = pause_ms + drain_ms + 10000
+            if grace_ms <= need_ms:
+                print(f"validate: {path}: terminationGracePeriodSeconds is {grace_ms // 1000} s, "
+                      f"but stopping may take {need_ms // 1000} s (preStop {pause_ms} ms + "
+                      f"drain {drain_ms} ms + 10 s to hand back)", file=sys.stderr)
+                bad += 1
+sys.exit(1 if bad else 0)
+PY
+echo "validate: ${#manifests[@]} manifests valid for Kubernetes $kubernetes_version"
