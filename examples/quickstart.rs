@@ -31,7 +31,8 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let database_url = format!("sqlite://{}", dir.join("baton.db").display());
 
-    // The coordinator, on a free loopback port. Auth and TLS do not exist yet; keep it on loopback.
+    // The coordinator, on a free loopback port, without TLS (`tls: None`) and without auth: keep
+    // it on loopback.
     let coordinator = api::serve(ServeConfig {
         listen: "127.0.0.1:0".parse()?,
         http_listen: None,
@@ -45,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
         registry: RegistryConfig::default(),
         limits: Limits::default(),
         drain: Duration::from_secs(5),
+        tls: None,
     })
     .await?;
     println!("coordinator on {}", coordinator.endpoint());

@@ -19,6 +19,7 @@ pub mod model;
 pub mod participant;
 pub mod registry;
 pub mod store;
+pub mod tls;
 
 /// Code generated from `proto/baton/v1/*.proto`.
 pub mod proto {

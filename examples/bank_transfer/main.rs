@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         registry: RegistryConfig::default(),
         limits: Limits::default(),
         drain: Duration::from_secs(5),
+        tls: None,
     })
     .await?;
 

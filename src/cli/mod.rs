@@ -89,11 +89,45 @@ pub struct Remote {
     /// Print one JSON document instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// For an https:// address: the CA (PEM) the coordinator's certificate must chain to.
+    #[arg(long, global = true, env = "BATON_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// For a coordinator that requires mutual TLS: this client's certificate (PEM); needs
+    /// --client-key.
+    #[arg(long, global = true, env = "BATON_CLIENT_CERT", value_name = "PEM")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(long, global = true, env = "BATON_CLIENT_KEY", value_name = "PEM")]
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 impl Remote {
     async fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(self.addr.clone()).await?)
+        let Some(tls) = self.tls()? else {
+            return Ok(Client::connect(self.addr.clone()).await?);
+        };
+        Ok(Client::connect_tls(std::slice::from_ref(&self.addr), &tls).await?)
+    }
+
+    /// The TLS settings of the flags, used when the address is https://.
+    fn tls(&self) -> anyhow::Result<Option<crate::tls::ClientTls>> {
+        let identity = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => anyhow::bail!("--client-cert needs --client-key"),
+            (None, Some(_)) => anyhow::bail!("--client-key needs --client-cert"),
+        };
+        if !self.addr.starts_with("https://") {
+            return Ok(None);
+        }
+        let Some(ca) = &self.ca_cert else {
+            anyhow::bail!("--addr {} is https: give --ca-cert (the CA that signed the coordinator's certificate)", self.addr);
+        };
+        let mut tls = crate::tls::ClientTls::new(ca);
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(cert, key);
+        }
+        Ok(Some(tls))
     }
 }
 

@@ -16,6 +16,7 @@ use crate::coordinator::Config;
 use crate::model::RetryPolicy;
 use crate::registry::{Policy, RegistryConfig};
 use crate::store::{self, StoreOptions};
+use crate::tls::{self, ClientTls, Role, ServerTls};
 
 /// Default store: an SQLite file in the working directory (no setup).
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://baton.db";
@@ -113,6 +114,31 @@ pub struct ServeArgs {
     /// TCP connect timeout of connections to participants, in ms [default: 2000].
     #[arg(long, env = "BATON_CONNECT_TIMEOUT_MS")]
     pub connect_timeout_ms: Option<u32>,
+    /// Serve gRPC and HTTP over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "BATON_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "BATON_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS on the gRPC port: clients must present a certificate this CA (PEM) signed.
+    /// The HTTP port never asks for one.
+    #[arg(long, env = "BATON_TLS_CLIENT_CA", value_name = "PEM")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// The CA (PEM) that participants' certificates on https:// endpoints must chain to;
+    /// https:// endpoints cannot be called without it.
+    #[arg(long, env = "BATON_PARTICIPANT_CA", value_name = "PEM")]
+    pub participant_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to participants that require mutual TLS; needs
+    /// --participant-key and --participant-ca.
+    #[arg(long, env = "BATON_PARTICIPANT_CERT", value_name = "PEM")]
+    pub participant_cert: Option<PathBuf>,
+    /// The private key of --participant-cert (PEM).
+    #[arg(long, env = "BATON_PARTICIPANT_KEY", value_name = "PEM")]
+    pub participant_key: Option<PathBuf>,
+    /// How often the TLS files are checked for changes, in ms; new connections use changed
+    /// files, and a bad new file is logged and the old one kept [default: 5000].
+    #[arg(long, env = "BATON_TLS_RELOAD_MS")]
+    pub tls_reload_ms: Option<u64>,
 }
 
 /// Options of `baton migrate`.
@@ -166,6 +192,13 @@ impl ServeArgs {
             },
             registry_refresh_ms: self.registry_refresh_ms.or(file.registry_refresh_ms),
             connect_timeout_ms: self.connect_timeout_ms.or(file.connect_timeout_ms),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            tls_client_ca: self.tls_client_ca.or(file.tls_client_ca),
+            participant_ca: self.participant_ca.or(file.participant_ca),
+            participant_cert: self.participant_cert.or(file.participant_cert),
+            participant_key: self.participant_key.or(file.participant_key),
+            tls_reload_ms: self.tls_reload_ms.or(file.tls_reload_ms),
         })
     }
 
@@ -216,6 +249,7 @@ impl ServeArgs {
                 .with_context(|| format!("policy {entry:?}"))?;
             policies.insert(service.to_string(), policy);
         }
+        let (tls, participant_tls) = tls_settings(&args)?;
         let registry_default = RegistryConfig::default();
         let limits_default = Limits::default();
         let database_url = args
@@ -280,6 +314,7 @@ impl ServeArgs {
                     .connect_timeout_ms
                     .map(|ms| Duration::from_millis(ms.max(1).into()))
                     .unwrap_or(registry_default.connect_timeout),
+                tls: participant_tls,
                 ..registry_default
             },
             limits: Limits {
@@ -290,8 +325,69 @@ impl ServeArgs {
                 ..limits_default
             },
             drain: Duration::from_millis(args.drain_timeout_ms.unwrap_or(10_000)),
+            tls,
         })
     }
+}
+
+/// The TLS settings of the serve flags, with their files read and checked now so that a bad one
+/// fails start-up with the flag and the path.
+fn tls_settings(args: &ServeArgs) -> anyhow::Result<(Option<ServerTls>, Option<ClientTls>)> {
+    let reload = args
+        .tls_reload_ms
+        .map(|ms| Duration::from_millis(ms.max(10)))
+        .unwrap_or(tls::DEFAULT_RELOAD);
+    let server = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let mut server = ServerTls::new(cert, key).reload(reload);
+            if let Some(ca) = &args.tls_client_ca {
+                server = server.client_ca(ca);
+            }
+            server.check().map_err(|e| {
+                let flag = match e.role() {
+                    Role::Key => "--tls-key",
+                    Role::ClientCa => "--tls-client-ca",
+                    _ => "--tls-cert",
+                };
+                anyhow::anyhow!("{flag}: {e}")
+            })?;
+            Some(server)
+        }
+        (None, None) if args.tls_client_ca.is_some() => {
+            anyhow::bail!("--tls-client-ca needs --tls-cert and --tls-key")
+        }
+        (None, None) => None,
+        (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
+        (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
+    };
+    let client = match (
+        &args.participant_ca,
+        &args.participant_cert,
+        &args.participant_key,
+    ) {
+        (None, None, None) => None,
+        (None, _, _) => {
+            anyhow::bail!("--participant-cert and --participant-key need --participant-ca")
+        }
+        (Some(_), Some(_), None) => anyhow::bail!("--participant-cert needs --participant-key"),
+        (Some(_), None, Some(_)) => anyhow::bail!("--participant-key needs --participant-cert"),
+        (Some(ca), cert, key) => {
+            let mut client = ClientTls::new(ca).reload(reload);
+            if let (Some(cert), Some(key)) = (cert, key) {
+                client = client.identity(cert, key);
+            }
+            client.check().map_err(|e| {
+                let flag = match e.role() {
+                    Role::Key => "--participant-key",
+                    Role::Cert => "--participant-cert",
+                    _ => "--participant-ca",
+                };
+                anyhow::anyhow!("{flag}: {e}")
+            })?;
+            Some(client)
+        }
+    };
+    Ok((server, client))
 }
 
 fn hostname() -> String {
@@ -309,7 +405,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let serving = api::serve(config).await?;
     println!("baton coordinator listening on {}", serving.endpoint());
     if let Some(http) = serving.http_addr {
-        println!("health and metrics on http://{http}");
+        let scheme = if serving.endpoint().starts_with("https") {
+            "https"
+        } else {
+            "http"
+        };
+        println!("health and metrics on {scheme}://{http}");
     }
     wait_for_signal().await;
     tracing::info!("shutting down");

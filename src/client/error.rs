@@ -31,6 +31,9 @@ pub enum ClientError {
     /// A step's payload could not be encoded as JSON.
     #[error("payload: cannot encode json: {0}")]
     Json(serde_json::Error),
+    /// The TLS files could not be read or are not valid.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 // Written by hand rather than with `#[from]`, which would also make these the error's `source`:
@@ -55,9 +58,10 @@ impl ClientError {
         match self {
             ClientError::Status(status) => status.code(),
             ClientError::Connect { .. } => Code::Unavailable,
-            ClientError::NoAddress | ClientError::InvalidAddress { .. } | ClientError::Json(_) => {
-                Code::InvalidArgument
-            }
+            ClientError::NoAddress
+            | ClientError::InvalidAddress { .. }
+            | ClientError::Json(_)
+            | ClientError::Tls(_) => Code::InvalidArgument,
         }
     }
 

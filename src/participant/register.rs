@@ -10,6 +10,7 @@ use crate::proto::coordinator_client::CoordinatorClient;
 use crate::proto::{
     DeregisterParticipantRequest, HeartbeatParticipantRequest, RegisterParticipantRequest,
 };
+use crate::tls::ClientTls;
 
 /// How a participant announces itself to a coordinator. See [`ServerHandle::register`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,7 @@ pub struct Registration {
     weight: u32,
     zone: String,
     ttl: Duration,
+    tls: Option<ClientTls>,
 }
 
 impl Registration {
@@ -33,7 +35,16 @@ impl Registration {
             weight: 1,
             zone: String::new(),
             ttl: Duration::from_secs(10),
+            tls: None,
         }
+    }
+
+    /// Reach an `https://` coordinator with this TLS: its certificate must chain to `tls.ca`,
+    /// and `tls.identity` is presented if it requires client certificates. The files are read
+    /// when registering.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Advertise this URL instead of the listening address (behind NAT or a proxy).
@@ -69,11 +80,18 @@ impl ServerHandle {
             .endpoint
             .clone()
             .unwrap_or_else(|| self.endpoint());
-        let channel = Endpoint::from_shared(registration.coordinator.clone())
-            .map_err(|source| ServeError::Connect {
-                addr: registration.coordinator.clone(),
-                source,
-            })?
+        let connect_error = |source| ServeError::Connect {
+            addr: registration.coordinator.clone(),
+            source,
+        };
+        let mut coordinator =
+            Endpoint::from_shared(registration.coordinator.clone()).map_err(connect_error)?;
+        if let Some(tls) = &registration.tls {
+            coordinator = coordinator
+                .tls_config(tls.load().await?)
+                .map_err(connect_error)?;
+        }
+        let channel = coordinator
             .connect()
             .await
             .map_err(|source| ServeError::Connect {
