@@ -350,7 +350,8 @@ async fn a_saga_runs_against_participants_over_mutual_tls() {
 
     // A participant whose certificate the coordinator's participant CA did not sign is never
     // called: the step fails in transport and the saga does not commit.
-    let (_, stranger_cert, stranger_key) = files.issue("stranger", &Ca::new("stranger ca"));
+    let strangers = Ca::new("stranger ca");
+    let (_, stranger_cert, stranger_key) = files.issue("stranger", &strangers);
     let stranger = Participant::new()
         .on_execute("reserve", |_req: Request| async move { Ok(Reply::ok()) })
         .serve_tls(
@@ -359,17 +360,15 @@ async fn a_saga_runs_against_participants_over_mutual_tls() {
         )
         .await
         .unwrap();
-    let tx = app
-        .run(
-            Saga::new().step(
-                Step::to_endpoint("reserve", stranger.endpoint())
-                    .action("reserve")
-                    .compensate("reserve")
-                    .retry(2, Duration::from_millis(10), Duration::from_millis(20)),
-            ),
+    let to_stranger = || {
+        Saga::new().step(
+            Step::to_endpoint("reserve", stranger.endpoint())
+                .action("reserve")
+                .compensate("reserve")
+                .retry(2, Duration::from_millis(10), Duration::from_millis(20)),
         )
-        .await
-        .unwrap();
+    };
+    let tx = app.run(to_stranger()).await.unwrap();
     assert_ne!(tx.state(), TxState::Committed, "{tx:?}");
     assert!(
         tx.branches[0]
@@ -379,6 +378,25 @@ async fn a_saga_runs_against_participants_over_mutual_tls() {
             || tx.last_error.to_lowercase().contains("certificate"),
         "{tx:?}"
     );
+
+    // Trusting the stranger's CA too (the coordinator re-reads --participant-ca) lets the
+    // next calls through without a restart.
+    files.write(
+        "coordinator-ca.pem",
+        &format!("{}{}", servers.pem(), strangers.pem()),
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let tx = app.run(to_stranger()).await.unwrap();
+        if tx.state() == TxState::Committed {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the new participant CA was not used within 5 s: {tx:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stranger.shutdown().await;
     participant.shutdown().await;
     co.shutdown().await;

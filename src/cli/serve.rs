@@ -533,4 +533,51 @@ mod tests {
         assert_eq!(file.policies, vec!["inventory=random"]);
         assert_eq!(file.registry_refresh_ms, Some(50));
     }
+
+    #[test]
+    fn tls_flags_come_in_pairs_and_name_the_flag() {
+        let with = |f: fn(&mut ServeArgs)| {
+            let mut args = ServeArgs::default();
+            f(&mut args);
+            args.to_config().map(|_| ()).unwrap_err().to_string()
+        };
+        assert_eq!(
+            with(|a| a.tls_cert = Some("c.pem".into())),
+            "--tls-cert needs --tls-key"
+        );
+        assert_eq!(
+            with(|a| a.tls_key = Some("k.pem".into())),
+            "--tls-key needs --tls-cert"
+        );
+        assert_eq!(
+            with(|a| a.tls_client_ca = Some("ca.pem".into())),
+            "--tls-client-ca needs --tls-cert and --tls-key"
+        );
+        assert_eq!(
+            with(|a| a.participant_cert = Some("c.pem".into())),
+            "--participant-cert and --participant-key need --participant-ca"
+        );
+        let err = with(|a| {
+            a.tls_cert = Some("/nonexistent/cert.pem".into());
+            a.tls_key = Some("/nonexistent/key.pem".into());
+        });
+        assert!(
+            err.starts_with("--tls-cert: certificate file /nonexistent/cert.pem: cannot read"),
+            "{err}"
+        );
+        let err = with(|a| a.participant_ca = Some("/nonexistent/ca.pem".into()));
+        assert!(
+            err.starts_with("--participant-ca: CA certificate file"),
+            "{err}"
+        );
+        let file: ServeArgs = toml::from_str(
+            "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_client_ca = \"ca.pem\"\n\
+             participant_ca = \"p.pem\"\nparticipant_cert = \"pc.pem\"\n\
+             participant_key = \"pk.pem\"\ntls_reload_ms = 100",
+        )
+        .unwrap();
+        assert_eq!(file.tls_client_ca, Some("ca.pem".into()));
+        assert_eq!(file.participant_key, Some("pk.pem".into()));
+        assert_eq!(file.tls_reload_ms, Some(100));
+    }
 }
