@@ -394,6 +394,8 @@ pub struct Reloading<T> {
     current: RwLock<Arc<T>>,
     /// The file contents last looked at (good or bad), so a bad file is reported once.
     seen: Mutex<Vec<Vec<u8>>>,
+    /// The last read error logged, so a file that stays missing is reported once.
+    read_error: Mutex<Option<String>>,
     generation: AtomicU64,
 }
 
@@ -410,6 +412,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             build,
             current: RwLock::new(Arc::new(value)),
             seen: Mutex::new(contents),
+            read_error: Mutex::new(None),
             generation: AtomicU64::new(0),
         });
         tokio::spawn(watch(
@@ -438,11 +441,16 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         let contents = match read_all(&self.paths).await {
             Ok(contents) => contents,
             Err(error) => {
-                // Mid-rotation a file may be missing for a moment; the next look sees it.
-                tracing::debug!(%error, "tls files unreadable; keeping the current certificate");
+                let message = error.to_string();
+                let mut last = self.read_error.lock().unwrap_or_else(|e| e.into_inner());
+                if last.as_deref() != Some(message.as_str()) {
+                    tracing::warn!(%error, "tls files unreadable; keeping the current certificate");
+                    *last = Some(message);
+                }
                 return false;
             }
         };
+        *self.read_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             if *seen == contents {
