@@ -32,8 +32,8 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let database_url = format!("sqlite://{}", dir.join("baton.db").display());
 
-    // The coordinator, on a free loopback port, with authentication off: only this process talks
-    // to it. `baton serve` needs bearer tokens (or an explicit --no-auth) instead.
+    // The coordinator, on a free loopback port, without TLS and with authentication off: only
+    // this process talks to it. `baton serve` needs bearer tokens (or an explicit --no-auth).
     let coordinator = api::serve(ServeConfig {
         listen: "127.0.0.1:0".parse()?,
         http_listen: None,
@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         limits: Limits::default(),
         drain: Duration::from_secs(5),
         auth: AuthConfig::Disabled,
+        tls: None,
     })
     .await?;
     println!("coordinator on {}", coordinator.endpoint());

@@ -1,6 +1,7 @@
 //! The coordinator's HTTP port: `/healthz` (the process runs), `/readyz` (it takes new work: its
 //! lease is current, it is not draining, and the database answers) and `/metrics` (Prometheus
-//! text). Plain HTTP/1 on its own listener, next to the gRPC port.
+//! text). HTTP/1 on its own listener, next to the gRPC port; HTTPS when the
+//! coordinator has TLS (never with client certificates, so probes and scrapers reach it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,17 +11,20 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinator::Coordinator;
 
-/// Serves the HTTP endpoints on `listener` until `stop` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
+/// Serves the HTTP endpoints on `listener` (a TCP listener, or [`crate::tls::TlsIncoming`] for
+/// HTTPS) until `stop` is cancelled.
+pub async fn serve<L>(
+    listener: L,
     coordinator: Arc<Coordinator>,
     stop: CancellationToken,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))

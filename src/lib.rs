@@ -21,6 +21,7 @@ pub mod participant;
 pub mod registry;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 
 /// Code generated from `proto/baton/v1/*.proto`.

@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         drain: Duration::from_secs(5),
         // In-process on loopback: nothing else can reach it.
         auth: AuthConfig::Disabled,
+        tls: None,
     })
     .await?;
 

@@ -13,6 +13,7 @@ use crate::coordinator::{Config, Coordinator};
 use crate::proto::coordinator_server::CoordinatorServer;
 use crate::registry::{Registry, RegistryConfig};
 use crate::store::{self, StoreError, StoreOptions};
+use crate::tls::{ServerTls, TlsError, TlsIncoming};
 
 /// Everything `serve` needs.
 #[derive(Clone, Debug)]
@@ -33,6 +34,8 @@ pub struct ServeConfig {
     pub drain: std::time::Duration,
     /// Who may call what; [`AuthConfig::Disabled`] must be chosen explicitly.
     pub auth: AuthConfig,
+    /// TLS on the gRPC and HTTP ports (mutual TLS on gRPC with a client CA); `None` is plain text.
+    pub tls: Option<ServerTls>,
 }
 
 /// Why the server could not start.
@@ -47,6 +50,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("recovery failed: {0}")]
     Recover(String),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A running coordinator server.
@@ -59,12 +64,14 @@ pub struct Serving {
     stop: CancellationToken,
     drain: std::time::Duration,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    tls: bool,
 }
 
 impl Serving {
-    /// `http://addr`, for clients.
+    /// `http://addr` (`https://` with TLS), for clients.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn coordinator(&self) -> &Arc<Coordinator> {
@@ -97,6 +104,11 @@ impl Serving {
 
 /// Opens the store, migrates if asked, resumes unfinished transactions and serves gRPC.
 pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
+    // Certificates first: a bad file is a start-up error before anything is opened or bound.
+    let tls = match &config.tls {
+        Some(tls) => Some(tls.start().await?),
+        None => None,
+    };
     let log = store::open(&config.database_url, &config.store).await?;
     if config.migrate {
         log.migrate().await?;
@@ -112,7 +124,8 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
         source,
     })?;
     if config.coordinator.address.is_empty() {
-        config.coordinator.address = format!("http://{addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        config.coordinator.address = format!("{scheme}://{addr}");
     }
     let http_listener = match config.http_listen {
         Some(addr) => Some(
@@ -124,6 +137,7 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
     };
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
     let registry = Arc::new(Registry::new(log.clone(), config.registry.clone()));
+    registry.start_tls().await?;
     let coordinator = Coordinator::new(config.coordinator.clone(), log, registry);
     let resumed = coordinator
         .recover()
@@ -153,20 +167,35 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
     }
     let service = Authenticated::new(service, config.auth.clone());
     let shutdown = stop.clone();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            // No Nagle on accepted sockets: a small response would otherwise wait for the
-            // client's delayed ACK (40 ms on Linux).
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move { shutdown.cancelled().await },
-            ),
-    );
+    let router = tonic::transport::Server::builder().add_service(service);
+    let shutdown = async move { shutdown.cancelled().await };
+    let server = match &tls {
+        // Each connection gets the certificate current when it arrives (see `crate::tls`).
+        Some(tls) => {
+            let tls = tls.clone();
+            let incoming = TlsIncoming::new(listener, move || tls.grpc_acceptor())
+                .map_err(|source| ServeError::Listen { addr, source })?;
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
+        }
+        // No Nagle on accepted sockets: a small response would otherwise wait for the
+        // client's delayed ACK (40 ms on Linux).
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )),
+    };
     if let Some(listener) = http_listener {
         let (co, stop) = (coordinator.clone(), stop.clone());
+        let http_tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(listener, co, stop).await {
+            let result = match http_tls {
+                Some(tls) => match TlsIncoming::new(listener, move || tls.http_acceptor()) {
+                    Ok(incoming) => crate::http::serve(incoming, co, stop).await,
+                    Err(e) => Err(e),
+                },
+                None => crate::http::serve(listener, co, stop).await,
+            };
+            if let Err(e) = result {
                 tracing::error!(error = %e, "http server failed");
             }
         });
@@ -179,5 +208,6 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
         stop,
         drain: config.drain,
         server,
+        tls: tls.is_some(),
     })
 }

@@ -100,6 +100,16 @@ pub struct Remote {
     /// The bearer token to present (a coordinator with auth tokens needs one).
     #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// For an https:// address: the CA (PEM) the coordinator's certificate must chain to.
+    #[arg(long, global = true, env = "BATON_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// For a coordinator that requires mutual TLS: this client's certificate (PEM); needs
+    /// --client-key.
+    #[arg(long, global = true, env = "BATON_CLIENT_CERT", value_name = "PEM")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(long, global = true, env = "BATON_CLIENT_KEY", value_name = "PEM")]
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 // By hand, so the token never reaches a debug print.
@@ -109,17 +119,44 @@ impl std::fmt::Debug for Remote {
             .field("addr", &self.addr)
             .field("json", &self.json)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert", &self.ca_cert)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .finish()
     }
 }
 
 impl Remote {
     async fn connect(&self) -> anyhow::Result<Client> {
-        let client = Client::connect(self.addr.clone()).await?;
+        let client = match self.tls()? {
+            None => Client::connect(self.addr.clone()).await?,
+            Some(tls) => Client::connect_tls(std::slice::from_ref(&self.addr), &tls).await?,
+        };
         Ok(match &self.token {
             Some(token) => client.with_token(token)?,
             None => client,
         })
+    }
+
+    /// The TLS settings of the flags, used when the address is https://.
+    fn tls(&self) -> anyhow::Result<Option<crate::tls::ClientTls>> {
+        let identity = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => anyhow::bail!("--client-cert needs --client-key"),
+            (None, Some(_)) => anyhow::bail!("--client-key needs --client-cert"),
+        };
+        if !self.addr.starts_with("https://") {
+            return Ok(None);
+        }
+        let Some(ca) = &self.ca_cert else {
+            anyhow::bail!("--addr {} is https: give --ca-cert (the CA that signed the coordinator's certificate)", self.addr);
+        };
+        let mut tls = crate::tls::ClientTls::new(ca);
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(cert, key);
+        }
+        Ok(Some(tls))
     }
 }
 

@@ -17,6 +17,7 @@ use crate::coordinator::Config;
 use crate::model::RetryPolicy;
 use crate::registry::{Policy, RegistryConfig};
 use crate::store::{self, StoreOptions};
+use crate::tls::{self, ClientTls, Role, ServerTls};
 
 /// Default store: an SQLite file in the working directory (no setup).
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://baton.db";
@@ -151,6 +152,31 @@ pub struct ServeArgs {
     /// [default: 500].
     #[arg(long, env = "BATON_RETENTION_BATCH")]
     pub retention_batch: Option<u32>,
+    /// Serve gRPC and HTTP over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "BATON_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "BATON_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS on the gRPC port: clients must present a certificate this CA (PEM) signed.
+    /// The HTTP port never asks for one.
+    #[arg(long, env = "BATON_TLS_CLIENT_CA", value_name = "PEM")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// The CA (PEM) that participants' certificates on https:// endpoints must chain to;
+    /// https:// endpoints cannot be called without it.
+    #[arg(long, env = "BATON_PARTICIPANT_CA", value_name = "PEM")]
+    pub participant_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to participants that require mutual TLS; needs
+    /// --participant-key and --participant-ca.
+    #[arg(long, env = "BATON_PARTICIPANT_CERT", value_name = "PEM")]
+    pub participant_cert: Option<PathBuf>,
+    /// The private key of --participant-cert (PEM).
+    #[arg(long, env = "BATON_PARTICIPANT_KEY", value_name = "PEM")]
+    pub participant_key: Option<PathBuf>,
+    /// How often the TLS files are checked for changes, in ms; new connections use changed
+    /// files, and a bad new file is logged and the old one kept [default: 5000].
+    #[arg(long, env = "BATON_TLS_RELOAD_MS")]
+    pub tls_reload_ms: Option<u64>,
 }
 
 /// Options of `baton migrate`.
@@ -215,6 +241,13 @@ impl ServeArgs {
             retention: self.retention.or(file.retention),
             retention_sweep_ms: self.retention_sweep_ms.or(file.retention_sweep_ms),
             retention_batch: self.retention_batch.or(file.retention_batch),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            tls_client_ca: self.tls_client_ca.or(file.tls_client_ca),
+            participant_ca: self.participant_ca.or(file.participant_ca),
+            participant_cert: self.participant_cert.or(file.participant_cert),
+            participant_key: self.participant_key.or(file.participant_key),
+            tls_reload_ms: self.tls_reload_ms.or(file.tls_reload_ms),
         })
     }
 
@@ -266,6 +299,7 @@ impl ServeArgs {
                 .with_context(|| format!("policy {entry:?}"))?;
             policies.insert(service.to_string(), policy);
         }
+        let (tls, participant_tls) = tls_settings(&args)?;
         let registry_default = RegistryConfig::default();
         let limits_default = Limits::default();
         let database_url = args
@@ -357,6 +391,7 @@ impl ServeArgs {
                     .connect_timeout_ms
                     .map(|ms| Duration::from_millis(ms.max(1).into()))
                     .unwrap_or(registry_default.connect_timeout),
+                tls: participant_tls,
                 ..registry_default
             },
             limits: Limits {
@@ -368,6 +403,7 @@ impl ServeArgs {
             },
             drain: Duration::from_millis(args.drain_timeout_ms.unwrap_or(10_000)),
             auth,
+            tls,
         })
     }
 
@@ -424,6 +460,66 @@ pub fn parse_retention(text: &str) -> Result<Option<Duration>, String> {
     Ok(Some(age))
 }
 
+/// The TLS settings of the serve flags, with their files read and checked now so that a bad one
+/// fails start-up with the flag and the path.
+fn tls_settings(args: &ServeArgs) -> anyhow::Result<(Option<ServerTls>, Option<ClientTls>)> {
+    let reload = args
+        .tls_reload_ms
+        .map(|ms| Duration::from_millis(ms.max(10)))
+        .unwrap_or(tls::DEFAULT_RELOAD);
+    let server = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let mut server = ServerTls::new(cert, key).reload(reload);
+            if let Some(ca) = &args.tls_client_ca {
+                server = server.client_ca(ca);
+            }
+            server.check().map_err(|e| {
+                let flag = match e.role() {
+                    Role::Key => "--tls-key",
+                    Role::ClientCa => "--tls-client-ca",
+                    _ => "--tls-cert",
+                };
+                anyhow::anyhow!("{flag}: {e}")
+            })?;
+            Some(server)
+        }
+        (None, None) if args.tls_client_ca.is_some() => {
+            anyhow::bail!("--tls-client-ca needs --tls-cert and --tls-key")
+        }
+        (None, None) => None,
+        (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
+        (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
+    };
+    let client = match (
+        &args.participant_ca,
+        &args.participant_cert,
+        &args.participant_key,
+    ) {
+        (None, None, None) => None,
+        (None, _, _) => {
+            anyhow::bail!("--participant-cert and --participant-key need --participant-ca")
+        }
+        (Some(_), Some(_), None) => anyhow::bail!("--participant-cert needs --participant-key"),
+        (Some(_), None, Some(_)) => anyhow::bail!("--participant-key needs --participant-cert"),
+        (Some(ca), cert, key) => {
+            let mut client = ClientTls::new(ca).reload(reload);
+            if let (Some(cert), Some(key)) = (cert, key) {
+                client = client.identity(cert, key);
+            }
+            client.check().map_err(|e| {
+                let flag = match e.role() {
+                    Role::Key => "--participant-key",
+                    Role::Cert => "--participant-cert",
+                    _ => "--participant-ca",
+                };
+                anyhow::anyhow!("{flag}: {e}")
+            })?;
+            Some(client)
+        }
+    };
+    Ok((server, client))
+}
+
 fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -440,7 +536,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let serving = api::serve(config).await?;
     println!("baton coordinator listening on {}", serving.endpoint());
     if let Some(http) = serving.http_addr {
-        println!("health and metrics on http://{http}");
+        let scheme = if serving.endpoint().starts_with("https") {
+            "https"
+        } else {
+            "http"
+        };
+        println!("health and metrics on {scheme}://{http}");
     }
     if no_auth {
         println!("authentication disabled (--no-auth): every caller may call every method");
@@ -744,5 +845,55 @@ mod tests {
         .to_config()
         .unwrap_err();
         assert!(err.to_string().contains("holds no tokens"), "{err}");
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs_and_name_the_flag() {
+        let with = |f: fn(&mut ServeArgs)| {
+            let mut args = ServeArgs {
+                no_auth: Some(true),
+                ..ServeArgs::default()
+            };
+            f(&mut args);
+            args.to_config().map(|_| ()).unwrap_err().to_string()
+        };
+        assert_eq!(
+            with(|a| a.tls_cert = Some("c.pem".into())),
+            "--tls-cert needs --tls-key"
+        );
+        assert_eq!(
+            with(|a| a.tls_key = Some("k.pem".into())),
+            "--tls-key needs --tls-cert"
+        );
+        assert_eq!(
+            with(|a| a.tls_client_ca = Some("ca.pem".into())),
+            "--tls-client-ca needs --tls-cert and --tls-key"
+        );
+        assert_eq!(
+            with(|a| a.participant_cert = Some("c.pem".into())),
+            "--participant-cert and --participant-key need --participant-ca"
+        );
+        let err = with(|a| {
+            a.tls_cert = Some("/nonexistent/cert.pem".into());
+            a.tls_key = Some("/nonexistent/key.pem".into());
+        });
+        assert!(
+            err.starts_with("--tls-cert: certificate file /nonexistent/cert.pem: cannot read"),
+            "{err}"
+        );
+        let err = with(|a| a.participant_ca = Some("/nonexistent/ca.pem".into()));
+        assert!(
+            err.starts_with("--participant-ca: CA certificate file"),
+            "{err}"
+        );
+        let file: ServeArgs = toml::from_str(
+            "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_client_ca = \"ca.pem\"\n\
+             participant_ca = \"p.pem\"\nparticipant_cert = \"pc.pem\"\n\
+             participant_key = \"pk.pem\"\ntls_reload_ms = 100",
+        )
+        .unwrap();
+        assert_eq!(file.tls_client_ca, Some("ca.pem".into()));
+        assert_eq!(file.participant_key, Some("pk.pem".into()));
+        assert_eq!(file.tls_reload_ms, Some(100));
     }
 }

@@ -34,6 +34,9 @@ pub enum ClientError {
     /// A step's payload could not be encoded as JSON.
     #[error("payload: cannot encode json: {0}")]
     Json(serde_json::Error),
+    /// The TLS files could not be read or are not valid.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 // Written by hand rather than with `#[from]`, which would also make these the error's `source`:
@@ -61,7 +64,8 @@ impl ClientError {
             ClientError::NoAddress
             | ClientError::InvalidAddress { .. }
             | ClientError::InvalidToken
-            | ClientError::Json(_) => Code::InvalidArgument,
+            | ClientError::Json(_)
+            | ClientError::Tls(_) => Code::InvalidArgument,
         }
     }
 

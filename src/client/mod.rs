@@ -175,13 +175,34 @@ impl Client {
     /// Connect to the first reachable of several coordinators sharing one log, and keep the
     /// others for failover.
     pub async fn connect_many<S: AsRef<str>>(addrs: &[S]) -> Result<Self, ClientError> {
+        Client::connect_with_tls(addrs, None).await
+    }
+
+    /// Like [`connect_many`](Client::connect_many), with TLS for `https://` addresses: the
+    /// coordinator's certificate must chain to `tls.ca`, and `tls.identity` is presented to a
+    /// coordinator that requires client certificates. The files are read once, here.
+    pub async fn connect_tls<S: AsRef<str>>(
+        addrs: &[S],
+        tls: &crate::tls::ClientTls,
+    ) -> Result<Self, ClientError> {
+        Client::connect_with_tls(addrs, Some(tls)).await
+    }
+
+    async fn connect_with_tls<S: AsRef<str>>(
+        addrs: &[S],
+        tls: Option<&crate::tls::ClientTls>,
+    ) -> Result<Self, ClientError> {
         if addrs.is_empty() {
             return Err(ClientError::NoAddress);
         }
+        let tls = match tls {
+            Some(tls) => Some(tls.load().await?),
+            None => None,
+        };
         let addrs: Vec<String> = addrs.iter().map(|a| a.as_ref().to_string()).collect();
         let endpoints = addrs
             .iter()
-            .map(|addr| endpoint(addr))
+            .map(|addr| endpoint(addr, tls.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         // Unreachable coordinators may come back, so every address keeps a lazy channel; the
         // eager connect only picks where to start and reports when none answers at all.
@@ -522,13 +543,28 @@ fn is_unreachable(status: &Status) -> bool {
     status.code() == Code::Unavailable || std::error::Error::source(status).is_some()
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
-    Endpoint::from_shared(addr.to_string())
+fn endpoint(
+    addr: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Endpoint, ClientError> {
+    let invalid = |reason: String| ClientError::InvalidAddress {
+        addr: addr.to_string(),
+        reason,
+    };
+    let endpoint = Endpoint::from_shared(addr.to_string())
         .map(|e| e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true))
-        .map_err(|e| ClientError::InvalidAddress {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| invalid(e.to_string()))?;
+    if !addr.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    match tls {
+        Some(tls) => endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| invalid(e.to_string())),
+        None => Err(invalid(
+            "https needs a CA certificate to check the coordinator: use Client::connect_tls".into(),
+        )),
+    }
 }
 
 /// The live events of one transaction, from [`Client::watch`]. Ends when the transaction does.

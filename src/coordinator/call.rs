@@ -118,7 +118,9 @@ pub async fn call(registry: &Registry, spec: CallSpec) -> CallResult {
     // Held until the answer: the call counts as in flight to this endpoint meanwhile.
     let picked = match registry.pick(&spec.target, &key).await {
         Ok(p) => p,
-        Err(e @ ResolveError::BadEndpoint(_)) => return CallResult::Permanent(e.to_string()),
+        Err(e @ (ResolveError::BadEndpoint(_) | ResolveError::NoTls(_))) => {
+            return CallResult::Permanent(e.to_string())
+        }
         // No endpoint now may change when one registers: transient.
         Err(e) => return CallResult::Transient(e.to_string()),
     };

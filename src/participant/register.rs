@@ -11,6 +11,7 @@ use crate::proto::coordinator_client::CoordinatorClient;
 use crate::proto::{
     DeregisterParticipantRequest, HeartbeatParticipantRequest, RegisterParticipantRequest,
 };
+use crate::tls::ClientTls;
 
 /// How a participant announces itself to a coordinator. See [`ServerHandle::register`].
 #[derive(Clone, PartialEq, Eq)]
@@ -22,6 +23,7 @@ pub struct Registration {
     zone: String,
     ttl: Duration,
     token: Option<String>,
+    tls: Option<ClientTls>,
 }
 
 // By hand, so the token never reaches a debug print.
@@ -35,6 +37,7 @@ impl std::fmt::Debug for Registration {
             .field("zone", &self.zone)
             .field("ttl", &self.ttl)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -51,6 +54,7 @@ impl Registration {
             zone: String::new(),
             ttl: Duration::from_secs(10),
             token: None,
+            tls: None,
         }
     }
 
@@ -58,6 +62,14 @@ impl Registration {
     /// the registration, heartbeats and deregistration.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Reach an `https://` coordinator with this TLS: its certificate must chain to `tls.ca`,
+    /// and `tls.identity` is presented if it requires client certificates. The files are read
+    /// when registering.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -94,11 +106,18 @@ impl ServerHandle {
             .endpoint
             .clone()
             .unwrap_or_else(|| self.endpoint());
-        let channel = Endpoint::from_shared(registration.coordinator.clone())
-            .map_err(|source| ServeError::Connect {
-                addr: registration.coordinator.clone(),
-                source,
-            })?
+        let connect_error = |source| ServeError::Connect {
+            addr: registration.coordinator.clone(),
+            source,
+        };
+        let mut coordinator =
+            Endpoint::from_shared(registration.coordinator.clone()).map_err(connect_error)?;
+        if let Some(tls) = &registration.tls {
+            coordinator = coordinator
+                .tls_config(tls.load().await?)
+                .map_err(connect_error)?;
+        }
+        let channel = coordinator
             .connect()
             .await
             .map_err(|source| ServeError::Connect {

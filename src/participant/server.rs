@@ -1,7 +1,10 @@
 //! Serving a [`Participant`] over gRPC, with a handle that owns the server task and shuts it down
 //! gracefully.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
@@ -11,6 +14,10 @@ use tonic::transport::Server;
 
 use super::Participant;
 use crate::proto::participant_server::ParticipantServer;
+use crate::tls::{ServerReloader, ServerTls, TlsIncoming};
+
+/// The server future, either over TLS or plain TCP.
+type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
 /// Why a participant server could not start or register.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +41,9 @@ pub enum ServeError {
     /// The coordinator refused the registration.
     #[error("registration refused: {} ({:?})", .0.message(), .0.code())]
     Register(tonic::Status),
+    /// The TLS files could not be read or are not valid.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 // By hand rather than `#[from]`, which would also make the status the error's `source` and print
@@ -57,6 +67,7 @@ pub struct ServerHandle {
     /// Stops registration heartbeats (which then deregister).
     pub(super) registration_stop: CancellationToken,
     pub(super) registrations: TaskTracker,
+    tls: bool,
 }
 
 impl Participant {
@@ -76,8 +87,35 @@ impl Participant {
         self.serve_with_listener(listener)
     }
 
+    /// Like [`serve`](Participant::serve), over TLS (mutual TLS with a client CA): the
+    /// coordinator then calls the `https://` endpoint. The files are re-read every
+    /// `tls.reload`; new connections use changed files.
+    pub async fn serve_tls(
+        self,
+        addr: impl ToSocketAddrs + ToString,
+        tls: &ServerTls,
+    ) -> Result<ServerHandle, ServeError> {
+        let tls = tls.start().await?;
+        let shown = addr.to_string();
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: shown,
+                source,
+            })?;
+        self.spawn(listener, Some(tls))
+    }
+
     /// Serve the handlers on a listener the caller bound already.
     pub fn serve_with_listener(self, listener: TcpListener) -> Result<ServerHandle, ServeError> {
+        self.spawn(listener, None)
+    }
+
+    fn spawn(
+        self,
+        listener: TcpListener,
+        tls: Option<Arc<ServerReloader>>,
+    ) -> Result<ServerHandle, ServeError> {
         let addr = listener.local_addr().map_err(|source| ServeError::Bind {
             addr: "listener".to_string(),
             source,
@@ -86,13 +124,26 @@ impl Participant {
         let service = ParticipantServer::new(self.into_dispatcher(handlers.clone()));
         let server_stop = CancellationToken::new();
         let server = TaskTracker::new();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let stop = server_stop.clone();
+        let router = Server::builder().add_service(service);
+        let secure = tls.is_some();
+        let serving: Serving =
+            match tls {
+                Some(tls) => {
+                    let incoming = TlsIncoming::new(listener, move || tls.grpc_acceptor())
+                        .map_err(|source| ServeError::Bind {
+                            addr: addr.to_string(),
+                            source,
+                        })?;
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
+                }
+                None => {
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
+                }
+            };
         server.spawn(async move {
-            let result = Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await;
+            let result = serving.await;
             if let Err(error) = result {
                 tracing::error!(%addr, %error, "participant server stopped");
             }
@@ -105,6 +156,7 @@ impl Participant {
             handlers,
             registration_stop: CancellationToken::new(),
             registrations: TaskTracker::new(),
+            tls: secure,
         })
     }
 }
@@ -116,9 +168,10 @@ impl ServerHandle {
     }
 
     /// The URL a coordinator (or a step's `endpoint`) uses to reach this server, such as
-    /// `http://127.0.0.1:9000`.
+    /// `http://127.0.0.1:9000` (`https://` when serving TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stop gracefully: deregister from coordinators first (so no new calls are routed here),

@@ -13,13 +13,14 @@ pub mod policy;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::model::Target;
 use crate::store::{StoreError, TxLog};
+use crate::tls::{ClientTls, Reloading, TlsError};
 
 pub use health::HealthConfig;
 pub use policy::{PickKey, Policy};
@@ -36,6 +37,9 @@ pub enum ResolveError {
     /// The endpoint text is not a URL tonic can dial.
     #[error("endpoint {0:?} is not a valid http:// or https:// url")]
     BadEndpoint(String),
+    /// An `https://` endpoint, but no CA to check its certificate against.
+    #[error("endpoint {0:?} is https but no participant CA is configured (--participant-ca)")]
+    NoTls(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -53,6 +57,9 @@ pub struct RegistryConfig {
     pub connect_timeout: Duration,
     /// When failing endpoints are ejected.
     pub health: HealthConfig,
+    /// TLS for `https://` endpoints: the CA their certificates must chain to, and the client
+    /// certificate to present to participants that ask for one.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for RegistryConfig {
@@ -63,6 +70,7 @@ impl Default for RegistryConfig {
             refresh: Duration::from_millis(1000),
             connect_timeout: Duration::from_millis(2000),
             health: HealthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -96,6 +104,8 @@ struct Service {
 /// What the registry keeps per endpoint URL: the channel and what the balancer needs to know.
 struct Conn {
     channel: Channel,
+    /// The TLS files' generation the channel was made with (0 for plain text).
+    tls_generation: u64,
     in_flight: AtomicUsize,
     health: Mutex<Health>,
 }
@@ -106,6 +116,8 @@ pub struct Registry {
     config: RegistryConfig,
     services: Mutex<HashMap<String, Service>>,
     conns: Mutex<HashMap<String, Arc<Conn>>>,
+    /// Loaded from `config.tls` by [`Registry::start_tls`].
+    tls: OnceLock<Arc<Reloading<ClientTlsConfig>>>,
 }
 
 /// The endpoint chosen for one call, with its channel. While it lives the call counts as in
@@ -174,7 +186,18 @@ impl Registry {
             config,
             services: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
+            tls: OnceLock::new(),
         }
+    }
+
+    /// Reads the TLS files of `config.tls`, if any, and keeps re-reading them: channels made
+    /// after a change use the new files. Without it, `https://` endpoints cannot be called.
+    pub async fn start_tls(&self) -> Result<(), TlsError> {
+        if let Some(tls) = &self.config.tls {
+            let loaded = tls.start().await?;
+            let _ = self.tls.set(loaded);
+        }
+        Ok(())
     }
 
     /// The endpoints of `service` now (registered and static), from the cache when fresh.
@@ -369,21 +392,40 @@ impl Registry {
     }
 
     fn conn(&self, endpoint: &str) -> Result<Arc<Conn>, ResolveError> {
+        let tls = match endpoint.starts_with("https://") {
+            true => Some(
+                self.tls
+                    .get()
+                    .ok_or_else(|| ResolveError::NoTls(endpoint.to_string()))?,
+            ),
+            false => None,
+        };
+        let tls_generation = tls.map_or(0, |t| t.generation() + 1);
         let mut conns = lock(&self.conns);
         if let Some(conn) = conns.get(endpoint) {
-            return Ok(conn.clone());
+            // After the TLS files changed, new calls get a new channel with the new files;
+            // calls in flight keep the old one until they finish.
+            if conn.tls_generation == tls_generation {
+                return Ok(conn.clone());
+            }
         }
         // Lazy: no connection until the first call, and tonic reconnects on demand after.
-        let channel = Endpoint::from_shared(endpoint.to_string())
+        let mut builder = Endpoint::from_shared(endpoint.to_string())
             .map_err(|_| ResolveError::BadEndpoint(endpoint.to_string()))?
             .connect_timeout(self.config.connect_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(ClientTlsConfig::clone(&tls.current()))
+                .map_err(|_| ResolveError::BadEndpoint(endpoint.to_string()))?;
+        }
+        let channel = builder.connect_lazy();
         if conns.len() >= MAX_CHANNELS {
             conns.clear();
         }
         let conn = Arc::new(Conn {
             channel,
+            tls_generation,
             in_flight: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
         });

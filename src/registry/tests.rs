@@ -249,3 +249,20 @@ async fn weighted_uses_registered_weights() {
     let seen = futures_picks(&r, 8).await;
     assert_eq!(seen.iter().filter(|u| *u == a).count(), 6, "{seen:?}");
 }
+
+#[tokio::test]
+async fn https_endpoints_need_a_participant_ca() {
+    let r = registry(RegistryConfig::default()).await;
+    let labels = BTreeMap::new();
+    let key = PickKey {
+        tx_id: "tx",
+        labels: &labels,
+    };
+    let target = Target::Endpoint("https://127.0.0.1:19443".into());
+    match r.pick(&target, &key).await {
+        Err(ResolveError::NoTls(url)) => assert_eq!(url, "https://127.0.0.1:19443"),
+        other => panic!("expected NoTls, got {other:?}"),
+    }
+    let plain = Target::Endpoint("http://127.0.0.1:19443".into());
+    assert!(r.pick(&plain, &key).await.is_ok());
+}
