@@ -66,6 +66,7 @@ conformance!(
     cancel_requests_reach_the_owner,
     purge_deletes_only_old_finished_transactions,
     purge_takes_the_oldest_in_batches,
+    batches_of_many_writes_apply_as_if_one_by_one,
 );
 
 // ---- fixtures ----
@@ -317,6 +318,130 @@ async fn update_applies_and_appends_events(log: &dyn TxLog) {
     assert_eq!(again.branches[0].output, None);
     assert_eq!(again.branches[0].status, StepStatus::Compensated);
     assert_eq!(again.last_seq, 4, "an update without events keeps last_seq");
+}
+
+async fn batches_of_many_writes_apply_as_if_one_by_one(log: &dyn TxLog) {
+    let a = create(log, new_tx("c1", TxState::Running)).await;
+    let b = create(log, new_tx("c1", TxState::Running)).await;
+    let update = |w: TxUpdate| LogWrite::Update(Box::new(w));
+    let step = |rec: &TxRecord, status: StepStatus| BranchRecord {
+        status,
+        attempts: 1,
+        ..rec.branches[0].clone()
+    };
+
+    // Two back-to-back updates of `a`, a fenced one of `b` between them, and a new transaction.
+    let mut a1 = update_of(&a);
+    a1.branches = vec![step(&a, StepStatus::Running)];
+    a1.events = vec![event(3, "execute_sent", Some(0))];
+    let mut a2 = update_of(&a);
+    a2.expected_last_seq = 3;
+    a2.stage = 1;
+    a2.branches = vec![
+        step(&a, StepStatus::Succeeded),
+        BranchRecord {
+            status: StepStatus::Running,
+            ..a.branches[1].clone()
+        },
+    ];
+    a2.events = vec![
+        event(4, "execute_ok", Some(0)),
+        event(5, "execute_sent", Some(1)),
+    ];
+    let mut b1 = update_of(&b);
+    b1.epoch += 1;
+    b1.events = vec![event(3, "should_not_land", None)];
+    let c = new_tx("c1", TxState::Running);
+    let c_id = c.id;
+    let outcomes = log
+        .apply(&[
+            update(a1),
+            update(b1),
+            update(a2),
+            LogWrite::Create(Box::new(c)),
+        ])
+        .await
+        .expect("apply");
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Updated,
+            WriteOutcome::Fenced,
+            WriteOutcome::Updated,
+            WriteOutcome::Created
+        ]
+    );
+    let a_now = get(log, a.id).await;
+    assert_eq!((a_now.last_seq, a_now.stage), (5, 1));
+    assert_eq!(a_now.branches[0].status, StepStatus::Succeeded);
+    assert_eq!(a_now.branches[1].status, StepStatus::Running);
+    let kinds: Vec<_> = log
+        .events(a.id, 0, 100)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "accepted",
+            "started",
+            "execute_sent",
+            "execute_ok",
+            "execute_sent"
+        ]
+    );
+    assert_eq!(get(log, b.id).await, b, "the fenced write changed nothing");
+    assert_eq!(get(log, c_id).await.last_seq, 2);
+
+    // A stale write and the one queued behind it both fail, and neither lands.
+    let mut stale = update_of(&a_now);
+    stale.expected_last_seq = 3;
+    stale.events = vec![event(4, "should_not_land", None)];
+    let mut behind = update_of(&a_now);
+    behind.expected_last_seq = 4;
+    behind.state = TxState::Committed;
+    behind.events = vec![event(5, "should_not_land", None)];
+    let outcomes = log
+        .apply(&[update(stale), update(behind)])
+        .await
+        .expect("apply");
+    assert_eq!(outcomes, [WriteOutcome::Fenced, WriteOutcome::Fenced]);
+    assert_eq!(get(log, a.id).await, a_now);
+
+    // Two writes that both follow the same history: the first lands, the second is fenced.
+    let mut first = update_of(&a_now);
+    first.events = vec![event(6, "committed", None)];
+    first.state = TxState::Committed;
+    let mut second = update_of(&a_now);
+    second.events = vec![event(6, "should_not_land", None)];
+    let outcomes = log
+        .apply(&[update(first), update(second)])
+        .await
+        .expect("apply");
+    assert_eq!(outcomes, [WriteOutcome::Updated, WriteOutcome::Fenced]);
+    assert_eq!(get(log, a.id).await.state, TxState::Committed);
+
+    // A new transaction and its first update in one batch.
+    let d = new_tx("c1", TxState::Running);
+    let d_rec = TxRecord {
+        id: d.id,
+        owner: Some("c1".into()),
+        epoch: 1,
+        last_seq: 2,
+        ..a_now.clone()
+    };
+    let mut d1 = update_of(&d_rec);
+    d1.state = TxState::Committed;
+    d1.events = vec![event(3, "committed", None)];
+    let outcomes = log
+        .apply(&[LogWrite::Create(Box::new(d.clone())), update(d1)])
+        .await
+        .expect("apply");
+    assert_eq!(outcomes, [WriteOutcome::Created, WriteOutcome::Updated]);
+    let d_now = get(log, d.id).await;
+    assert_eq!((d_now.state, d_now.last_seq), (TxState::Committed, 3));
 }
 
 async fn stale_owner_or_epoch_is_fenced(log: &dyn TxLog) {

@@ -1,8 +1,9 @@
 //! PostgreSQL implementation of [`TxLog`](super::TxLog): the store several coordinators share.
 //!
 //! Every time that matters to leases and expiry comes from the database's `now()`, so the
-//! coordinators' clocks never have to agree. Each write of a batch is one statement (arrays bound
-//! with `UNNEST` carry its branch and event rows), which keeps group commits short.
+//! coordinators' clocks never have to agree. A group-commit batch is two statements, its new
+//! transactions and its updates, with rows bound as arrays (see `batch`); a batch the set form
+//! cannot express is applied one statement per write.
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ use super::{
     MAX_PURGE_BATCH, RESTING_SQL,
 };
 use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord};
+
+mod batch;
 
 /// The PostgreSQL log.
 pub struct PgLog {
@@ -284,13 +287,33 @@ impl TxLog for PgLog {
 
     async fn apply(&self, batch: &[LogWrite]) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for write in batch {
-            outcomes.push(match write {
-                LogWrite::Create(new) => Self::create(&mut tx, new).await?,
-                LogWrite::Update(up) => Self::update(&mut tx, up).await?,
-            });
-        }
+        let outcomes = match batch::plan(batch) {
+            // Two statements for the whole batch.
+            Some(plan) => {
+                let mut found = vec![None; batch.len()];
+                batch::apply(&mut tx, plan, &mut found).await?;
+                found
+                    .into_iter()
+                    .map(|o| {
+                        o.ok_or_else(|| StoreError::Corrupt {
+                            table: "baton_transactions",
+                            detail: "a batched write got no outcome".into(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            // One statement per write, in order.
+            None => {
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for write in batch {
+                    outcomes.push(match write {
+                        LogWrite::Create(new) => Self::create(&mut tx, new).await?,
+                        LogWrite::Update(up) => Self::update(&mut tx, up).await?,
+                    });
+                }
+                outcomes
+            }
+        };
         tx.commit().await.map_err(db_err)?;
         Ok(outcomes)
     }
