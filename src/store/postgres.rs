@@ -42,6 +42,9 @@ impl PgLog {
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
+            // No ping round trip before every use: a broken connection fails its statement,
+            // which callers already treat as transient (the pool then replaces it).
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_millis(options.acquire_timeout_ms))
             .connect(url)
             .await
@@ -286,12 +289,20 @@ impl TxLog for PgLog {
     }
 
     async fn apply(&self, batch: &[LogWrite]) -> Result<Vec<WriteOutcome>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let outcomes = match batch::plan(batch) {
-            // Two statements for the whole batch.
+        match batch::plan(batch) {
+            // At most two statements for the whole batch. One statement is atomic by itself, so
+            // a batch of only new transactions or only updates needs no BEGIN and COMMIT round
+            // trips around it.
             Some(plan) => {
                 let mut found = vec![None; batch.len()];
-                batch::apply(&mut tx, plan, &mut found).await?;
+                if plan.statements() > 1 {
+                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    batch::apply(&mut tx, plan, &mut found).await?;
+                    tx.commit().await.map_err(db_err)?;
+                } else {
+                    let mut conn = self.pool.acquire().await.map_err(db_err)?;
+                    batch::apply(&mut conn, plan, &mut found).await?;
+                }
                 found
                     .into_iter()
                     .map(|o| {
@@ -300,10 +311,11 @@ impl TxLog for PgLog {
                             detail: "a batched write got no outcome".into(),
                         })
                     })
-                    .collect::<Result<Vec<_>, _>>()?
+                    .collect()
             }
-            // One statement per write, in order.
+            // One statement per write, in order, in one database transaction.
             None => {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
                 let mut outcomes = Vec::with_capacity(batch.len());
                 for write in batch {
                     outcomes.push(match write {
@@ -311,11 +323,10 @@ impl TxLog for PgLog {
                         LogWrite::Update(up) => Self::update(&mut tx, up).await?,
                     });
                 }
-                outcomes
+                tx.commit().await.map_err(db_err)?;
+                Ok(outcomes)
             }
-        };
-        tx.commit().await.map_err(db_err)?;
-        Ok(outcomes)
+        }
     }
 
     async fn get(&self, id: TxId) -> Result<Option<TxRecord>, StoreError> {

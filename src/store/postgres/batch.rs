@@ -64,7 +64,15 @@ pub(super) fn plan(batch: &[LogWrite]) -> Option<Plan<'_>> {
     Some(Plan { creates, updates })
 }
 
-/// Applies a planned batch inside the caller's database transaction.
+impl Plan<'_> {
+    /// How many writing statements the batch takes (one per kind present).
+    pub(super) fn statements(&self) -> usize {
+        usize::from(!self.creates.is_empty()) + usize::from(!self.updates.is_empty())
+    }
+}
+
+/// Applies a planned batch: inside the caller's database transaction when it takes two
+/// statements, else as one atomic statement.
 pub(super) async fn apply(
     conn: &mut PgConnection,
     plan: Plan<'_>,
