@@ -172,7 +172,8 @@ async fn measure_cells(
     for &workload in &config.workloads {
         for &clients in config.concurrency.iter().filter(|&&c| c > 0) {
             tracing::info!(%workload, clients, "baseline");
-            let base = baseline.run(clients, timing, cancel).await?;
+            let plan = baseline::Plan::of(workload);
+            let base = baseline.run(plan, clients, timing, cancel).await?;
             interrupted()?;
             tracing::info!(%workload, clients, "baton");
             let endpoint = serving.endpoint();
