@@ -1,7 +1,11 @@
-//! The raw-database baseline: W1's durable writes done as plain statements, with nothing else in
-//! the way. Per saga a client inserts a transaction row (uuid, state, 202-byte payload), inserts
-//! three step rows and marks the transaction done: five statements, each its own commit, on a
-//! connection of its own, in the same closed loop as Baton's cells.
+//! The raw-database baseline: a workload's durable writes done as plain statements, with nothing
+//! else in the way, each statement its own commit, on a connection of its own, in the same closed
+//! loop as Baton's cells ([`Plan`] lists them).
+//!
+//! - W1 and W2 (a saga): insert a transaction row (uuid, state, 202-byte payload), insert three
+//!   step rows, mark the transaction done. Five commits.
+//! - W3 (a two-phase commit): insert the transaction row, insert two branch rows, record the
+//!   commit decision (state `committing`), mark the transaction done. Five commits.
 //!
 //! Against the bench's PostgreSQL database it uses its own tables (`bench_tx`, `bench_step`);
 //! under `--sqlite` it writes the same rows to an SQLite file of its own, opened with the settings
@@ -19,12 +23,67 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::measure::{Recorder, Sample, Timing, CALL_TIMEOUT};
-use super::BenchError;
+use super::{BenchError, Workload};
 
 /// Bytes of the transaction row's payload.
 pub const PAYLOAD_BYTES: usize = 202;
-/// Commits per baseline saga.
-pub const COMMITS_PER_SAGA: u32 = 5;
+
+/// The durable writes of one baseline transaction, after the workload it stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// W1 and W2: insert the transaction, insert three step rows, update it to done.
+    Saga,
+    /// W3: insert the transaction, insert two branch rows, update it to `committing` (the
+    /// decision a 2PC coordinator must make durable before phase two), update it to done.
+    TwoPhase,
+}
+
+impl Plan {
+    /// The plan whose writes stand for `workload`'s.
+    pub fn of(workload: Workload) -> Plan {
+        match workload {
+            Workload::W1 | Workload::W2 => Plan::Saga,
+            Workload::W3 => Plan::TwoPhase,
+        }
+    }
+
+    /// Commits per transaction: one per statement.
+    pub fn commits(self) -> u32 {
+        1 + self.children() as u32 + self.updates().len() as u32
+    }
+
+    /// The transaction row's state when inserted.
+    fn initial(self) -> &'static str {
+        match self {
+            Plan::Saga => "running",
+            Plan::TwoPhase => "preparing",
+        }
+    }
+
+    /// Step rows (saga) or branch rows (2PC), inserted one by one in `bench_step`.
+    fn children(self) -> i32 {
+        match self {
+            Plan::Saga => 3,
+            Plan::TwoPhase => 2,
+        }
+    }
+
+    /// The state of each inserted step or branch row.
+    fn child_state(self) -> &'static str {
+        match self {
+            Plan::Saga => "done",
+            Plan::TwoPhase => "prepared",
+        }
+    }
+
+    /// The transaction row's later states, each its own `UPDATE`.
+    fn updates(self) -> &'static [&'static str] {
+        match self {
+            Plan::Saga => &["done"],
+            Plan::TwoPhase => &["committing", "done"],
+        }
+    }
+}
 
 const PG_SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS bench_tx (
@@ -112,9 +171,10 @@ impl Baseline {
         Ok(Baseline { backend })
     }
 
-    /// One closed-loop cell with `clients` clients.
+    /// One closed-loop cell of `plan` with `clients` clients.
     pub async fn run(
         &self,
+        plan: Plan,
         clients: usize,
         timing: Timing,
         cancel: &CancellationToken,
@@ -134,7 +194,7 @@ impl Baseline {
                         let mut recorder = Recorder::new(window);
                         while recorder.open(&cancel) {
                             let started = Instant::now();
-                            let outcome = within(pg_saga(&mut conn, &payload)).await;
+                            let outcome = within(pg_tx(&mut conn, plan, &payload)).await;
                             recorder.record(started, outcome);
                         }
                         let _ = conn.close().await;
@@ -150,7 +210,7 @@ impl Baseline {
                         let mut recorder = Recorder::new(window);
                         while recorder.open(&cancel) {
                             let started = Instant::now();
-                            let outcome = within(sqlite_saga(&pool, &payload)).await;
+                            let outcome = within(sqlite_tx(&pool, plan, &payload)).await;
                             recorder.record(started, outcome);
                         }
                         recorder
@@ -186,55 +246,65 @@ impl Baseline {
     }
 }
 
-/// One baseline saga on PostgreSQL: five statements, five commits.
-async fn pg_saga(conn: &mut PgConnection, payload: &[u8]) -> Result<(), sqlx::Error> {
+/// One baseline transaction of `plan` on PostgreSQL: one commit per statement.
+async fn pg_tx(conn: &mut PgConnection, plan: Plan, payload: &[u8]) -> Result<(), sqlx::Error> {
     let id = uuid::Uuid::now_v7();
-    sqlx::query("INSERT INTO bench_tx (id, state, payload) VALUES ($1, 'running', $2)")
+    sqlx::query("INSERT INTO bench_tx (id, state, payload) VALUES ($1, $2, $3)")
         .bind(id)
+        .bind(plan.initial())
         .bind(payload)
         .execute(&mut *conn)
         .await?;
-    for idx in 0..3_i32 {
-        sqlx::query("INSERT INTO bench_step (tx_id, idx, state) VALUES ($1, $2, 'done')")
+    for idx in 0..plan.children() {
+        sqlx::query("INSERT INTO bench_step (tx_id, idx, state) VALUES ($1, $2, $3)")
             .bind(id)
             .bind(idx)
+            .bind(plan.child_state())
             .execute(&mut *conn)
             .await?;
     }
-    sqlx::query("UPDATE bench_tx SET state = 'done', updated_at = now() WHERE id = $1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+    for state in plan.updates() {
+        sqlx::query("UPDATE bench_tx SET state = $2, updated_at = now() WHERE id = $1")
+            .bind(id)
+            .bind(state)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
-/// One baseline saga on SQLite: the same five statements and commits.
-async fn sqlite_saga(pool: &SqlitePool, payload: &[u8]) -> Result<(), sqlx::Error> {
+/// One baseline transaction of `plan` on SQLite: the same statements and commits.
+async fn sqlite_tx(pool: &SqlitePool, plan: Plan, payload: &[u8]) -> Result<(), sqlx::Error> {
     let id = uuid::Uuid::now_v7();
-    sqlx::query("INSERT INTO bench_tx (id, state, payload) VALUES (?, 'running', ?)")
+    sqlx::query("INSERT INTO bench_tx (id, state, payload) VALUES (?, ?, ?)")
         .bind(id)
+        .bind(plan.initial())
         .bind(payload)
         .execute(pool)
         .await?;
-    for idx in 0..3_i32 {
-        sqlx::query("INSERT INTO bench_step (tx_id, idx, state) VALUES (?, ?, 'done')")
+    for idx in 0..plan.children() {
+        sqlx::query("INSERT INTO bench_step (tx_id, idx, state) VALUES (?, ?, ?)")
             .bind(id)
             .bind(idx)
+            .bind(plan.child_state())
             .execute(pool)
             .await?;
     }
-    sqlx::query("UPDATE bench_tx SET state = 'done', updated_at = CURRENT_TIMESTAMP WHERE id = ?")
-        .bind(id)
-        .execute(pool)
-        .await?;
+    for state in plan.updates() {
+        sqlx::query("UPDATE bench_tx SET state = ?, updated_at = CURRENT_TIMESTAMP WHERE id = ?")
+            .bind(*state)
+            .bind(id)
+            .execute(pool)
+            .await?;
+    }
     Ok(())
 }
 
-/// Bounds one saga by [`CALL_TIMEOUT`] and turns its error into text.
+/// Bounds one transaction by [`CALL_TIMEOUT`] and turns its error into text.
 async fn within(
-    saga: impl std::future::Future<Output = Result<(), sqlx::Error>>,
+    tx: impl std::future::Future<Output = Result<(), sqlx::Error>>,
 ) -> Result<(), String> {
-    match tokio::time::timeout(CALL_TIMEOUT, saga).await {
+    match tokio::time::timeout(CALL_TIMEOUT, tx).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),

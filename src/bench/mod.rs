@@ -73,8 +73,6 @@ pub struct BenchConfig {
 /// Why a bench run did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("workload {0} is not available yet")]
-    Unavailable(Workload),
     #[error("nothing to run: give at least one workload and one concurrency above 0")]
     Empty,
     #[error("cannot set up the bench database: {0}")]
@@ -97,9 +95,6 @@ pub enum BenchError {
 pub async fn run(config: &BenchConfig, cancel: CancellationToken) -> Result<Report, BenchError> {
     if config.workloads.is_empty() || config.concurrency.iter().all(|&c| c == 0) {
         return Err(BenchError::Empty);
-    }
-    if let Some(w) = config.workloads.iter().find(|w| !w.is_available()) {
-        return Err(BenchError::Unavailable(*w));
     }
     let scratch = scratch::Scratch::create(&config.store).await?;
     // Not a select: an interrupted run still stops its coordinator and participants in order,
@@ -172,7 +167,8 @@ async fn measure_cells(
     for &workload in &config.workloads {
         for &clients in config.concurrency.iter().filter(|&&c| c > 0) {
             tracing::info!(%workload, clients, "baseline");
-            let base = baseline.run(clients, timing, cancel).await?;
+            let plan = baseline::Plan::of(workload);
+            let base = baseline.run(plan, clients, timing, cancel).await?;
             interrupted()?;
             tracing::info!(%workload, clients, "baton");
             let endpoint = serving.endpoint();

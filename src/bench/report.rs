@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::baseline::COMMITS_PER_SAGA;
+use super::baseline::Plan;
 use super::measure::Sample;
 use super::workloads::{BatonSample, Workload};
 
@@ -65,7 +65,7 @@ impl CellReport {
             max_ms: round(base.max_ms(), 3),
             errors: base.errors,
             error_samples: base.error_samples.clone(),
-            commits_per_tx: COMMITS_PER_SAGA,
+            commits_per_tx: Plan::of(workload).commits(),
         };
         let base_tps = base.throughput();
         CellReport {
@@ -194,8 +194,10 @@ impl Report {
         let _ = writeln!(
             out,
             "cpu columns: ms of CPU per transaction; coord = the bench process (coordinator and \
-             clients), part = the participant process. Baseline: {COMMITS_PER_SAGA} single-statement \
-             commits per saga."
+             clients), part = the participant process. Baseline: the workload's durable writes, \
+             one commit per statement ({} per saga for w1/w2, {} per 2PC for w3).",
+            Plan::Saga.commits(),
+            Plan::TwoPhase.commits()
         );
         for c in self
             .cells

@@ -1,4 +1,4 @@
-//! The bench's statistics, its JSON shape, and a one-second run on SQLite.
+//! The bench's statistics, its JSON shape, the baseline's plans, and short runs on SQLite.
 
 use std::time::Duration;
 
@@ -116,46 +116,87 @@ fn json_of_several_cells_lists_them_and_keeps_the_first_ratio_on_top() {
     assert!(table.contains("boom"), "{table}");
 }
 
-#[tokio::test]
-async fn refuses_workloads_that_do_not_exist_yet() {
-    let config = BenchConfig {
-        workloads: vec![Workload::W3],
-        concurrency: vec![1],
-        warmup: Duration::ZERO,
-        duration: Duration::from_millis(10),
-        store: Store::Sqlite,
-        participants: Participants::InProcess,
-        max_connections: 4,
-    };
-    let err = run(&config, CancellationToken::new()).await.unwrap_err();
-    assert_eq!(err.to_string(), "workload w3 is not available yet");
+#[test]
+fn each_workload_has_its_baseline_plan() {
+    use super::baseline::Plan;
+    assert_eq!(Plan::of(Workload::W1), Plan::Saga);
+    assert_eq!(Plan::of(Workload::W2), Plan::Saga);
+    assert_eq!(Plan::of(Workload::W3), Plan::TwoPhase);
+    // Saga: insert tx, 3 step rows, update to done. 2PC: insert tx, 2 branch rows, the decision,
+    // done.
+    assert_eq!(Plan::Saga.commits(), 5);
+    assert_eq!(Plan::TwoPhase.commits(), 5);
+    let c = cell(Workload::W3, 1, &[1, 2], &[1]);
+    assert_eq!(c.workload, "w3");
+    assert_eq!(c.baseline.commits_per_tx, 5);
 }
 
-/// The whole path (scratch store, participants, coordinator, both workloads, baseline, report) in
-/// about a second, on SQLite with in-process participants.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_run_on_sqlite_measures_both_workloads() {
-    let config = BenchConfig {
-        workloads: Workload::ALL.to_vec(),
+#[test]
+fn all_runs_every_workload_and_w3_expects_a_commit() {
+    assert_eq!(
+        Workload::ALL.to_vec(),
+        vec![Workload::W1, Workload::W2, Workload::W3]
+    );
+    assert_eq!(Workload::W3.expected(), crate::client::TxState::Committed);
+    let request = Workload::W3.request("http://127.0.0.1:1");
+    let Some(crate::proto::start_request::Definition::TwoPhase(tp)) = request.definition else {
+        panic!("w3 starts a two-phase commit: {request:?}");
+    };
+    let names: Vec<&str> = tp.branches.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["debit", "credit"]);
+    assert_eq!(tp.branches[0].payload.len(), super::baseline::PAYLOAD_BYTES);
+}
+
+fn short_run(workloads: Vec<Workload>) -> BenchConfig {
+    BenchConfig {
+        workloads,
         concurrency: vec![2],
         warmup: Duration::from_millis(100),
         duration: Duration::from_millis(400),
         store: Store::Sqlite,
         participants: Participants::InProcess,
         max_connections: 4,
-    };
-    let report = run(&config, CancellationToken::new())
+    }
+}
+
+fn assert_measured(c: &CellReport) {
+    assert!(c.transactions > 0, "{c:?}");
+    assert_eq!(c.errors, 0, "{c:?}");
+    assert!(c.baseline.transactions > 0, "{c:?}");
+    assert_eq!(c.baseline.errors, 0, "{c:?}");
+    assert!(c.ratio_to_baseline.is_some_and(|r| r > 0.0), "{c:?}");
+    assert!(c.p50_ms > 0.0 && c.p50_ms <= c.p99_ms && c.p99_ms <= c.max_ms);
+}
+
+/// The whole path (scratch store, participants, coordinator, every workload, baseline, report) in
+/// about two seconds, on SQLite with in-process participants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_on_sqlite_measures_every_workload() {
+    let report = run(&short_run(Workload::ALL.to_vec()), CancellationToken::new())
         .await
         .expect("the bench runs");
-    assert_eq!(report.cells.len(), 2);
+    let workloads: Vec<&str> = report.cells.iter().map(|c| c.workload.as_str()).collect();
+    assert_eq!(workloads, ["w1", "w2", "w3"]);
     for c in &report.cells {
-        assert!(c.transactions > 0, "{c:?}");
-        assert_eq!(c.errors, 0, "{c:?}");
-        assert!(c.baseline.transactions > 0, "{c:?}");
-        assert_eq!(c.baseline.errors, 0, "{c:?}");
-        assert!(c.ratio_to_baseline.is_some_and(|r| r > 0.0), "{c:?}");
-        assert!(c.p50_ms > 0.0 && c.p50_ms <= c.p99_ms && c.p99_ms <= c.max_ms);
+        assert_measured(c);
     }
-    assert_eq!(report.cells[1].workload, "w2");
     assert!(report.to_json()["ratio_to_baseline"].is_f64());
+}
+
+/// W3 alone: every two-phase commit ends `committed` (anything else counts as an error), and the
+/// one-cell JSON carries its fields and ratio at the top, as scripts expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w3_alone_commits_every_two_phase_transaction() {
+    let report = run(&short_run(vec![Workload::W3]), CancellationToken::new())
+        .await
+        .expect("the bench runs w3");
+    let [c] = report.cells.as_slice() else {
+        panic!("one cell: {:?}", report.cells);
+    };
+    assert_eq!(c.workload, "w3");
+    assert_measured(c);
+    let doc = report.to_json();
+    assert_eq!(doc["workload"], "w3");
+    assert!(doc["ratio_to_baseline"].as_f64().is_some_and(|r| r > 0.0));
+    assert_eq!(doc["cells"].as_array().map(Vec::len), Some(1));
 }

@@ -1,8 +1,10 @@
 //! The reference workloads, the participant services they call, and one Baton cell's closed loop.
 //!
-//! Every workload is a 3-step saga `reserve → charge → ship` whose steps name the participant's
-//! endpoint directly (no registry lookup). The participant answers at once: W1's steps all succeed;
-//! in W2 `ship` is declined (a business failure), so `charge` and `reserve` are compensated.
+//! W1 and W2 are a 3-step saga `reserve → charge → ship`; W3 is a two-phase commit with the
+//! branches `debit` and `credit`. Steps and branches name the participant's endpoint directly (no
+//! registry lookup), and the participant answers at once: W1's steps all succeed; in W2 `ship` is
+//! declined (a business failure), so `charge` and `reserve` are compensated; in W3 both branches
+//! vote yes and commit.
 
 use std::fmt;
 use std::path::Path;
@@ -17,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::measure::{Recorder, Sample, Timing, Window, CALL_TIMEOUT};
 use super::{cpu, BenchError, Participants};
-use crate::client::{Client, Saga, StartRequest, Step, TxState};
+use crate::client::{Client, Saga, StartRequest, Step, TwoPhase, TwoPhaseBranch, TxState};
 use crate::participant::{HandlerError, Participant, Reply, ServerHandle};
 
 /// How long a participant process may take to print its endpoint.
@@ -30,18 +32,13 @@ pub enum Workload {
     W1,
     /// The same saga with step 3 declined, so steps 2 and 1 compensate.
     W2,
-    /// Two-phase commit with two branches (not available until the coordinator runs 2PC).
+    /// A two-phase commit with two branches whose participants vote yes and commit at once.
     W3,
 }
 
 impl Workload {
     /// The workloads `--workload all` runs.
-    pub const ALL: [Workload; 2] = [Workload::W1, Workload::W2];
-
-    /// Whether this build can run it.
-    pub fn is_available(self) -> bool {
-        self != Workload::W3
-    }
+    pub const ALL: [Workload; 3] = [Workload::W1, Workload::W2, Workload::W3];
 
     /// The state every transaction of this workload must end in; anything else is an error.
     pub fn expected(self) -> TxState {
@@ -51,11 +48,13 @@ impl Workload {
         }
     }
 
-    /// The saga one client starts, again and again, against the participant at `endpoint`.
-    pub fn saga(self, endpoint: &str) -> StartRequest {
+    /// The transaction one client starts, again and again, against the participant at
+    /// `endpoint`. The first step or branch carries the baseline's payload size.
+    pub fn request(self, endpoint: &str) -> StartRequest {
         let last = match self {
+            Workload::W1 => "ship",
             Workload::W2 => "ship_declined",
-            _ => "ship",
+            Workload::W3 => return two_phase(endpoint),
         };
         Saga::new()
             .step(
@@ -79,10 +78,23 @@ impl fmt::Display for Workload {
     }
 }
 
-/// The participant service every workload calls: each action answers at once.
+/// W3's two-phase commit: `debit` and `credit` on the participant at `endpoint`.
+fn two_phase(endpoint: &str) -> StartRequest {
+    TwoPhase::new()
+        .branch(
+            TwoPhaseBranch::to_endpoint("debit", endpoint)
+                .payload(vec![b'd'; super::baseline::PAYLOAD_BYTES]),
+        )
+        .branch(TwoPhaseBranch::to_endpoint("credit", endpoint))
+        .into()
+}
+
+/// The participant service every workload calls: each action answers at once. W3's branches
+/// vote yes on Prepare and acknowledge Commit and Abort (Abort is never expected, but a
+/// coordinator recovering an unfinished 2PC may send it, and it must be answered).
 pub fn participant() -> Participant {
     let ok = |_| async { Ok(Reply::ok()) };
-    Participant::new()
+    let mut participant = Participant::new()
         .on_execute("reserve", ok)
         .on_compensate("release", ok)
         .on_execute("charge", ok)
@@ -90,7 +102,14 @@ pub fn participant() -> Participant {
         .on_execute("ship", ok)
         .on_execute("ship_declined", |_| async {
             Err(HandlerError::failed("declined by the bench workload"))
-        })
+        });
+    for branch in ["debit", "credit"] {
+        participant = participant
+            .on_prepare(branch, ok)
+            .on_commit(branch, ok)
+            .on_abort(branch, ok);
+    }
+    participant
 }
 
 /// The running participant service, in a child process or in this one.
@@ -229,7 +248,7 @@ pub async fn run(
                 .map_err(|e| BenchError::Client(e.to_string()))?,
         );
     }
-    let request = workload.saga(participants.endpoint());
+    let request = workload.request(participants.endpoint());
     let expected = workload.expected();
     let window = timing.window_from_now();
     let cpu = tokio::spawn(cpu_during(window, participants.pid(), cancel.clone()));

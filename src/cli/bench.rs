@@ -16,9 +16,9 @@ pub enum WorkloadArg {
     W1,
     /// The same saga with step 3 declined, so steps 2 and 1 compensate.
     W2,
-    /// Two-phase commit with two branches (not available yet).
+    /// Two-phase commit with two branches that vote yes and commit at once.
     W3,
-    /// W1 then W2.
+    /// W1, W2 then W3.
     All,
 }
 
