@@ -40,11 +40,104 @@ impl Timing {
     }
 }
 
+/// Latencies as a fixed-size log-linear histogram, so that a long run's memory stays flat: exact
+/// below 128 µs, then 64 buckets per power of two (each within 1/64 ≈ 1.6% of its values). Each
+/// bucket also keeps the largest value it saw, which is what a quantile reports: exact when the
+/// quantile's value is the largest in its bucket, else at most 1.6% above it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Latencies {
+    counts: Vec<u64>,
+    largest: Vec<u64>,
+    total: u64,
+}
+
+/// Values below this many µs get a bucket each.
+const EXACT: u64 = 128;
+/// Buckets per power of two above [`EXACT`] (a power of two itself).
+const SUB: u64 = 64;
+/// Powers of two covered above [`EXACT`]: up to 2^47 µs, about four years.
+const OCTAVES: u64 = 40;
+
+impl Default for Latencies {
+    fn default() -> Self {
+        let buckets = (EXACT + OCTAVES * SUB) as usize;
+        Latencies {
+            counts: vec![0; buckets],
+            largest: vec![0; buckets],
+            total: 0,
+        }
+    }
+}
+
+impl Latencies {
+    fn bucket(micros: u64) -> usize {
+        if micros < EXACT {
+            return micros as usize;
+        }
+        let octave = u64::from(63 - micros.leading_zeros()); // floor(log2), at least 7
+        let sub = (micros >> (octave - SUB.trailing_zeros() as u64)) & (SUB - 1);
+        let index = EXACT + (octave - EXACT.trailing_zeros() as u64) * SUB + sub;
+        index.min(EXACT + OCTAVES * SUB - 1) as usize
+    }
+
+    pub fn record(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let b = Self::bucket(micros);
+        self.counts[b] += 1;
+        self.largest[b] = self.largest[b].max(micros);
+        self.total += 1;
+    }
+
+    pub fn merge(&mut self, other: &Latencies) {
+        for (b, &n) in other.counts.iter().enumerate() {
+            self.counts[b] += n;
+            self.largest[b] = self.largest[b].max(other.largest[b]);
+        }
+        self.total += other.total;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The nearest-rank `q` quantile: the smallest value with at least a share `q` of all values
+    /// at or below it (to the histogram's precision). `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (b, &n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Duration::from_micros(self.largest[b]));
+            }
+        }
+        None
+    }
+
+    /// The largest latency recorded.
+    pub fn max(&self) -> Option<Duration> {
+        self.quantile(1.0)
+    }
+}
+
+impl FromIterator<Duration> for Latencies {
+    fn from_iter<I: IntoIterator<Item = Duration>>(iter: I) -> Self {
+        let mut all = Latencies::default();
+        for d in iter {
+            all.record(d);
+        }
+        all
+    }
+}
+
 /// One client's record of its transactions.
 #[derive(Debug)]
 pub struct Recorder {
     window: Window,
-    latencies: Vec<Duration>,
+    latencies: Latencies,
     errors: u64,
     error_samples: Vec<String>,
 }
@@ -53,7 +146,7 @@ impl Recorder {
     pub fn new(window: Window) -> Self {
         Recorder {
             window,
-            latencies: Vec::new(),
+            latencies: Latencies::default(),
             errors: 0,
             error_samples: Vec::new(),
         }
@@ -72,7 +165,7 @@ impl Recorder {
             return;
         }
         match outcome {
-            Ok(()) => self.latencies.push(ended - started),
+            Ok(()) => self.latencies.record(ended - started),
             Err(error) => {
                 self.errors += 1;
                 if self.error_samples.len() < ERROR_SAMPLES {
@@ -86,8 +179,8 @@ impl Recorder {
 /// Every client's records of one cell, merged.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sample {
-    /// Latencies of the transactions that ended as expected, sorted ascending.
-    pub latencies: Vec<Duration>,
+    /// Latencies of the transactions that ended as expected.
+    pub latencies: Latencies,
     pub errors: u64,
     pub error_samples: Vec<String>,
     /// The measured window's length.
@@ -102,7 +195,7 @@ impl Sample {
             ..Sample::default()
         };
         for r in recorders {
-            sample.latencies.extend(r.latencies);
+            sample.latencies.merge(&r.latencies);
             sample.errors += r.errors;
             for e in r.error_samples {
                 if sample.error_samples.len() < ERROR_SAMPLES {
@@ -110,13 +203,12 @@ impl Sample {
                 }
             }
         }
-        sample.latencies.sort_unstable();
         sample
     }
 
     /// Transactions that ended as expected inside the window.
     pub fn count(&self) -> u64 {
-        self.latencies.len() as u64
+        self.latencies.count()
     }
 
     /// Good transactions per second of window.
@@ -131,24 +223,15 @@ impl Sample {
 
     /// The `q` quantile (0 < q ≤ 1) of the latencies, in milliseconds; 0 with no transactions.
     pub fn percentile_ms(&self, q: f64) -> f64 {
-        percentile(&self.latencies, q).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        self.latencies
+            .quantile(q)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
     }
 
     /// The largest latency in milliseconds; 0 with no transactions.
     pub fn max_ms(&self) -> f64 {
-        self.latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        self.latencies.max().map_or(0.0, |d| d.as_secs_f64() * 1e3)
     }
-}
-
-/// The nearest-rank `q` quantile of ascending `sorted`: the smallest value with at least a share
-/// `q` of all values at or below it. `None` when empty.
-pub fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let q = q.clamp(0.0, 1.0);
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 /// Parses a duration such as `15s`, `500ms` or `1.5s` (a bare number is seconds).

@@ -2,26 +2,64 @@
 
 use std::time::Duration;
 
-use super::measure::{parse_duration, percentile, Sample};
+use super::measure::{parse_duration, Latencies, Sample};
 use super::workloads::BatonSample;
 use super::*;
 
-fn ms(values: &[u64]) -> Vec<Duration> {
+fn ms(values: &[u64]) -> Latencies {
     values.iter().map(|&v| Duration::from_millis(v)).collect()
 }
 
 #[test]
 fn percentiles_use_the_nearest_rank() {
-    let hundred: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-    assert_eq!(percentile(&hundred, 0.50), Some(Duration::from_millis(50)));
-    assert_eq!(percentile(&hundred, 0.99), Some(Duration::from_millis(99)));
-    assert_eq!(percentile(&hundred, 1.0), Some(Duration::from_millis(100)));
+    let hundred: Latencies = (1..=100).map(Duration::from_millis).collect();
+    assert_eq!(hundred.quantile(0.50), Some(Duration::from_millis(50)));
+    assert_eq!(hundred.quantile(0.99), Some(Duration::from_millis(99)));
+    assert_eq!(hundred.quantile(1.0), Some(Duration::from_millis(100)));
     // Few samples: p99 of three is the largest, p50 the middle one.
     let three = ms(&[1, 2, 30]);
-    assert_eq!(percentile(&three, 0.99), Some(Duration::from_millis(30)));
-    assert_eq!(percentile(&three, 0.50), Some(Duration::from_millis(2)));
-    assert_eq!(percentile(&three, 0.0), Some(Duration::from_millis(1)));
-    assert_eq!(percentile(&[], 0.5), None);
+    assert_eq!(three.quantile(0.99), Some(Duration::from_millis(30)));
+    assert_eq!(three.quantile(0.50), Some(Duration::from_millis(2)));
+    assert_eq!(three.quantile(0.0), Some(Duration::from_millis(1)));
+    assert_eq!(Latencies::default().quantile(0.5), None);
+}
+
+#[test]
+fn latencies_keep_fixed_memory_and_stay_within_two_percent() {
+    let mut all = Latencies::default();
+    let mut exact: Vec<u64> = Vec::new();
+    // A spread from 3 µs to about 40 s, a million values.
+    for i in 0..1_000_000u64 {
+        let micros = 3 + (i * i) % 40_000_000 + i % 97;
+        all.record(Duration::from_micros(micros));
+        exact.push(micros);
+    }
+    exact.sort_unstable();
+    assert_eq!(all.count(), 1_000_000);
+    for q in [0.001, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0] {
+        let rank = ((q * exact.len() as f64).ceil() as usize).clamp(1, exact.len());
+        let want = exact[rank - 1] as f64;
+        let got = all.quantile(q).unwrap().as_micros() as f64;
+        assert!(
+            got >= want && got <= want * (1.0 + 1.0 / 64.0) + 1.0,
+            "q={q}: {got} µs, exact {want} µs"
+        );
+    }
+    assert_eq!(
+        all.max(),
+        Some(Duration::from_micros(*exact.last().unwrap()))
+    );
+    // Merging is the same as recording everything in one.
+    let (mut a, mut b) = (Latencies::default(), Latencies::default());
+    for (i, &v) in exact.iter().enumerate() {
+        if i % 2 == 0 {
+            a.record(Duration::from_micros(v))
+        } else {
+            b.record(Duration::from_micros(v))
+        }
+    }
+    a.merge(&b);
+    assert_eq!(a, all);
 }
 
 #[test]
