@@ -113,7 +113,35 @@ async fn coordinators_die_join_and_leave_under_load_and_nothing_is_lost() {
     // Every accepted transaction reached its outcome; check each against the ledger.
     let live: Vec<String> = nodes.iter().flatten().map(|n| n.endpoint.clone()).collect();
     check_all(&live, &ledger, &seen).await;
+    check_event_writers(&db.url).await;
     eprintln!("chaos: {} cycles", cycles());
+}
+
+/// No epoch of any transaction has events written by two coordinators, and every event names the
+/// coordinator and epoch it was written under: each epoch had one owner, and fencing kept every
+/// other coordinator's writes out.
+async fn check_event_writers(url: &str) {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let shared: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT tx_id, epoch, count(DISTINCT owner) FROM baton_events \
+         GROUP BY tx_id, epoch HAVING count(DISTINCT owner) > 1 LIMIT 5",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        shared.is_empty(),
+        "epochs written by two owners: {shared:?}"
+    );
+    let (events, unsigned, epochs): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE owner IS NULL OR epoch IS NULL), \
+                count(DISTINCT (tx_id, epoch)) FROM baton_events",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(unsigned, 0, "every event names its writer");
+    eprintln!("{events} events in {epochs} (transaction, epoch) pairs, each with one writer");
 }
 
 /// Starts `clients` tasks that each run sagas back to back (one in four fails at step 3) until
@@ -265,6 +293,7 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
         c.await.unwrap();
     }
     check_all(&addrs, &ledger, &seen).await;
+    check_event_writers(&url).await;
     let (status, body) = support::process::http_get(&a.http, "/readyz").await;
     assert_eq!(status, 200, "ready again once the database answers: {body}");
     for node in [&mut a, &mut b] {

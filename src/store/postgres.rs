@@ -71,8 +71,8 @@ impl PgLog {
                 SELECT tx.id, b.idx, b.name, 'pending'
                 FROM tx, UNNEST($11::bigint[], $12::text[]) AS b(idx, name)
             ), events AS (
-                INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail)
-                SELECT tx.id, e.seq, e.at, e.kind, e.branch, e.detail
+                INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail, owner, epoch)
+                SELECT tx.id, e.seq, e.at, e.kind, e.branch, e.detail, $7, $8
                 FROM tx, UNNEST($13::bigint[], $14::timestamptz[], $15::text[], $16::bigint[],
                                 $17::text[]) AS e(seq, at, kind, branch, detail)
             )
@@ -145,8 +145,8 @@ impl PgLog {
                     output = excluded.output, last_error = excluded.last_error,
                     done_order = excluded.done_order
             ), events AS (
-                INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail)
-                SELECT tx.id, e.seq, e.at, e.kind, e.branch, e.detail
+                INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail, owner, epoch)
+                SELECT tx.id, e.seq, e.at, e.kind, e.branch, e.detail, $2, $3
                 FROM tx, UNNEST($17::bigint[], $18::timestamptz[], $19::text[], $20::bigint[],
                                 $21::text[]) AS e(seq, at, kind, branch, detail)
             )

@@ -134,7 +134,7 @@ impl SqliteLog {
             .await
             .map_err(db_err)?;
         }
-        insert_events(conn, &id, &new.events).await?;
+        insert_events(conn, &id, (&new.owner, new.epoch), &new.events).await?;
         Ok(WriteOutcome::Created)
     }
 
@@ -191,7 +191,7 @@ impl SqliteLog {
             .await
             .map_err(db_err)?;
         }
-        insert_events(conn, &id, &up.events).await?;
+        insert_events(conn, &id, (&up.owner, up.epoch), &up.events).await?;
         Ok(WriteOutcome::Updated)
     }
 
@@ -240,15 +240,17 @@ fn lock_file(path: &str) -> Result<File, StoreError> {
     }
 }
 
+/// Appends `events` to transaction `id`, each marked with the `(owner, epoch)` that wrote it.
 async fn insert_events(
     conn: &mut SqliteConnection,
     id: &str,
+    (owner, epoch): (&str, i64),
     events: &[super::NewEvent],
 ) -> Result<(), StoreError> {
     for e in events {
         sqlx::query(
-            "INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail)
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail, owner, epoch)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id)
         .bind(to_i64(e.seq))
@@ -256,6 +258,8 @@ async fn insert_events(
         .bind(&e.kind)
         .bind(e.branch.map(i64::from))
         .bind(&e.detail)
+        .bind(owner)
+        .bind(epoch)
         .execute(&mut *conn)
         .await
         .map_err(db_err)?;

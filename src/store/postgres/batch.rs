@@ -140,15 +140,15 @@ async fn create_all(
                 AS i(id, kind, state, definition, labels, key, owner, epoch, deadline_at,
                      last_seq, created_at)
             ON CONFLICT (idempotency_key) DO NOTHING
-            RETURNING id
+            RETURNING id, owner, epoch
         ), branches AS (
             INSERT INTO baton_branches (tx_id, idx, name, state)
             SELECT b.tx_id, b.idx, b.name, 'pending'
             FROM UNNEST($12::uuid[], $13::bigint[], $14::text[]) AS b(tx_id, idx, name)
             JOIN tx ON tx.id = b.tx_id
         ), events AS (
-            INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail)
-            SELECT e.tx_id, e.seq, e.at, e.kind, e.branch, e.detail
+            INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail, owner, epoch)
+            SELECT e.tx_id, e.seq, e.at, e.kind, e.branch, e.detail, tx.owner, tx.epoch
             FROM UNNEST($15::uuid[], $16::bigint[], $17::timestamptz[], $18::text[],
                         $19::bigint[], $20::text[]) AS e(tx_id, seq, at, kind, branch, detail)
             JOIN tx ON tx.id = e.tx_id
@@ -274,7 +274,7 @@ async fn update_all(
                      release, max_seq)
             WHERE t.id = u.id AND t.owner = u.owner AND t.epoch = u.epoch
               AND t.last_seq = u.expected
-            RETURNING t.id
+            RETURNING t.id, u.owner, u.epoch
         ), branches AS (
             INSERT INTO baton_branches
                 (tx_id, idx, name, state, attempts, output, last_error, done_order)
@@ -289,8 +289,8 @@ async fn update_all(
                 output = excluded.output, last_error = excluded.last_error,
                 done_order = excluded.done_order
         ), events AS (
-            INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail)
-            SELECT e.tx_id, e.seq, e.at, e.kind, e.branch, e.detail
+            INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail, owner, epoch)
+            SELECT e.tx_id, e.seq, e.at, e.kind, e.branch, e.detail, tx.owner, tx.epoch
             FROM UNNEST($19::uuid[], $20::bigint[], $21::timestamptz[], $22::text[],
                         $23::bigint[], $24::text[]) AS e(tx_id, seq, at, kind, branch, detail)
             JOIN tx ON tx.id = e.tx_id
