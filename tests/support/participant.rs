@@ -32,6 +32,8 @@ pub struct Delivery {
 #[derive(Default)]
 pub struct Ledger {
     deliveries: Mutex<Vec<Delivery>>,
+    /// (tx, branch, phase) -> deliveries, so that checking a long run's ledger stays linear.
+    delivered: Mutex<HashMap<(String, u32, &'static str), usize>>,
     /// (tx, branch, phase) -> times its effect was applied (at most once by construction; the
     /// tests check the coordinator's side: that every needed key arrived, and no extra one).
     applied: Mutex<HashMap<(String, u32, &'static str), u32>>,
@@ -52,11 +54,12 @@ impl Ledger {
     }
 
     /// How many times `(branch, phase)` of `tx` was delivered.
-    pub fn delivered(&self, tx: &str, branch: u32, phase: &str) -> usize {
-        self.deliveries(tx)
-            .iter()
-            .filter(|d| d.branch == branch && d.phase == phase)
-            .count()
+    pub fn delivered(&self, tx: &str, branch: u32, phase: &'static str) -> usize {
+        let counts = self.delivered.lock().unwrap();
+        counts
+            .get(&(tx.to_string(), branch, phase))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Applied effects of `tx`, in order, as (branch, phase).
@@ -107,6 +110,13 @@ fn param(payload: &[u8], key: &str) -> u64 {
 
 impl Scripted {
     async fn handle(&self, req: BranchRequest, phase: &'static str) -> Result<BranchReply, Status> {
+        *self
+            .ledger
+            .delivered
+            .lock()
+            .unwrap()
+            .entry((req.tx_id.clone(), req.branch_index, phase))
+            .or_insert(0) += 1;
         self.ledger.deliveries.lock().unwrap().push(Delivery {
             tx: req.tx_id.clone(),
             branch: req.branch_index,
