@@ -8,16 +8,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{PgConnection, QueryBuilder, Row};
+use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    age_ms, assemble, clamp_limit, db_err, event_record, to_i64, ListFilter, LogWrite, NewTx,
-    RawBranch, RawTx, StoreError, StoreOptions, TxLog, TxUpdate, WriteOutcome, FINAL_SQL,
-    MAX_PURGE_BATCH, RESTING_SQL,
+    age_ms, assemble, clamp_limit, db_err, event_record, to_i64, ListFilter, LogWrite, RawBranch,
+    RawTx, StoreError, StoreOptions, TxLog, WriteOutcome, FINAL_SQL, MAX_PURGE_BATCH, RESTING_SQL,
 };
 use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord};
 
@@ -52,138 +50,6 @@ impl PgLog {
         Ok(PgLog { pool })
     }
 
-    async fn create(conn: &mut PgConnection, new: &NewTx) -> Result<WriteOutcome, StoreError> {
-        let names = new.definition.branch_names();
-        let idx: Vec<i64> = (0..names.len() as i64).collect();
-        let ev = EventArrays::new(&new.events);
-        // One statement: the row, its pending branches and its first events. On a duplicate
-        // idempotency key the insert yields no id and the dependent inserts write nothing.
-        let inserted: Option<Uuid> = sqlx::query_scalar(
-            "WITH tx AS (
-                INSERT INTO baton_transactions
-                    (id, kind, state, definition, labels, idempotency_key, owner, epoch,
-                     deadline_at, last_seq, created_at, updated_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $18, $18)
-                ON CONFLICT (idempotency_key) DO NOTHING
-                RETURNING id
-            ), branches AS (
-                INSERT INTO baton_branches (tx_id, idx, name, state)
-                SELECT tx.id, b.idx, b.name, 'pending'
-                FROM tx, UNNEST($11::bigint[], $12::text[]) AS b(idx, name)
-            ), events AS (
-                INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail, owner, epoch)
-                SELECT tx.id, e.seq, e.at, e.kind, e.branch, e.detail, $7, $8
-                FROM tx, UNNEST($13::bigint[], $14::timestamptz[], $15::text[], $16::bigint[],
-                                $17::text[]) AS e(seq, at, kind, branch, detail)
-            )
-            SELECT id FROM tx",
-        )
-        .bind(new.id.0)
-        .bind(new.definition.kind().as_str())
-        .bind(new.state.as_str())
-        .bind(Json(&new.definition))
-        .bind(Json(&new.labels))
-        .bind(new.idempotency_key.as_deref())
-        .bind(&new.owner)
-        .bind(new.epoch)
-        .bind(new.deadline_at)
-        .bind(to_i64(ev.max_seq))
-        .bind(&idx)
-        .bind(&names)
-        .bind(&ev.seq)
-        .bind(&ev.at)
-        .bind(&ev.kind)
-        .bind(&ev.branch)
-        .bind(&ev.detail)
-        .bind(new.created_at)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?;
-        if inserted.is_some() {
-            return Ok(WriteOutcome::Created);
-        }
-        // A separate statement, so that it sees a row another transaction committed while the
-        // insert waited on the key.
-        let existing: Uuid =
-            sqlx::query_scalar("SELECT id FROM baton_transactions WHERE idempotency_key = $1")
-                .bind(new.idempotency_key.as_deref())
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db_err)?;
-        Ok(WriteOutcome::Existing(TxId(existing)))
-    }
-
-    async fn update(conn: &mut PgConnection, up: &TxUpdate) -> Result<WriteOutcome, StoreError> {
-        let ev = EventArrays::new(&up.events);
-        let b = &up.branches;
-        let b_idx: Vec<i64> = b.iter().map(|b| i64::from(b.index)).collect();
-        let b_name: Vec<&str> = b.iter().map(|b| b.name.as_str()).collect();
-        let b_state: Vec<&str> = b.iter().map(|b| b.status.as_str()).collect();
-        let b_attempts: Vec<i64> = b.iter().map(|b| i64::from(b.attempts)).collect();
-        let b_output: Vec<Option<&[u8]>> = b.iter().map(|b| b.output.as_deref()).collect();
-        let b_error: Vec<Option<&str>> = b.iter().map(|b| b.last_error.as_deref()).collect();
-        let b_done: Vec<Option<i64>> = b.iter().map(|b| b.done_order.map(i64::from)).collect();
-        // The fenced UPDATE gates the branch and event inserts: when it matches no row (another
-        // owner or epoch), nothing of this write lands.
-        let applied: i64 = sqlx::query_scalar(
-            "WITH tx AS (
-                UPDATE baton_transactions
-                SET state = $4, stage = $5, last_error = $6, cancel_requested = $7,
-                    owner = CASE WHEN $8 THEN NULL ELSE owner END,
-                    last_seq = GREATEST(last_seq, $9), updated_at = now()
-                WHERE id = $1 AND owner = $2 AND epoch = $3 AND last_seq = $22
-                RETURNING id
-            ), branches AS (
-                INSERT INTO baton_branches
-                    (tx_id, idx, name, state, attempts, output, last_error, done_order)
-                SELECT tx.id, b.* FROM tx,
-                    UNNEST($10::bigint[], $11::text[], $12::text[], $13::bigint[], $14::bytea[],
-                           $15::text[], $16::bigint[])
-                    AS b(idx, name, state, attempts, output, last_error, done_order)
-                ON CONFLICT (tx_id, idx) DO UPDATE SET
-                    name = excluded.name, state = excluded.state, attempts = excluded.attempts,
-                    output = excluded.output, last_error = excluded.last_error,
-                    done_order = excluded.done_order
-            ), events AS (
-                INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail, owner, epoch)
-                SELECT tx.id, e.seq, e.at, e.kind, e.branch, e.detail, $2, $3
-                FROM tx, UNNEST($17::bigint[], $18::timestamptz[], $19::text[], $20::bigint[],
-                                $21::text[]) AS e(seq, at, kind, branch, detail)
-            )
-            SELECT count(*) FROM tx",
-        )
-        .bind(up.id.0)
-        .bind(&up.owner)
-        .bind(up.epoch)
-        .bind(up.state.as_str())
-        .bind(i64::from(up.stage))
-        .bind(up.last_error.as_deref())
-        .bind(up.cancel_requested)
-        .bind(up.release)
-        .bind(to_i64(ev.max_seq))
-        .bind(&b_idx)
-        .bind(&b_name)
-        .bind(&b_state)
-        .bind(&b_attempts)
-        .bind(&b_output)
-        .bind(&b_error)
-        .bind(&b_done)
-        .bind(&ev.seq)
-        .bind(&ev.at)
-        .bind(&ev.kind)
-        .bind(&ev.branch)
-        .bind(&ev.detail)
-        .bind(to_i64(up.expected_last_seq))
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_err)?;
-        Ok(if applied == 0 {
-            WriteOutcome::Fenced
-        } else {
-            WriteOutcome::Updated
-        })
-    }
-
     /// Attaches the branches of `rows` (read in one query) to them.
     async fn with_branches(&self, rows: Vec<PgRow>) -> Result<Vec<TxRecord>, StoreError> {
         let txs = rows.iter().map(raw_tx).collect::<Result<Vec<_>, _>>()?;
@@ -207,27 +73,17 @@ impl PgLog {
     }
 }
 
-/// A batch of new events as parallel arrays, the shape `UNNEST` reads.
-struct EventArrays<'a> {
-    seq: Vec<i64>,
-    at: Vec<DateTime<Utc>>,
-    kind: Vec<&'a str>,
-    branch: Vec<Option<i64>>,
-    detail: Vec<&'a str>,
-    max_seq: u64,
-}
-
-impl<'a> EventArrays<'a> {
-    fn new(events: &'a [super::NewEvent]) -> Self {
-        EventArrays {
-            seq: events.iter().map(|e| to_i64(e.seq)).collect(),
-            at: events.iter().map(|e| e.at).collect(),
-            kind: events.iter().map(|e| e.kind.as_str()).collect(),
-            branch: events.iter().map(|e| e.branch.map(i64::from)).collect(),
-            detail: events.iter().map(|e| e.detail.as_str()).collect(),
-            max_seq: events.iter().map(|e| e.seq).max().unwrap_or(0),
-        }
-    }
+/// The outcome of every write of a batch, or an error if one got none.
+fn outcomes_of(found: Vec<Option<WriteOutcome>>) -> Result<Vec<WriteOutcome>, StoreError> {
+    found
+        .into_iter()
+        .map(|o| {
+            o.ok_or_else(|| StoreError::Corrupt {
+                table: "baton_transactions",
+                detail: "a batched write got no outcome".into(),
+            })
+        })
+        .collect()
 }
 
 fn raw_tx(row: &PgRow) -> Result<RawTx, StoreError> {
@@ -303,28 +159,23 @@ impl TxLog for PgLog {
                     let mut conn = self.pool.acquire().await.map_err(db_err)?;
                     batch::apply(&mut conn, plan, &mut found).await?;
                 }
-                found
-                    .into_iter()
-                    .map(|o| {
-                        o.ok_or_else(|| StoreError::Corrupt {
-                            table: "baton_transactions",
-                            detail: "a batched write got no outcome".into(),
-                        })
-                    })
-                    .collect()
+                outcomes_of(found)
             }
-            // One statement per write, in order, in one database transaction.
+            // One write at a time, in order, in one database transaction: each is a batch of
+            // one, which always plans.
             None => {
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
-                let mut outcomes = Vec::with_capacity(batch.len());
-                for write in batch {
-                    outcomes.push(match write {
-                        LogWrite::Create(new) => Self::create(&mut tx, new).await?,
-                        LogWrite::Update(up) => Self::update(&mut tx, up).await?,
-                    });
+                let mut found = vec![None; batch.len()];
+                for (i, write) in batch.iter().enumerate() {
+                    let one = std::slice::from_ref(write);
+                    let plan = batch::plan(one).ok_or_else(|| StoreError::Corrupt {
+                        table: "baton_transactions",
+                        detail: "a single write could not be planned".into(),
+                    })?;
+                    batch::apply(&mut tx, plan, &mut found[i..=i]).await?;
                 }
                 tx.commit().await.map_err(db_err)?;
-                Ok(outcomes)
+                outcomes_of(found)
             }
         }
     }
