@@ -10,39 +10,14 @@ use std::time::Duration;
 use baton::participant::barrier::{Barrier, BarrierDb, Entry};
 use baton::participant::{Phase, Reply, Request};
 use baton::proto::coordinator_client::CoordinatorClient;
-use baton::proto::{self, Saga, SagaStep, StartRequest, TxState};
+use baton::proto::{self, StartRequest, TxState};
 use sqlx::Connection;
 use tonic::transport::Channel;
 use tonic::Code;
 
 use support::db::{fresh_database, TestDb};
 use support::participant::{participant, Ledger};
-use support::process::{self, http_get, state, wait};
-
-fn step(name: &str, endpoint: &str, action: &str, compensate: &str) -> SagaStep {
-    SagaStep {
-        name: name.into(),
-        endpoint: endpoint.into(),
-        action: action.into(),
-        compensate: compensate.into(),
-        ..Default::default()
-    }
-}
-
-fn saga(steps: Vec<SagaStep>) -> StartRequest {
-    let steps = steps
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| SagaStep {
-            stage: i as u32,
-            ..s
-        })
-        .collect();
-    StartRequest {
-        definition: Some(proto::start_request::Definition::Saga(Saga { steps })),
-        ..Default::default()
-    }
-}
+use support::process::{self, http_get, saga, state, step, wait};
 
 async fn run(c: &mut CoordinatorClient<Channel>, mut req: StartRequest) -> proto::Transaction {
     req.wait = true;

@@ -7,43 +7,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use baton::proto::coordinator_client::CoordinatorClient;
-use baton::proto::{self, Saga, SagaStep, StartRequest, TxState};
+use baton::proto::{self, SagaStep, StartRequest, TxState};
 use tonic::transport::Channel;
 use tonic::Code;
 
 use support::db::{fresh_database, TestDb};
 use support::participant::participant;
-use support::process::{self, state, until, wait, Coordinator};
+use support::process::{self, saga, state, step, until, wait, Coordinator};
 
 async fn coordinator(db: &TestDb, id: &str, extra: &[&str]) -> Coordinator {
     process::coordinator(&db.url, id, extra, &[]).await
-}
-
-fn step(name: &str, endpoint: &str, action: &str, compensate: &str) -> SagaStep {
-    SagaStep {
-        name: name.into(),
-        endpoint: endpoint.into(),
-        action: action.into(),
-        compensate: compensate.into(),
-        stage: 0,
-        ..Default::default()
-    }
-}
-
-/// Steps in consecutive stages.
-fn saga(steps: Vec<SagaStep>) -> StartRequest {
-    let steps = steps
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| SagaStep {
-            stage: i as u32,
-            ..s
-        })
-        .collect();
-    StartRequest {
-        definition: Some(proto::start_request::Definition::Saga(Saga { steps })),
-        ..Default::default()
-    }
 }
 
 fn with_payload(mut s: SagaStep, json: serde_json::Value) -> SagaStep {

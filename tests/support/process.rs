@@ -159,3 +159,32 @@ pub async fn until(what: &str, mut pred: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// A saga step calling `endpoint` directly (stage 0; [`saga`] spreads steps over stages).
+pub fn step(name: &str, endpoint: &str, action: &str, compensate: &str) -> baton::proto::SagaStep {
+    baton::proto::SagaStep {
+        name: name.into(),
+        endpoint: endpoint.into(),
+        action: action.into(),
+        compensate: compensate.into(),
+        ..Default::default()
+    }
+}
+
+/// A `Start` of a saga with `steps` in consecutive stages.
+pub fn saga(steps: Vec<baton::proto::SagaStep>) -> baton::proto::StartRequest {
+    let steps = steps
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| baton::proto::SagaStep {
+            stage: i as u32,
+            ..s
+        })
+        .collect();
+    baton::proto::StartRequest {
+        definition: Some(baton::proto::start_request::Definition::Saga(
+            baton::proto::Saga { steps },
+        )),
+        ..Default::default()
+    }
+}
