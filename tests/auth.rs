@@ -390,8 +390,21 @@ async fn refused_calls_change_nothing() {
     })
     .await;
 
-    let before = snapshot(&mut c).await;
+    // The driver holds the gated step's `sent` event for up to --progress-flush-ms before it
+    // reaches the log; take the snapshot once it is there, so only a refused call could move it.
+    let mut before = snapshot(&mut c).await;
+    for _ in 0..500 {
+        if before.iter().any(|(id, _, events)| *id == running && *events >= 2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        before = snapshot(&mut c).await;
+    }
     assert_eq!(before.len(), 2);
+    assert!(
+        before.iter().any(|(id, _, events)| *id == running && *events >= 2),
+        "the gated step's send never reached the log: {before:?}"
+    );
     for token in [None, Some(WRONG), Some(OPS), Some(SVC)] {
         let err = c
             .start(req(saga(&endpoint, "ok", ""), token))
