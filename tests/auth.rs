@@ -394,7 +394,10 @@ async fn refused_calls_change_nothing() {
     // reaches the log; take the snapshot once it is there, so only a refused call could move it.
     let mut before = snapshot(&mut c).await;
     for _ in 0..500 {
-        if before.iter().any(|(id, _, events)| *id == running && *events >= 2) {
+        if before
+            .iter()
+            .any(|(id, _, events)| *id == running && *events >= 2)
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -402,7 +405,9 @@ async fn refused_calls_change_nothing() {
     }
     assert_eq!(before.len(), 2);
     assert!(
-        before.iter().any(|(id, _, events)| *id == running && *events >= 2),
+        before
+            .iter()
+            .any(|(id, _, events)| *id == running && *events >= 2),
         "the gated step's send never reached the log: {before:?}"
     );
     for token in [None, Some(WRONG), Some(OPS), Some(SVC)] {

@@ -1200,6 +1200,77 @@ async fn pg_unknown_state_text_is_corrupt() {
     ));
 }
 
+/// A statement first planned while the table was nearly empty must not go on scanning the table
+/// once it has grown: PostgreSQL's default switches a prepared statement to a generic plan after
+/// five runs, and on a new database that plan joined the fenced UPDATE to a sequential scan of
+/// `baton_transactions`, so every write read the whole table. The log plans each execution for
+/// its parameters, which finds the rows by key.
+#[tokio::test]
+async fn pg_fenced_update_stays_a_key_lookup_as_the_table_grows() {
+    use sqlx::Connection;
+    let db = support::db::fresh_database().await;
+    // One connection: the statements below all run on the one whose plans are cached.
+    let options = StoreOptions {
+        max_connections: 1,
+        ..Default::default()
+    };
+    let log = PgLog::connect(&db.url, &options).await.expect("connect");
+    log.migrate().await.expect("migrate");
+    let mut rec = create(&log, new_tx("c1", TxState::Running)).await;
+    for _ in 0..10 {
+        assert_eq!(
+            apply_one(&log, update_of(&rec)).await,
+            WriteOutcome::Updated
+        );
+        rec = get(&log, rec.id).await;
+    }
+
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query(
+        "INSERT INTO baton_transactions (id, kind, state, definition)
+         SELECT gen_random_uuid(), 'saga', 'committed', '{}' FROM generate_series(1, 20000)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("grow the table");
+    // A backend publishes its table statistics when it goes idle, at most once a second; a
+    // statement more than a second after its last flush publishes everything before it.
+    flushed(&log, rec.id).await;
+    let before = scans(&mut conn).await;
+
+    const UPDATES: i64 = 20;
+    for _ in 0..UPDATES {
+        assert_eq!(
+            apply_one(&log, update_of(&rec)).await,
+            WriteOutcome::Updated
+        );
+    }
+    flushed(&log, rec.id).await;
+    let after = scans(&mut conn).await;
+    assert_eq!(
+        after.0, before.0,
+        "the fenced update scanned the whole table ({before:?} -> {after:?} sequential, index scans)"
+    );
+    assert!(after.1 >= before.1 + UPDATES, "{before:?} -> {after:?}");
+}
+
+/// Waits a second, then reads through `log`, whose backend thereby publishes its statistics.
+async fn flushed(log: &PgLog, id: TxId) {
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    get(log, id).await;
+}
+
+/// Sequential and index scans of `baton_transactions` so far, as the statistics view shows them.
+async fn scans(conn: &mut sqlx::PgConnection) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables
+         WHERE relname = 'baton_transactions'",
+    )
+    .fetch_one(conn)
+    .await
+    .expect("table statistics")
+}
+
 #[tokio::test]
 async fn sqlite_unknown_state_text_is_corrupt() {
     use sqlx::Connection;

@@ -5,10 +5,11 @@
 //! transactions and its updates, with rows bound as arrays (see `batch`); a batch the set form
 //! cannot express is applied one statement per write.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
@@ -38,13 +39,24 @@ const PARTICIPANT_COLUMNS: &str = "service, endpoint, weight, zone, expires_at";
 impl PgLog {
     /// Opens a connection pool; the schema is left alone until [`TxLog::migrate`].
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        // Plan every execution of a prepared statement for its own parameters. The log's
+        // statements are prepared once per connection, and PostgreSQL's default switches a
+        // statement to a generic plan after five runs; on a new database that plan is made while
+        // the tables are empty, so the fenced UPDATE joined its UNNEST to a sequential scan of
+        // `baton_transactions` and every write then read the whole table until an autovacuum
+        // happened to invalidate it (the bench's throughput fell run after run). A custom plan
+        // sees the table's current size and looks rows up by key. It costs a planning pass per
+        // statement, which group commit shares across a batch.
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(db_err)?
+            .options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             // No ping round trip before every use: a broken connection fails its statement,
             // which callers already treat as transient (the pool then replaces it).
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_millis(options.acquire_timeout_ms))
-            .connect(url)
+            .connect_with(connect)
             .await
             .map_err(db_err)?;
         Ok(PgLog { pool })
