@@ -389,7 +389,13 @@ async fn metrics_parse_as_prometheus_text_and_move_when_sagas_run() {
     let db = fresh_database().await;
     let (participant, _seen) = recording_participant(Arc::new(Notify::new())).await;
     let p = participant.endpoint();
-    let co = process::coordinator(&db.url, "obs-1", &["--max-connections", "5"], &[]).await;
+    let co = process::coordinator(
+        &db.url,
+        "obs-1",
+        &["--max-connections", "5", "--log-writers", "2"],
+        &[],
+    )
+    .await;
     let client = Client::connect(co.endpoint.clone()).await.unwrap();
 
     let before = scrape(&co.http).await;
@@ -466,11 +472,11 @@ async fn metrics_parse_as_prometheus_text_and_move_when_sagas_run() {
         after.value("baton_log_batch_size_count", &[]),
         after.value("baton_log_batches_total", &[])
     );
-    // The pool gauges describe the configured pool.
-    assert_eq!(after.value("baton_db_pool_max_connections", &[]), 5.0);
+    // The pool gauges describe the configured pools: 5 connections, plus one per log writer.
+    assert_eq!(after.value("baton_db_pool_max_connections", &[]), 7.0);
     let open = after.value("baton_db_pool_connections", &[("state", "idle")])
         + after.value("baton_db_pool_connections", &[("state", "in_use")]);
-    assert!((1.0..=5.0).contains(&open), "{open} connections open");
+    assert!((2.0..=7.0).contains(&open), "{open} connections open");
     participant.shutdown().await;
 }
 

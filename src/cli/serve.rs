@@ -84,7 +84,8 @@ pub struct ServeArgs {
     /// [default: 10000].
     #[arg(long, env = "BATON_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
-    /// Log writer tasks committing batches in parallel [default: 4 on PostgreSQL, 1 on SQLite].
+    /// Log writer tasks committing batches in parallel, each on a database connection of its own
+    /// [default: 4 on PostgreSQL, 1 on SQLite].
     #[arg(long, env = "BATON_LOG_WRITERS")]
     pub log_writers: Option<usize>,
     /// How long a transaction's progress may wait before it is queued to the log, in ms (at most
@@ -92,7 +93,7 @@ pub struct ServeArgs {
     /// a 2PC decision and answers to callers are always written at once [default: 100].
     #[arg(long, env = "BATON_PROGRESS_FLUSH_MS")]
     pub progress_flush_ms: Option<u64>,
-    /// Database connections [default: 16].
+    /// Database connections for everything but log writes [default: 16].
     #[arg(long, env = "BATON_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
     /// A participant endpoint configured statically, as service=http://host:port (repeatable;
@@ -330,6 +331,14 @@ impl ServeArgs {
                 store::MAX_PURGE_BATCH
             ),
         };
+        let log_writers = args
+            .log_writers
+            .unwrap_or(if database_url.starts_with("sqlite") {
+                1
+            } else {
+                4
+            })
+            .clamp(1, 64);
         Ok(ServeConfig {
             listen,
             http_listen,
@@ -339,6 +348,8 @@ impl ServeArgs {
                     .max_connections
                     .unwrap_or(StoreOptions::default().max_connections)
                     .max(1),
+                // Each log writer holds one connection of its own.
+                write_connections: log_writers as u32,
                 ..StoreOptions::default()
             },
             migrate: !args.no_migrate.unwrap_or(false),
@@ -352,14 +363,7 @@ impl ServeArgs {
                 ),
                 default_retry,
                 max_inflight: args.max_inflight.unwrap_or(defaults.max_inflight).max(1),
-                log_writers: args
-                    .log_writers
-                    .unwrap_or(if database_url.starts_with("sqlite") {
-                        1
-                    } else {
-                        4
-                    })
-                    .clamp(1, 64),
+                log_writers,
                 lease: args
                     .lease_ms
                     .map(Duration::from_millis)

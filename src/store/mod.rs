@@ -328,8 +328,11 @@ pub struct PoolStats {
 /// Options for opening a store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// Connections in the pool (PostgreSQL); SQLite uses its own small pool.
+    /// Connections in the pool for reads, claims and everything but log writes (PostgreSQL);
+    /// SQLite uses its own small pool.
     pub max_connections: u32,
+    /// Connections of the log writers' own pool (PostgreSQL): one per log writer.
+    pub write_connections: u32,
     /// How long to wait for a connection before reporting the database unavailable.
     pub acquire_timeout_ms: u64,
 }
@@ -338,6 +341,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             max_connections: 16,
+            write_connections: 4,
             acquire_timeout_ms: 5_000,
         }
     }

@@ -25,6 +25,8 @@ mod batch;
 /// The PostgreSQL log.
 pub struct PgLog {
     pub(crate) pool: sqlx::PgPool,
+    /// The log writers' connections, used by [`TxLog::apply`] only.
+    writes: sqlx::PgPool,
 }
 
 /// The transaction columns every read selects, in the order [`raw_tx`] decodes them.
@@ -37,29 +39,42 @@ const BRANCH_COLUMNS: &str = "tx_id, idx, name, state, attempts, output, last_er
 const PARTICIPANT_COLUMNS: &str = "service, endpoint, weight, zone, expires_at";
 
 impl PgLog {
-    /// Opens a connection pool; the schema is left alone until [`TxLog::migrate`].
+    /// Opens its two connection pools, one for the log writers and one for everything else;
+    /// the schema is left alone until [`TxLog::migrate`].
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
-        // Plan every execution of a prepared statement for its own parameters. The log's
-        // statements are prepared once per connection, and PostgreSQL's default switches a
-        // statement to a generic plan after five runs; on a new database that plan is made while
-        // the tables are empty, so the fenced UPDATE joined its UNNEST to a sequential scan of
-        // `baton_transactions` and every write then read the whole table until an autovacuum
-        // happened to invalidate it (the bench's throughput fell run after run). A custom plan
-        // sees the table's current size and looks rows up by key. It costs a planning pass per
-        // statement, which group commit shares across a batch.
-        let connect = PgConnectOptions::from_str(url)
-            .map_err(db_err)?
-            .options([("plan_cache_mode", "force_custom_plan")]);
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            // No ping round trip before every use: a broken connection fails its statement,
-            // which callers already treat as transient (the pool then replaces it).
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_millis(options.acquire_timeout_ms))
-            .connect_with(connect)
+        let connect = PgConnectOptions::from_str(url).map_err(db_err)?;
+        let pool = |size: u32, connect: PgConnectOptions| {
+            PgPoolOptions::new()
+                .max_connections(size.max(1))
+                // No ping round trip before every use: a broken connection fails its statement,
+                // which callers already treat as transient (the pool then replaces it).
+                .test_before_acquire(false)
+                .acquire_timeout(Duration::from_millis(options.acquire_timeout_ms))
+                .connect_with(connect)
+        };
+        // Everything but log writes is planned for its own parameters on every execution.
+        // PostgreSQL's default switches a prepared statement to a generic plan after five runs,
+        // and on a new database that plan is made while the tables are nearly empty: a scan
+        // that was right for ten rows then stays cached while the table grows. Reads, claims
+        // and listings are few enough to pay a planning pass each.
+        let reads = pool(
+            options.max_connections,
+            connect
+                .clone()
+                .options([("plan_cache_mode", "force_custom_plan")]),
+        )
+        .await
+        .map_err(db_err)?;
+        // The log writers' statements run on every commit and keep their generic plans (a
+        // custom plan of the fenced update costs 0.13 ms, ten times its generic one); they are
+        // written so that plan is a key lookup at any table size (see `batch`).
+        let writes = pool(options.write_connections, connect)
             .await
             .map_err(db_err)?;
-        Ok(PgLog { pool })
+        Ok(PgLog {
+            pool: reads,
+            writes,
+        })
     }
 
     /// Attaches the branches of `rows` (read in one query) to them.
@@ -164,11 +179,11 @@ impl TxLog for PgLog {
             Some(plan) => {
                 let mut found = vec![None; batch.len()];
                 if plan.statements() > 1 {
-                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    let mut tx = self.writes.begin().await.map_err(db_err)?;
                     batch::apply(&mut tx, plan, &mut found).await?;
                     tx.commit().await.map_err(db_err)?;
                 } else {
-                    let mut conn = self.pool.acquire().await.map_err(db_err)?;
+                    let mut conn = self.writes.acquire().await.map_err(db_err)?;
                     batch::apply(&mut conn, plan, &mut found).await?;
                 }
                 outcomes_of(found)
@@ -176,7 +191,7 @@ impl TxLog for PgLog {
             // One write at a time, in order, in one database transaction: each is a batch of
             // one, which always plans.
             None => {
-                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let mut tx = self.writes.begin().await.map_err(db_err)?;
                 let mut found = vec![None; batch.len()];
                 for (i, write) in batch.iter().enumerate() {
                     let one = std::slice::from_ref(write);
@@ -551,10 +566,17 @@ impl TxLog for PgLog {
     }
 
     fn pool_stats(&self) -> Option<super::PoolStats> {
+        let pools = [&self.pool, &self.writes];
         Some(super::PoolStats {
-            size: self.pool.size(),
-            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
-            max: self.pool.options().get_max_connections(),
+            size: pools.iter().map(|p| p.size()).sum(),
+            idle: pools
+                .iter()
+                .map(|p| u32::try_from(p.num_idle()).unwrap_or(u32::MAX))
+                .fold(0, u32::saturating_add),
+            max: pools
+                .iter()
+                .map(|p| p.options().get_max_connections())
+                .sum(),
         })
     }
 }

@@ -9,6 +9,15 @@
 //! back to back are folded into one ([`TxUpdate::absorb`]), which applies the same rows; a batch
 //! that cannot be planned that way (a create and an update of one transaction, or updates that do
 //! not follow each other) returns `None` and is applied one write at a time instead.
+//!
+//! These statements run on the writers' connections with PostgreSQL's default plan caching, so
+//! after five runs each keeps a generic plan, usually made while a new database is nearly
+//! empty. Each is written so that plan reaches existing rows by key whatever the table's size.
+//! A statement that joins a table to an `UNNEST` reads the `UNNEST` through
+//! `LIMIT cardinality(…)`, which keeps every row but makes the planner expect one. A nested loop
+//! over the primary key is then the cheapest plan even for an empty table, and it stays right as
+//! the table grows. Without the `LIMIT`, the join over a near-empty table was planned as a hash
+//! join over a sequential scan, and every later write read the whole table.
 
 use std::collections::{HashMap, HashSet};
 
@@ -193,7 +202,9 @@ async fn create_all(
     // A separate statement, so that it sees rows another transaction committed while the insert
     // waited on their keys.
     let existing: Vec<(String, Uuid)> = sqlx::query_as(
-        "SELECT idempotency_key, id FROM baton_transactions WHERE idempotency_key = ANY($1)",
+        "SELECT t.idempotency_key, t.id
+         FROM (SELECT * FROM UNNEST($1::text[]) AS k(key) LIMIT cardinality($1::text[])) AS k
+         JOIN baton_transactions t ON t.idempotency_key = k.key",
     )
     .bind(&missing)
     .fetch_all(&mut *conn)
@@ -268,10 +279,12 @@ async fn update_all(
                 cancel_requested = u.cancel_requested,
                 owner = CASE WHEN u.release THEN NULL ELSE t.owner END,
                 last_seq = GREATEST(t.last_seq, u.max_seq), updated_at = now()
-            FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
-                        $6::bigint[], $7::text[], $8::bool[], $9::bool[], $10::bigint[])
-                AS u(id, owner, epoch, expected, state, stage, last_error, cancel_requested,
-                     release, max_seq)
+            FROM (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[],
+                        $5::text[], $6::bigint[], $7::text[], $8::bool[], $9::bool[],
+                        $10::bigint[])
+                    AS u(id, owner, epoch, expected, state, stage, last_error,
+                         cancel_requested, release, max_seq)
+                  LIMIT cardinality($1::uuid[])) AS u
             WHERE t.id = u.id AND t.owner = u.owner AND t.epoch = u.epoch
               AND t.last_seq = u.expected
             RETURNING t.id, u.owner, u.epoch
