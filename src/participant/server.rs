@@ -77,14 +77,7 @@ impl Participant {
         self,
         addr: impl ToSocketAddrs + ToString,
     ) -> Result<ServerHandle, ServeError> {
-        let shown = addr.to_string();
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: shown,
-                source,
-            })?;
-        self.serve_with_listener(listener)
+        self.serve_with_listener(bind(addr).await?)
     }
 
     /// Like [`serve`](Participant::serve), over TLS (mutual TLS with a client CA): the
@@ -96,14 +89,7 @@ impl Participant {
         tls: &ServerTls,
     ) -> Result<ServerHandle, ServeError> {
         let tls = tls.start().await?;
-        let shown = addr.to_string();
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: shown,
-                source,
-            })?;
-        self.spawn(listener, Some(tls))
+        self.spawn(bind(addr).await?, Some(tls))
     }
 
     /// Serve the handlers on a listener the caller bound already.
@@ -159,6 +145,17 @@ impl Participant {
             tls: secure,
         })
     }
+}
+
+/// Binds `addr`, naming it in the error.
+async fn bind(addr: impl ToSocketAddrs + ToString) -> Result<TcpListener, ServeError> {
+    let shown = addr.to_string();
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: shown,
+            source,
+        })
 }
 
 impl ServerHandle {
