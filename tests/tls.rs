@@ -150,13 +150,7 @@ async fn https_get(addr: std::net::SocketAddr, ca: &Path, path: &str) -> (u16, S
     let mut text = String::new();
     // The server may close without close_notify; what arrived before is what counts.
     let _ = stream.read_to_string(&mut text).await;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
+    support::process::http_response(&text)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -140,7 +140,12 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
         .expect("send");
     let mut text = String::new();
     stream.read_to_string(&mut text).await.expect("read");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    http_response(&text)
+}
+
+/// The status code and body of an HTTP/1 response (status 0 when there is none).
+pub fn http_response(text: &str) -> (u16, String) {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
     let status = head
         .split_whitespace()
         .nth(1)
