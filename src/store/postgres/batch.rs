@@ -22,7 +22,9 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryScalar;
+use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
 use super::super::{db_err, to_i64, LogWrite, NewTx, StoreError, TxUpdate, WriteOutcome};
@@ -178,12 +180,7 @@ async fn create_all(
     .bind(&b_tx)
     .bind(&b_idx)
     .bind(&b_name)
-    .bind(&events.tx)
-    .bind(&events.seq)
-    .bind(&events.at)
-    .bind(&events.kind)
-    .bind(&events.branch)
-    .bind(&events.detail)
+    .bind_events(&events)
     .fetch_all(&mut *conn)
     .await
     .map_err(db_err)?;
@@ -328,12 +325,7 @@ async fn update_all(
     .bind(&b_output)
     .bind(&b_error)
     .bind(&b_done)
-    .bind(&events.tx)
-    .bind(&events.seq)
-    .bind(&events.at)
-    .bind(&events.kind)
-    .bind(&events.branch)
-    .bind(&events.detail)
+    .bind_events(&events)
     .fetch_all(&mut *conn)
     .await
     .map_err(db_err)?;
@@ -360,6 +352,22 @@ struct Events<'a> {
     kind: Vec<&'a str>,
     branch: Vec<Option<i64>>,
     detail: Vec<&'a str>,
+}
+
+/// Binds an [`Events`]' arrays as the next six parameters of a statement.
+trait BindEvents<'q> {
+    fn bind_events(self, events: &'q Events<'_>) -> Self;
+}
+
+impl<'q> BindEvents<'q> for QueryScalar<'q, Postgres, Uuid, PgArguments> {
+    fn bind_events(self, events: &'q Events<'_>) -> Self {
+        self.bind(&events.tx)
+            .bind(&events.seq)
+            .bind(&events.at)
+            .bind(&events.kind)
+            .bind(&events.branch)
+            .bind(&events.detail)
+    }
 }
 
 impl<'a> Events<'a> {
