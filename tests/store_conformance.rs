@@ -67,6 +67,7 @@ conformance!(
     purge_deletes_only_old_finished_transactions,
     purge_takes_the_oldest_in_batches,
     batches_of_many_writes_apply_as_if_one_by_one,
+    unchanged_branches_read_back_pending,
 );
 
 // ---- fixtures ----
@@ -253,6 +254,46 @@ async fn idempotency_key_returns_existing(log: &dyn TxLog) {
     // Transactions without a key never collide.
     create(log, new_tx("c1", TxState::Running)).await;
     create(log, new_tx("c1", TxState::Running)).await;
+}
+
+/// A branch row is written when its branch first changes; until then the branch reads back as
+/// pending, in its place among the branches that have rows.
+async fn unchanged_branches_read_back_pending(log: &dyn TxLog) {
+    let mut new = new_tx("c1", TxState::Running);
+    new.definition = saga(&["reserve", "charge", "ship"]);
+    let rec = create(log, new).await;
+    let pending = |index: u32, name: &str| BranchRecord {
+        index,
+        name: name.into(),
+        status: StepStatus::Pending,
+        attempts: 0,
+        output: None,
+        last_error: None,
+        done_order: None,
+    };
+    assert_eq!(
+        rec.branches,
+        [
+            pending(0, "reserve"),
+            pending(1, "charge"),
+            pending(2, "ship")
+        ]
+    );
+    let mut up = update_of(&rec);
+    up.branches = vec![BranchRecord {
+        status: StepStatus::Running,
+        attempts: 1,
+        ..pending(1, "charge")
+    }];
+    assert_eq!(apply_one(log, up).await, WriteOutcome::Updated);
+    let after = get(log, rec.id).await;
+    assert_eq!(after.branches.len(), 3);
+    assert_eq!(after.branches[0], pending(0, "reserve"));
+    assert_eq!(
+        (after.branches[1].index, after.branches[1].status),
+        (1, StepStatus::Running)
+    );
+    assert_eq!(after.branches[2], pending(2, "ship"));
 }
 
 async fn update_applies_and_appends_events(log: &dyn TxLog) {
@@ -1186,11 +1227,14 @@ async fn pg_unknown_state_text_is_corrupt() {
         .execute(&mut conn)
         .await
         .expect("repair the row");
-    sqlx::query("UPDATE baton_branches SET state = 'melted' WHERE tx_id = $1")
-        .bind(rec.id.0)
-        .execute(&mut conn)
-        .await
-        .expect("corrupt the branch");
+    // A branch row is written when its branch first changes; write one with a bad state.
+    sqlx::query(
+        "INSERT INTO baton_branches (tx_id, idx, name, state) VALUES ($1, 0, 'a', 'melted')",
+    )
+    .bind(rec.id.0)
+    .execute(&mut conn)
+    .await
+    .expect("corrupt the branch");
     assert!(matches!(
         log.get(rec.id).await,
         Err(StoreError::Corrupt {

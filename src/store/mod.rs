@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    BranchRecord, CoordinatorRecord, Definition, EventRecord, ParticipantRecord, TxId, TxRecord,
-    TxState,
+    BranchRecord, CoordinatorRecord, Definition, EventRecord, ParticipantRecord, StepStatus, TxId,
+    TxRecord, TxState,
 };
 
 pub mod postgres;
@@ -137,7 +137,50 @@ impl TxUpdate {
         }
         self.events.extend(later.events);
     }
+
+    /// Drops each call's `<phase>_sent` event that a later event of this write answers (the
+    /// same branch's `<phase>_ok`, `_failed` or `_error`), then numbers the history again from
+    /// `expected_last_seq + 1`. The answer names the attempt, so the history loses only the
+    /// time the call left; a `sent` event reaches the log for a call still in flight when its
+    /// progress is written, which is when an operator needs it. Used on progress that is held
+    /// before it is queued, never on a write already queued (its numbering is fixed then).
+    pub fn fold_answered_calls(&mut self) {
+        let mut kept: Vec<NewEvent> = Vec::with_capacity(self.events.len());
+        for event in self.events.drain(..) {
+            if let (Some(phase), Some(branch)) = (answered_phase(&event.kind), event.branch) {
+                // The latest kept event of this call, if it is the send this answers.
+                let call = kept
+                    .iter()
+                    .rposition(|e| e.branch == Some(branch) && phase_of(&e.kind) == Some(phase));
+                if let Some(at) = call.filter(|&at| kept[at].kind.ends_with("_sent")) {
+                    kept.remove(at);
+                }
+            }
+            kept.push(event);
+        }
+        for (i, event) in kept.iter_mut().enumerate() {
+            event.seq = self.expected_last_seq + 1 + i as u64;
+        }
+        self.events = kept;
+    }
 }
+
+/// The call phase an event answers (`execute` for `execute_ok`), if it is a call's answer.
+fn answered_phase(kind: &str) -> Option<&str> {
+    ["_ok", "_failed", "_error"]
+        .iter()
+        .find_map(|suffix| kind.strip_suffix(suffix))
+        .filter(|phase| CALL_PHASES.contains(phase))
+}
+
+/// The call phase of a call's event (`execute` for `execute_sent` or `execute_ok`).
+fn phase_of(kind: &str) -> Option<&str> {
+    let (phase, _) = kind.rsplit_once('_')?;
+    CALL_PHASES.contains(&phase).then_some(phase)
+}
+
+/// The phases whose calls are noted as sent and then answered.
+const CALL_PHASES: [&str; 5] = ["execute", "compensate", "prepare", "commit", "abort"];
 
 /// An event not yet written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -494,9 +537,41 @@ fn assemble(txs: Vec<RawTx>, branches: Vec<RawBranch>) -> Result<Vec<TxRecord>, 
     for record in &mut records {
         let mut own = by_tx.remove(&record.id).unwrap_or_default();
         own.sort_by_key(|b| b.index);
-        record.branches = own;
+        record.branches = with_pending(&record.definition, own);
     }
     Ok(records)
+}
+
+/// A transaction's branches, with a pending one for every branch of its definition that has no
+/// row: a branch row is written when its branch first changes, not when the transaction is
+/// created, which saves a saga's creation one row per step.
+fn with_pending(definition: &Definition, rows: Vec<BranchRecord>) -> Vec<BranchRecord> {
+    let names = definition.branch_names();
+    if rows.len() >= names.len() {
+        return rows;
+    }
+    let mut rows = rows.into_iter().peekable();
+    let mut all = Vec::with_capacity(names.len());
+    for (index, name) in names.into_iter().enumerate() {
+        let index = index as u32;
+        while let Some(row) = rows.next_if(|b| b.index < index) {
+            all.push(row);
+        }
+        match rows.next_if(|b| b.index == index) {
+            Some(row) => all.push(row),
+            None => all.push(BranchRecord {
+                index,
+                name: name.to_string(),
+                status: StepStatus::Pending,
+                attempts: 0,
+                output: None,
+                last_error: None,
+                done_order: None,
+            }),
+        }
+    }
+    all.extend(rows);
+    all
 }
 
 /// The event row decoded; `at` and ids are already typed by the backend.
@@ -540,4 +615,94 @@ fn age_ms(age: Duration) -> i64 {
             .unwrap_or(u64::MAX)
             .min(CAP_MS),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(expected_last_seq: u64, events: &[(&str, Option<u32>)]) -> TxUpdate {
+        TxUpdate {
+            id: TxId::new(),
+            owner: "c1".into(),
+            epoch: 1,
+            expected_last_seq,
+            state: TxState::Running,
+            stage: 0,
+            last_error: None,
+            cancel_requested: false,
+            release: false,
+            branches: Vec::new(),
+            events: events
+                .iter()
+                .enumerate()
+                .map(|(i, &(kind, branch))| NewEvent {
+                    seq: expected_last_seq + 1 + i as u64,
+                    at: Utc::now(),
+                    kind: kind.into(),
+                    branch,
+                    detail: format!("event {i}"),
+                })
+                .collect(),
+        }
+    }
+
+    fn kinds(up: &TxUpdate) -> Vec<(u64, &str, Option<u32>)> {
+        up.events
+            .iter()
+            .map(|e| (e.seq, e.kind.as_str(), e.branch))
+            .collect()
+    }
+
+    #[test]
+    fn an_answered_call_keeps_only_its_answer() {
+        let mut up = update(
+            1,
+            &[
+                ("execute_sent", Some(0)),
+                ("execute_ok", Some(0)),
+                ("execute_sent", Some(1)),
+                ("execute_error", Some(1)),
+                ("execute_sent", Some(1)),
+                ("execute_sent", Some(2)),
+                ("execute_ok", Some(1)),
+            ],
+        );
+        up.fold_answered_calls();
+        assert_eq!(
+            kinds(&up),
+            [
+                (2, "execute_ok", Some(0)),
+                (3, "execute_error", Some(1)),
+                (4, "execute_sent", Some(2)),
+                (5, "execute_ok", Some(1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_the_same_phase_and_branch_answer_a_send() {
+        let mut up = update(
+            4,
+            &[
+                ("prepare_sent", Some(0)),
+                ("commit_ok", Some(0)),
+                ("compensate_sent", Some(1)),
+                ("execute_failed", Some(1)),
+                ("commit_sent", None),
+                ("commit_ok", None),
+                ("committed", None),
+            ],
+        );
+        let before = kinds(&up)
+            .into_iter()
+            .map(|(seq, kind, branch)| (seq, kind.to_string(), branch))
+            .collect::<Vec<_>>();
+        up.fold_answered_calls();
+        let after = kinds(&up)
+            .into_iter()
+            .map(|(seq, kind, branch)| (seq, kind.to_string(), branch))
+            .collect::<Vec<_>>();
+        assert_eq!(after, before);
+    }
 }

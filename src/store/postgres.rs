@@ -173,19 +173,12 @@ impl TxLog for PgLog {
 
     async fn apply(&self, batch: &[LogWrite]) -> Result<Vec<WriteOutcome>, StoreError> {
         match batch::plan(batch) {
-            // At most two statements for the whole batch. One statement is atomic by itself, so
-            // a batch of only new transactions or only updates needs no BEGIN and COMMIT round
+            // One statement for the whole batch, atomic by itself: no BEGIN and COMMIT round
             // trips around it.
             Some(plan) => {
                 let mut found = vec![None; batch.len()];
-                if plan.statements() > 1 {
-                    let mut tx = self.writes.begin().await.map_err(db_err)?;
-                    batch::apply(&mut tx, plan, &mut found).await?;
-                    tx.commit().await.map_err(db_err)?;
-                } else {
-                    let mut conn = self.writes.acquire().await.map_err(db_err)?;
-                    batch::apply(&mut conn, plan, &mut found).await?;
-                }
+                let mut conn = self.writes.acquire().await.map_err(db_err)?;
+                batch::apply(&mut conn, plan, &mut found).await?;
                 outcomes_of(found)
             }
             // One write at a time, in order, in one database transaction: each is a batch of
@@ -544,25 +537,34 @@ impl TxLog for PgLog {
         }
         // One statement, one transaction. SKIP LOCKED keeps concurrent sweepers (other
         // coordinators, `baton tx purge`) from queueing behind each other; final rows are never
-        // written by the hot path, so nothing there waits on these locks. Branches, events and
-        // cancel requests go with the row (ON DELETE CASCADE).
-        let done = sqlx::query(&format!(
-            "DELETE FROM baton_transactions
-             WHERE id IN (
-                SELECT id FROM baton_transactions
-                WHERE state IN {FINAL_SQL}
-                  AND updated_at < now() - $1 * interval '1 millisecond'
-                ORDER BY updated_at
-                LIMIT $2
-                FOR UPDATE SKIP LOCKED)
-               AND state IN {FINAL_SQL}"
+        // written by the hot path, so nothing there waits on these locks. Branches and events
+        // have no foreign keys (migration 0005) and are deleted with their transaction in the
+        // same statement; cancel requests go with the row (ON DELETE CASCADE).
+        let done: i64 = sqlx::query_scalar(&format!(
+            "WITH gone AS (
+                DELETE FROM baton_transactions
+                WHERE id IN (
+                    SELECT id FROM baton_transactions
+                    WHERE state IN {FINAL_SQL}
+                      AND updated_at < now() - $1 * interval '1 millisecond'
+                    ORDER BY updated_at
+                    LIMIT $2
+                    FOR UPDATE SKIP LOCKED)
+                  AND state IN {FINAL_SQL}
+                RETURNING id
+            ), branches AS (
+                DELETE FROM baton_branches WHERE tx_id IN (SELECT id FROM gone)
+            ), events AS (
+                DELETE FROM baton_events WHERE tx_id IN (SELECT id FROM gone)
+            )
+            SELECT count(*) FROM gone"
         ))
         .bind(age_ms(older_than))
         .bind(i64::from(batch.min(MAX_PURGE_BATCH)))
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await
         .map_err(db_err)?;
-        Ok(done.rows_affected())
+        Ok(u64::try_from(done).unwrap_or(0))
     }
 
     fn pool_stats(&self) -> Option<super::PoolStats> {

@@ -123,17 +123,7 @@ impl SqliteLog {
                     .map_err(db_err)?;
             return Ok(WriteOutcome::Existing(parse_id(&existing)?));
         }
-        for (index, name) in new.definition.branch_names().into_iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO baton_branches (tx_id, idx, name, state) VALUES (?, ?, ?, 'pending')",
-            )
-            .bind(&id)
-            .bind(index as i64)
-            .bind(name)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
-        }
+        // Branch rows are written when a branch first changes; pending ones are implied.
         insert_events(conn, &id, (&new.owner, new.epoch), &new.events).await?;
         Ok(WriteOutcome::Created)
     }

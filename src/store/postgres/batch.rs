@@ -1,19 +1,20 @@
-//! A group-commit batch as two statements: every new transaction of the batch in one, every
-//! update in another, with the rows bound as arrays and spread by `UNNEST`.
+//! A group-commit batch as one statement: every new transaction and every update of the batch,
+//! with the rows bound as arrays and spread by `UNNEST`.
 //!
-//! Statement count per batch is what bounds the log writer at high concurrency: a batch of 40
-//! writes applied one statement at a time costs 40 round trips and 40 executor start-ups inside
-//! one database transaction. The set form costs two, whatever the batch size.
+//! Statements per batch are what bound the log writer: a batch of 40 writes applied one
+//! statement at a time costs 40 round trips and 40 executor start-ups inside one database
+//! transaction. The set form costs one round trip and one commit, whatever the batch size, and
+//! being one statement it needs no BEGIN and COMMIT round trips either.
 //!
-//! It requires each transaction to appear once per statement. Updates of one transaction queued
+//! It requires each transaction to appear once in the statement. Updates of one transaction queued
 //! back to back are folded into one ([`TxUpdate::absorb`]), which applies the same rows; a batch
 //! that cannot be planned that way (a create and an update of one transaction, or updates that do
 //! not follow each other) returns `None` and is applied one write at a time instead.
 //!
-//! These statements run on the writers' connections with PostgreSQL's default plan caching, so
-//! after five runs each keeps a generic plan, usually made while a new database is nearly
-//! empty. Each is written so that plan reaches existing rows by key whatever the table's size.
-//! A statement that joins a table to an `UNNEST` reads the `UNNEST` through
+//! The statement runs on the writers' connections with PostgreSQL's default plan caching, so
+//! after five runs it keeps a generic plan, usually made while a new database is nearly
+//! empty. It is written so that plan reaches existing rows by key whatever the table's size.
+//! Where it joins a table to an `UNNEST` it reads the `UNNEST` through
 //! `LIMIT cardinality(…)`, which keeps every row but makes the planner expect one. A nested loop
 //! over the primary key is then the cheapest plan even for an empty table, and it stays right as
 //! the table grows. Without the `LIMIT`, the join over a near-empty table was planned as a hash
@@ -22,9 +23,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgArguments;
-use sqlx::query::QueryScalar;
-use sqlx::{PgConnection, Postgres};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::super::{db_err, to_i64, LogWrite, NewTx, StoreError, TxUpdate, WriteOutcome};
@@ -75,71 +74,36 @@ pub(super) fn plan(batch: &[LogWrite]) -> Option<Plan<'_>> {
     Some(Plan { creates, updates })
 }
 
-impl Plan<'_> {
-    /// How many writing statements the batch takes (one per kind present).
-    pub(super) fn statements(&self) -> usize {
-        usize::from(!self.creates.is_empty()) + usize::from(!self.updates.is_empty())
-    }
-}
-
-/// Applies a planned batch: inside the caller's database transaction when it takes two
-/// statements, else as one atomic statement.
+/// Applies a planned batch as one statement, atomic by itself (no BEGIN and COMMIT round trips
+/// around it), then looks up the transactions that duplicate idempotency keys name.
 pub(super) async fn apply(
     conn: &mut PgConnection,
     plan: Plan<'_>,
     outcomes: &mut [Option<WriteOutcome>],
 ) -> Result<(), StoreError> {
-    if !plan.creates.is_empty() {
-        create_all(conn, &plan.creates, outcomes).await?;
+    let mut creates = Creates::default();
+    for (_, new) in &plan.creates {
+        creates.push(new)?;
     }
-    if !plan.updates.is_empty() {
-        update_all(conn, &plan.updates, outcomes).await?;
+    let mut updates = Updates::default();
+    for (up, _) in &plan.updates {
+        updates.push(up);
     }
-    Ok(())
-}
-
-async fn create_all(
-    conn: &mut PgConnection,
-    creates: &[(usize, &NewTx)],
-    outcomes: &mut [Option<WriteOutcome>],
-) -> Result<(), StoreError> {
-    let n = creates.len();
-    let mut id = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let mut state = Vec::with_capacity(n);
-    let mut definition = Vec::with_capacity(n);
-    let mut labels = Vec::with_capacity(n);
-    let mut key: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut owner = Vec::with_capacity(n);
-    let mut epoch = Vec::with_capacity(n);
-    let mut deadline: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
-    let mut last_seq = Vec::with_capacity(n);
-    let mut created = Vec::with_capacity(n);
-    let (mut b_tx, mut b_idx, mut b_name) = (Vec::new(), Vec::new(), Vec::new());
     let mut events = Events::default();
-    for (_, new) in creates {
-        id.push(new.id.0);
-        kind.push(new.definition.kind().as_str());
-        state.push(new.state.as_str());
-        definition.push(serde_json::to_string(&new.definition).map_err(encode_err)?);
-        labels.push(serde_json::to_string(&new.labels).map_err(encode_err)?);
-        key.push(new.idempotency_key.as_deref());
-        owner.push(new.owner.as_str());
-        epoch.push(new.epoch);
-        deadline.push(new.deadline_at);
-        last_seq.push(to_i64(new.events.iter().map(|e| e.seq).max().unwrap_or(0)));
-        created.push(new.created_at);
-        for (i, name) in new.definition.branch_names().into_iter().enumerate() {
-            b_tx.push(new.id.0);
-            b_idx.push(i as i64);
-            b_name.push(name.to_string());
-        }
+    for (_, new) in &plan.creates {
         events.extend(new.id, &new.events);
     }
-    // A duplicate idempotency key inserts nothing, and the joins on `tx` then add no branch or
-    // event rows for it.
-    let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "WITH tx AS (
+    for (up, _) in &plan.updates {
+        events.extend(up.id, &up.events);
+    }
+    // The fenced UPDATE gates the branch and event rows of updates: a transaction whose owner,
+    // epoch or history differ matches no row, and the joins on `updated` then write nothing of
+    // it. A duplicate idempotency key inserts nothing, and the join on `created` then adds no
+    // event rows for it. Branch rows are written when a branch first changes (pending ones are
+    // implied by the definition). `plan` keeps every transaction to one of the two lists, so
+    // the sub-statements never touch the same row.
+    let written: Vec<(Uuid, bool)> = sqlx::query_as(
+        "WITH created AS (
             INSERT INTO baton_transactions
                 (id, kind, state, definition, labels, idempotency_key, owner, epoch,
                  deadline_at, last_seq, created_at, updated_at)
@@ -152,42 +116,97 @@ async fn create_all(
                      last_seq, created_at)
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING id, owner, epoch
+        ), updated AS (
+            UPDATE baton_transactions t
+            SET state = u.state, stage = u.stage, last_error = u.last_error,
+                cancel_requested = u.cancel_requested,
+                owner = CASE WHEN u.release THEN NULL ELSE t.owner END,
+                last_seq = GREATEST(t.last_seq, u.max_seq), updated_at = now()
+            FROM (SELECT * FROM UNNEST($12::uuid[], $13::text[], $14::bigint[], $15::bigint[],
+                        $16::text[], $17::bigint[], $18::text[], $19::bool[], $20::bool[],
+                        $21::bigint[])
+                    AS u(id, owner, epoch, expected, state, stage, last_error,
+                         cancel_requested, release, max_seq)
+                  LIMIT cardinality($12::uuid[])) AS u
+            WHERE t.id = u.id AND t.owner = u.owner AND t.epoch = u.epoch
+              AND t.last_seq = u.expected
+            RETURNING t.id, u.owner, u.epoch
         ), branches AS (
-            INSERT INTO baton_branches (tx_id, idx, name, state)
-            SELECT b.tx_id, b.idx, b.name, 'pending'
-            FROM UNNEST($12::uuid[], $13::bigint[], $14::text[]) AS b(tx_id, idx, name)
-            JOIN tx ON tx.id = b.tx_id
+            INSERT INTO baton_branches
+                (tx_id, idx, name, state, attempts, output, last_error, done_order)
+            SELECT b.tx_id, b.idx, b.name, b.state, b.attempts, b.output, b.last_error,
+                   b.done_order
+            FROM UNNEST($22::uuid[], $23::bigint[], $24::text[], $25::text[], $26::bigint[],
+                        $27::bytea[], $28::text[], $29::bigint[])
+                AS b(tx_id, idx, name, state, attempts, output, last_error, done_order)
+            JOIN updated ON updated.id = b.tx_id
+            ON CONFLICT (tx_id, idx) DO UPDATE SET
+                name = excluded.name, state = excluded.state, attempts = excluded.attempts,
+                output = excluded.output, last_error = excluded.last_error,
+                done_order = excluded.done_order
         ), events AS (
             INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail, owner, epoch)
-            SELECT e.tx_id, e.seq, e.at, e.kind, e.branch, e.detail, tx.owner, tx.epoch
-            FROM UNNEST($15::uuid[], $16::bigint[], $17::timestamptz[], $18::text[],
-                        $19::bigint[], $20::text[]) AS e(tx_id, seq, at, kind, branch, detail)
-            JOIN tx ON tx.id = e.tx_id
+            SELECT e.tx_id, e.seq, e.at, e.kind, e.branch, e.detail, w.owner, w.epoch
+            FROM UNNEST($30::uuid[], $31::bigint[], $32::timestamptz[], $33::text[],
+                        $34::bigint[], $35::text[]) AS e(tx_id, seq, at, kind, branch, detail)
+            JOIN (SELECT id, owner, epoch FROM created
+                  UNION ALL SELECT id, owner, epoch FROM updated) AS w ON w.id = e.tx_id
         )
-        SELECT id FROM tx",
+        SELECT id, true FROM created UNION ALL SELECT id, false FROM updated",
     )
-    .bind(&id)
-    .bind(&kind)
-    .bind(&state)
-    .bind(&definition)
-    .bind(&labels)
-    .bind(&key)
-    .bind(&owner)
-    .bind(&epoch)
-    .bind(&deadline)
-    .bind(&last_seq)
-    .bind(&created)
-    .bind(&b_tx)
-    .bind(&b_idx)
-    .bind(&b_name)
-    .bind_events(&events)
+    .bind(&creates.id)
+    .bind(&creates.kind)
+    .bind(&creates.state)
+    .bind(&creates.definition)
+    .bind(&creates.labels)
+    .bind(&creates.key)
+    .bind(&creates.owner)
+    .bind(&creates.epoch)
+    .bind(&creates.deadline)
+    .bind(&creates.last_seq)
+    .bind(&creates.created)
+    .bind(&updates.id)
+    .bind(&updates.owner)
+    .bind(&updates.epoch)
+    .bind(&updates.expected)
+    .bind(&updates.state)
+    .bind(&updates.stage)
+    .bind(&updates.last_error)
+    .bind(&updates.cancel)
+    .bind(&updates.release)
+    .bind(&updates.max_seq)
+    .bind(&updates.b_tx)
+    .bind(&updates.b_idx)
+    .bind(&updates.b_name)
+    .bind(&updates.b_state)
+    .bind(&updates.b_attempts)
+    .bind(&updates.b_output)
+    .bind(&updates.b_error)
+    .bind(&updates.b_done)
+    .bind(&events.tx)
+    .bind(&events.seq)
+    .bind(&events.at)
+    .bind(&events.kind)
+    .bind(&events.branch)
+    .bind(&events.detail)
     .fetch_all(&mut *conn)
     .await
     .map_err(db_err)?;
-    let inserted: HashSet<Uuid> = inserted.into_iter().collect();
+    let created: HashSet<Uuid> = written.iter().filter(|w| w.1).map(|w| w.0).collect();
+    let updated: HashSet<Uuid> = written.iter().filter(|w| !w.1).map(|w| w.0).collect();
+    for (up, positions) in &plan.updates {
+        let outcome = if updated.contains(&up.id.0) {
+            WriteOutcome::Updated
+        } else {
+            WriteOutcome::Fenced
+        };
+        for &pos in positions {
+            outcomes[pos] = Some(outcome.clone());
+        }
+    }
     let mut missing: Vec<&str> = Vec::new();
-    for &(pos, new) in creates {
-        if inserted.contains(&new.id.0) {
+    for &(pos, new) in &plan.creates {
+        if created.contains(&new.id.0) {
             outcomes[pos] = Some(WriteOutcome::Created);
         } else if let Some(key) = new.idempotency_key.as_deref() {
             missing.push(key);
@@ -207,7 +226,7 @@ async fn create_all(
     .fetch_all(&mut *conn)
     .await
     .map_err(db_err)?;
-    for &(pos, new) in creates {
+    for &(pos, new) in &plan.creates {
         if outcomes[pos].is_some() {
             continue;
         }
@@ -219,128 +238,89 @@ async fn create_all(
     Ok(())
 }
 
-async fn update_all(
-    conn: &mut PgConnection,
-    updates: &[(TxUpdate, Vec<usize>)],
-    outcomes: &mut [Option<WriteOutcome>],
-) -> Result<(), StoreError> {
-    let n = updates.len();
-    let mut id = Vec::with_capacity(n);
-    let mut owner = Vec::with_capacity(n);
-    let mut epoch = Vec::with_capacity(n);
-    let mut expected = Vec::with_capacity(n);
-    let mut state = Vec::with_capacity(n);
-    let mut stage = Vec::with_capacity(n);
-    let mut last_error: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut cancel = Vec::with_capacity(n);
-    let mut release = Vec::with_capacity(n);
-    let mut max_seq = Vec::with_capacity(n);
-    let mut b_tx = Vec::new();
-    let mut b_idx = Vec::new();
-    let mut b_name: Vec<&str> = Vec::new();
-    let mut b_state: Vec<&str> = Vec::new();
-    let mut b_attempts = Vec::new();
-    let mut b_output: Vec<Option<&[u8]>> = Vec::new();
-    let mut b_error: Vec<Option<&str>> = Vec::new();
-    let mut b_done: Vec<Option<i64>> = Vec::new();
-    let mut events = Events::default();
-    for (up, _) in updates {
-        id.push(up.id.0);
-        owner.push(up.owner.as_str());
-        epoch.push(up.epoch);
-        expected.push(to_i64(up.expected_last_seq));
-        state.push(up.state.as_str());
-        stage.push(i64::from(up.stage));
-        last_error.push(up.last_error.as_deref());
-        cancel.push(up.cancel_requested);
-        release.push(up.release);
-        max_seq.push(to_i64(up.events.iter().map(|e| e.seq).max().unwrap_or(0)));
+/// New transactions as parallel arrays.
+#[derive(Default)]
+struct Creates<'a> {
+    id: Vec<Uuid>,
+    kind: Vec<&'a str>,
+    state: Vec<&'a str>,
+    definition: Vec<String>,
+    labels: Vec<String>,
+    key: Vec<Option<&'a str>>,
+    owner: Vec<&'a str>,
+    epoch: Vec<i64>,
+    deadline: Vec<Option<DateTime<Utc>>>,
+    last_seq: Vec<i64>,
+    created: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Creates<'a> {
+    fn push(&mut self, new: &'a NewTx) -> Result<(), StoreError> {
+        self.id.push(new.id.0);
+        self.kind.push(new.definition.kind().as_str());
+        self.state.push(new.state.as_str());
+        self.definition
+            .push(serde_json::to_string(&new.definition).map_err(encode_err)?);
+        self.labels
+            .push(serde_json::to_string(&new.labels).map_err(encode_err)?);
+        self.key.push(new.idempotency_key.as_deref());
+        self.owner.push(new.owner.as_str());
+        self.epoch.push(new.epoch);
+        self.deadline.push(new.deadline_at);
+        self.last_seq
+            .push(to_i64(new.events.iter().map(|e| e.seq).max().unwrap_or(0)));
+        self.created.push(new.created_at);
+        Ok(())
+    }
+}
+
+/// Folded updates and their changed branches as parallel arrays.
+#[derive(Default)]
+struct Updates<'a> {
+    id: Vec<Uuid>,
+    owner: Vec<&'a str>,
+    epoch: Vec<i64>,
+    expected: Vec<i64>,
+    state: Vec<&'a str>,
+    stage: Vec<i64>,
+    last_error: Vec<Option<&'a str>>,
+    cancel: Vec<bool>,
+    release: Vec<bool>,
+    max_seq: Vec<i64>,
+    b_tx: Vec<Uuid>,
+    b_idx: Vec<i64>,
+    b_name: Vec<&'a str>,
+    b_state: Vec<&'a str>,
+    b_attempts: Vec<i64>,
+    b_output: Vec<Option<&'a [u8]>>,
+    b_error: Vec<Option<&'a str>>,
+    b_done: Vec<Option<i64>>,
+}
+
+impl<'a> Updates<'a> {
+    fn push(&mut self, up: &'a TxUpdate) {
+        self.id.push(up.id.0);
+        self.owner.push(up.owner.as_str());
+        self.epoch.push(up.epoch);
+        self.expected.push(to_i64(up.expected_last_seq));
+        self.state.push(up.state.as_str());
+        self.stage.push(i64::from(up.stage));
+        self.last_error.push(up.last_error.as_deref());
+        self.cancel.push(up.cancel_requested);
+        self.release.push(up.release);
+        self.max_seq
+            .push(to_i64(up.events.iter().map(|e| e.seq).max().unwrap_or(0)));
         for b in &up.branches {
-            b_tx.push(up.id.0);
-            b_idx.push(i64::from(b.index));
-            b_name.push(b.name.as_str());
-            b_state.push(b.status.as_str());
-            b_attempts.push(i64::from(b.attempts));
-            b_output.push(b.output.as_deref());
-            b_error.push(b.last_error.as_deref());
-            b_done.push(b.done_order.map(i64::from));
-        }
-        events.extend(up.id, &up.events);
-    }
-    // The fenced UPDATE gates the branch and event rows: a transaction whose owner, epoch or
-    // history differ matches no row, and the joins on `tx` then write nothing of it.
-    let applied: Vec<Uuid> = sqlx::query_scalar(
-        "WITH tx AS (
-            UPDATE baton_transactions t
-            SET state = u.state, stage = u.stage, last_error = u.last_error,
-                cancel_requested = u.cancel_requested,
-                owner = CASE WHEN u.release THEN NULL ELSE t.owner END,
-                last_seq = GREATEST(t.last_seq, u.max_seq), updated_at = now()
-            FROM (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[],
-                        $5::text[], $6::bigint[], $7::text[], $8::bool[], $9::bool[],
-                        $10::bigint[])
-                    AS u(id, owner, epoch, expected, state, stage, last_error,
-                         cancel_requested, release, max_seq)
-                  LIMIT cardinality($1::uuid[])) AS u
-            WHERE t.id = u.id AND t.owner = u.owner AND t.epoch = u.epoch
-              AND t.last_seq = u.expected
-            RETURNING t.id, u.owner, u.epoch
-        ), branches AS (
-            INSERT INTO baton_branches
-                (tx_id, idx, name, state, attempts, output, last_error, done_order)
-            SELECT b.tx_id, b.idx, b.name, b.state, b.attempts, b.output, b.last_error,
-                   b.done_order
-            FROM UNNEST($11::uuid[], $12::bigint[], $13::text[], $14::text[], $15::bigint[],
-                        $16::bytea[], $17::text[], $18::bigint[])
-                AS b(tx_id, idx, name, state, attempts, output, last_error, done_order)
-            JOIN tx ON tx.id = b.tx_id
-            ON CONFLICT (tx_id, idx) DO UPDATE SET
-                name = excluded.name, state = excluded.state, attempts = excluded.attempts,
-                output = excluded.output, last_error = excluded.last_error,
-                done_order = excluded.done_order
-        ), events AS (
-            INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail, owner, epoch)
-            SELECT e.tx_id, e.seq, e.at, e.kind, e.branch, e.detail, tx.owner, tx.epoch
-            FROM UNNEST($19::uuid[], $20::bigint[], $21::timestamptz[], $22::text[],
-                        $23::bigint[], $24::text[]) AS e(tx_id, seq, at, kind, branch, detail)
-            JOIN tx ON tx.id = e.tx_id
-        )
-        SELECT id FROM tx",
-    )
-    .bind(&id)
-    .bind(&owner)
-    .bind(&epoch)
-    .bind(&expected)
-    .bind(&state)
-    .bind(&stage)
-    .bind(&last_error)
-    .bind(&cancel)
-    .bind(&release)
-    .bind(&max_seq)
-    .bind(&b_tx)
-    .bind(&b_idx)
-    .bind(&b_name)
-    .bind(&b_state)
-    .bind(&b_attempts)
-    .bind(&b_output)
-    .bind(&b_error)
-    .bind(&b_done)
-    .bind_events(&events)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_err)?;
-    let applied: HashSet<Uuid> = applied.into_iter().collect();
-    for (up, positions) in updates {
-        let outcome = if applied.contains(&up.id.0) {
-            WriteOutcome::Updated
-        } else {
-            WriteOutcome::Fenced
-        };
-        for &pos in positions {
-            outcomes[pos] = Some(outcome.clone());
+            self.b_tx.push(up.id.0);
+            self.b_idx.push(i64::from(b.index));
+            self.b_name.push(b.name.as_str());
+            self.b_state.push(b.status.as_str());
+            self.b_attempts.push(i64::from(b.attempts));
+            self.b_output.push(b.output.as_deref());
+            self.b_error.push(b.last_error.as_deref());
+            self.b_done.push(b.done_order.map(i64::from));
         }
     }
-    Ok(())
 }
 
 /// New events of several transactions as parallel arrays.
@@ -352,22 +332,6 @@ struct Events<'a> {
     kind: Vec<&'a str>,
     branch: Vec<Option<i64>>,
     detail: Vec<&'a str>,
-}
-
-/// Binds an [`Events`]' arrays as the next six parameters of a statement.
-trait BindEvents<'q> {
-    fn bind_events(self, events: &'q Events<'_>) -> Self;
-}
-
-impl<'q> BindEvents<'q> for QueryScalar<'q, Postgres, Uuid, PgArguments> {
-    fn bind_events(self, events: &'q Events<'_>) -> Self {
-        self.bind(&events.tx)
-            .bind(&events.seq)
-            .bind(&events.at)
-            .bind(&events.kind)
-            .bind(&events.branch)
-            .bind(&events.detail)
-    }
 }
 
 impl<'a> Events<'a> {
