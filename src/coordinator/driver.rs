@@ -244,19 +244,24 @@ impl Driver {
                     .collect(),
                 events,
             };
-            self.tx.last_seq += update.events.len() as u64;
             self.tx.updated_at = now;
             if release {
                 self.tx.owner = None;
                 self.co.metrics.finished(self.tx.kind, self.tx.state);
             }
-            match &mut self.held {
-                Some((held, _)) => held.absorb(update),
+            let held = match &mut self.held {
+                Some((held, _)) => {
+                    held.absorb(update);
+                    held
+                }
                 None => {
                     let due = tokio::time::Instant::now() + self.co.config.progress_flush;
-                    self.held = Some((update, due));
+                    &mut self.held.insert((update, due)).0
                 }
-            }
+            };
+            // Nothing held is queued yet, so its history may still be renumbered.
+            held.fold_answered_calls();
+            self.tx.last_seq = held.expected_last_seq + held.events.len() as u64;
             if self.co.config.progress_flush.is_zero() {
                 self.hand_over().await?;
             }
