@@ -1244,6 +1244,70 @@ async fn pg_unknown_state_text_is_corrupt() {
     ));
 }
 
+/// The log writer commits several batches at once, yet each transaction's writes land in the
+/// order they were queued: five writes of each of 40 transactions, all queued before any is
+/// answered, in batches small enough that a transaction's next write is queued while its last
+/// one still commits. A write applied out of order would be fenced (its expected history
+/// would not match) and the transaction would end short of its five events.
+#[tokio::test]
+async fn pg_writer_keeps_each_transactions_writes_in_order() {
+    use std::sync::Arc;
+
+    use baton::coordinator::metrics::Metrics;
+    use baton::coordinator::LogWriter;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    let db = support::db::fresh_database().await;
+    let options = StoreOptions {
+        max_connections: 2,
+        write_connections: 3,
+        ..Default::default()
+    };
+    let log = PgLog::connect(&db.url, &options).await.expect("connect");
+    log.migrate().await.expect("migrate");
+    let log: Arc<dyn TxLog> = Arc::new(log);
+    let mut recs = Vec::new();
+    for _ in 0..40 {
+        recs.push(create(&*log, new_tx("c1", TxState::Running)).await);
+    }
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let writer = LogWriter::start(
+        log.clone(),
+        Arc::new(Metrics::default()),
+        3,
+        8,
+        1024,
+        &tracker,
+        stop.clone(),
+    );
+    let mut acks = Vec::new();
+    for round in 0..5 {
+        for rec in &recs {
+            let mut up = update_of(rec);
+            up.expected_last_seq = rec.last_seq + round;
+            up.events = vec![event(rec.last_seq + round + 1, "step", None)];
+            acks.push(
+                writer
+                    .submit(LogWrite::Update(Box::new(up)))
+                    .await
+                    .expect("submit"),
+            );
+        }
+    }
+    for ack in acks {
+        let outcome = ack.await.expect("answered").expect("written");
+        assert_eq!(outcome, WriteOutcome::Updated);
+    }
+    for rec in &recs {
+        assert_eq!(get(&*log, rec.id).await.last_seq, rec.last_seq + 5);
+    }
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
+
 /// A statement first planned while the table was nearly empty must not go on scanning the table
 /// once it has grown. PostgreSQL's default switches a prepared statement to a generic plan after
 /// five runs, and the log writers keep that default. On a new database the generic plan of the

@@ -84,8 +84,9 @@ pub struct ServeArgs {
     /// [default: 10000].
     #[arg(long, env = "BATON_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
-    /// Log writer tasks committing batches in parallel, each on a database connection of its own
-    /// [default: 4 on PostgreSQL, 1 on SQLite].
+    /// Group-commit batches the log writer commits at once, each on a database connection of its
+    /// own: one batch executes while another waits for its commit to reach the disk
+    /// [default: 2 on PostgreSQL, 1 on SQLite].
     #[arg(long, env = "BATON_LOG_WRITERS")]
     pub log_writers: Option<usize>,
     /// How long a transaction's progress may wait before it is queued to the log, in ms (at most
@@ -336,7 +337,7 @@ impl ServeArgs {
             .unwrap_or(if database_url.starts_with("sqlite") {
                 1
             } else {
-                4
+                2
             })
             .clamp(1, 64);
         Ok(ServeConfig {

@@ -43,8 +43,8 @@ pub struct Config {
     pub max_inflight: usize,
     /// Largest group-commit batch.
     pub max_batch: usize,
-    /// Log writer tasks (each with its own batches and connection). More than one only pays
-    /// where the database commits in parallel (PostgreSQL); SQLite has one writer anyway.
+    /// Batches the log writer commits at once, each on its own connection. More than one only
+    /// pays where the database commits in parallel (PostgreSQL); SQLite has one writer anyway.
     pub log_writers: usize,
     /// A coordinator whose heartbeat is older than this is dead; its transactions are claimed.
     pub lease: Duration,

@@ -1,16 +1,22 @@
 //! The log writer: one task per coordinator that gathers the log writes of every transaction in
-//! flight and commits them together, one database transaction per batch (group commit).
+//! flight and commits them together, one database statement and commit per batch (group commit).
 //!
-//! A write waits in a bounded queue; the writer takes what is queued (up to `max_batch`) as soon
-//! as the previous commit is done, so the batch size adapts to the load by itself: one write
-//! alone under no load, hundreds under heavy load. Writes of one transaction are applied in the
-//! order they were submitted, because there is one queue and one writer.
+//! Writes wait in one bounded queue. Whenever one of the writer's `connections` is free, it takes
+//! everything queued (up to `max_batch`) as one batch, so the batch size adapts to the load by
+//! itself: one write alone under no load, hundreds under heavy load. With more than one
+//! connection, a batch starts executing while the one before it waits for its commit to reach
+//! the disk, and each batch is as large as the queue allows. Writes of one transaction apply in
+//! the order they were submitted: a write whose transaction still has a write in a committing
+//! batch waits for that batch, and so does every later write of that transaction.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::model::TxId;
 use crate::store::{LogWrite, StoreError, TxLog, WriteOutcome};
 
 /// Why a write was not recorded.
@@ -34,43 +40,38 @@ struct Pending {
 pub type Ack = oneshot::Receiver<Result<WriteOutcome, WriteError>>;
 
 /// A handle to submit writes; cheap to clone.
-///
-/// There may be several writer tasks, each with its own queue and connection; a transaction's
-/// writes always go to the same one (chosen by its id), which keeps them in order while batches
-/// of different transactions commit in parallel.
 #[derive(Clone)]
 pub struct LogWriter {
-    queues: Arc<[mpsc::Sender<Pending>]>,
+    queue: mpsc::Sender<Pending>,
 }
 
 impl LogWriter {
-    /// Starts `writers` writer tasks on `tracker`; they stop when `stop` is cancelled and their
-    /// queues are drained, or when every handle is dropped.
+    /// Starts the writer task on `tracker`, committing up to `connections` batches at once; it
+    /// stops when `stop` is cancelled and the queue is drained, or when every handle is dropped.
     pub fn start(
         store: Arc<dyn TxLog>,
         metrics: Arc<super::metrics::Metrics>,
-        writers: usize,
+        connections: usize,
         max_batch: usize,
         queue_len: usize,
         tracker: &tokio_util::task::TaskTracker,
         stop: CancellationToken,
     ) -> Self {
-        let queues: Vec<_> = (0..writers.max(1))
-            .map(|_| {
-                let (queue, rx) = mpsc::channel(queue_len.max(1));
-                tracker.spawn(run(
-                    store.clone(),
-                    metrics.clone(),
-                    rx,
-                    max_batch.max(1),
-                    stop.clone(),
-                ));
-                queue
-            })
-            .collect();
-        LogWriter {
-            queues: queues.into(),
-        }
+        let (queue, rx) = mpsc::channel(queue_len.max(1));
+        tracker.spawn(
+            Batcher {
+                store,
+                metrics,
+                connections: connections.max(1),
+                max_batch: max_batch.max(1),
+                waiting: VecDeque::new(),
+                busy: HashSet::new(),
+                running: JoinSet::new(),
+                batches: HashMap::new(),
+            }
+            .run(rx, stop),
+        );
+        LogWriter { queue }
     }
 
     /// Submits one write and waits until its batch has committed.
@@ -81,17 +82,11 @@ impl LogWriter {
             .map_err(|_| WriteError::Closed)?
     }
 
-    /// Queues one write and returns at once with the receiver of its outcome; writes are applied
-    /// in submission order.
+    /// Queues one write and returns at once with the receiver of its outcome; writes of one
+    /// transaction are applied in submission order.
     pub async fn submit(&self, write: LogWrite) -> Result<Ack, WriteError> {
         let (done, answer) = oneshot::channel();
-        let id = match &write {
-            LogWrite::Create(new) => new.id,
-            LogWrite::Update(up) => up.id,
-        };
-        // UUID v7: the low bits are random, so this spreads transactions evenly.
-        let queue = &self.queues[(id.0.as_u128() % self.queues.len() as u128) as usize];
-        queue
+        self.queue
             .send(Pending { write, done })
             .await
             .map_err(|_| WriteError::Closed)?;
@@ -99,76 +94,154 @@ impl LogWriter {
     }
 }
 
-async fn run(
+fn tx_of(write: &LogWrite) -> TxId {
+    match write {
+        LogWrite::Create(new) => new.id,
+        LogWrite::Update(up) => up.id,
+    }
+}
+
+struct Batcher {
     store: Arc<dyn TxLog>,
     metrics: Arc<super::metrics::Metrics>,
-    mut rx: mpsc::Receiver<Pending>,
+    connections: usize,
     max_batch: usize,
-    stop: CancellationToken,
-) {
-    let mut writes: Vec<LogWrite> = Vec::with_capacity(max_batch);
-    let mut batch: Vec<oneshot::Sender<Result<WriteOutcome, WriteError>>> =
-        Vec::with_capacity(max_batch);
-    loop {
-        let first = tokio::select! {
-            biased;
-            item = rx.recv() => item,
-            _ = stop.cancelled() => {
-                // Stop taking new writes but commit what is already queued.
-                rx.close();
-                rx.recv().await
-            }
-        };
-        let Some(first) = first else { return };
-        writes.push(first.write);
-        batch.push(first.done);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(item) => {
-                    writes.push(item.write);
-                    batch.push(item.done);
+    /// Writes taken from the queue and not yet in a batch, oldest first.
+    waiting: VecDeque<Pending>,
+    /// Transactions with a write in a running batch.
+    busy: HashSet<TxId>,
+    running: JoinSet<()>,
+    /// The transactions of each running batch, by task.
+    batches: HashMap<tokio::task::Id, Vec<TxId>>,
+}
+
+impl Batcher {
+    async fn run(mut self, mut rx: mpsc::Receiver<Pending>, stop: CancellationToken) {
+        let mut closed = false;
+        let mut stopping = false;
+        loop {
+            while self.running.len() < self.connections {
+                while self.waiting.len() < self.max_batch {
+                    match rx.try_recv() {
+                        Ok(item) => self.waiting.push_back(item),
+                        Err(_) => break,
+                    }
                 }
-                Err(_) => break,
+                if !self.start_batch() {
+                    break;
+                }
+            }
+            if closed && self.running.is_empty() {
+                // Nothing runs, so nothing waits on a busy transaction: the queue is drained.
+                return;
+            }
+            let free = self.running.len() < self.connections;
+            tokio::select! {
+                biased;
+                Some(joined) = self.running.join_next_with_id(), if !self.running.is_empty() => {
+                    self.finish(joined.map(|(id, ())| id));
+                }
+                item = rx.recv(), if free && !closed => match item {
+                    Some(item) => self.waiting.push_back(item),
+                    None => closed = true,
+                },
+                // Stop taking new writes but commit what is already queued.
+                _ = stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    rx.close();
+                }
             }
         }
-        let started = std::time::Instant::now();
-        let result = store.apply(&writes).await;
-        writes.clear();
-        metrics.batch(batch.len(), started.elapsed().as_micros() as u64);
-        tracing::trace!(
-            batch = batch.len(),
-            micros = started.elapsed().as_micros() as u64,
-            "log batch committed"
-        );
-        match result {
-            Ok(outcomes) if outcomes.len() == batch.len() => {
-                for (done, outcome) in batch.drain(..).zip(outcomes) {
-                    let _ = done.send(Ok(outcome));
-                }
+    }
+
+    /// Starts a batch of the waiting writes that may go now; `false` if none may.
+    fn start_batch(&mut self) -> bool {
+        let mut writes = Vec::new();
+        let mut done = Vec::new();
+        let mut txs = Vec::new();
+        // Transactions with a write held back: their later writes stay behind it.
+        let mut held: HashSet<TxId> = HashSet::new();
+        let mut rest = VecDeque::with_capacity(self.waiting.len());
+        for item in self.waiting.drain(..) {
+            let tx = tx_of(&item.write);
+            if writes.len() >= self.max_batch || self.busy.contains(&tx) || held.contains(&tx) {
+                held.insert(tx);
+                rest.push_back(item);
+                continue;
             }
-            Ok(outcomes) => {
-                let e = WriteError::Store(format!(
-                    "store returned {} outcomes for {} writes",
-                    outcomes.len(),
-                    batch.len()
-                ));
-                fail_all(&mut batch, e);
-            }
-            Err(e) => {
-                let e = describe(e);
-                tracing::warn!(error = %e, batch = batch.len(), "log batch failed");
-                fail_all(&mut batch, e);
-            }
+            txs.push(tx);
+            writes.push(item.write);
+            done.push(item.done);
+        }
+        self.waiting = rest;
+        if writes.is_empty() {
+            return false;
+        }
+        txs.sort();
+        txs.dedup();
+        self.busy.extend(txs.iter().copied());
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        // The batch task answers its writes itself, one wake-up sooner than through this task;
+        // their transactions stay busy until it has returned, so a write submitted in answer
+        // cannot overtake it.
+        let task = self.running.spawn(async move {
+            let started = std::time::Instant::now();
+            let result = store.apply(&writes).await;
+            let micros = started.elapsed().as_micros() as u64;
+            metrics.batch(done.len(), micros);
+            tracing::trace!(batch = done.len(), micros, "log batch committed");
+            answer(done, result);
+        });
+        self.batches.insert(task.id(), txs);
+        true
+    }
+
+    /// Frees the transactions of a finished batch.
+    fn finish(&mut self, joined: Result<tokio::task::Id, tokio::task::JoinError>) {
+        let id = match &joined {
+            Ok(id) => *id,
+            Err(e) => e.id(),
+        };
+        for tx in self.batches.remove(&id).unwrap_or_default() {
+            self.busy.remove(&tx);
+        }
+        // A batch task that panicked dropped its answers: their callers see the writer closed.
+        if joined.is_err() {
+            tracing::error!("a log batch task failed");
         }
     }
 }
 
-fn describe(e: StoreError) -> WriteError {
-    WriteError::Store(e.to_string())
+/// Sends each write of a batch its outcome.
+fn answer(
+    done: Vec<oneshot::Sender<Result<WriteOutcome, WriteError>>>,
+    result: Result<Vec<WriteOutcome>, StoreError>,
+) {
+    match result {
+        Ok(outcomes) if outcomes.len() == done.len() => {
+            for (done, outcome) in done.into_iter().zip(outcomes) {
+                let _ = done.send(Ok(outcome));
+            }
+        }
+        Ok(outcomes) => {
+            let e = WriteError::Store(format!(
+                "store returned {} outcomes for {} writes",
+                outcomes.len(),
+                done.len()
+            ));
+            fail_all(done, e);
+        }
+        Err(e) => {
+            let e = WriteError::Store(e.to_string());
+            tracing::warn!(error = %e, batch = done.len(), "log batch failed");
+            fail_all(done, e);
+        }
+    }
 }
 
-fn fail_all(batch: &mut Vec<oneshot::Sender<Result<WriteOutcome, WriteError>>>, e: WriteError) {
-    for done in batch.drain(..) {
+fn fail_all(done: Vec<oneshot::Sender<Result<WriteOutcome, WriteError>>>, e: WriteError) {
+    for done in done {
         let _ = done.send(Err(e.clone()));
     }
 }
