@@ -103,14 +103,31 @@ struct Service {
 
 /// What the registry keeps per endpoint URL: the channel and what the balancer needs to know.
 struct Conn {
-    channel: Channel,
+    /// Calls take these in turn: each channel is one HTTP/2 connection whose framing one task
+    /// does, so a busy endpoint's calls are spread over several instead of queueing on one.
+    channels: Box<[Channel]>,
+    next: AtomicUsize,
     /// The TLS files' generation the channel was made with (0 for plain text).
     tls_generation: u64,
     in_flight: AtomicUsize,
     health: Mutex<Health>,
 }
 
-/// Resolves targets to endpoints and keeps one lazily connected channel per endpoint.
+impl Conn {
+    /// The next channel in turn.
+    fn channel(&self) -> Channel {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        self.channels[i].clone()
+    }
+}
+
+/// HTTP/2 connections per endpoint: one per core (at most 4), so that calls to one endpoint are
+/// framed on every core.
+fn channels_per_endpoint() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
+
+/// Resolves targets to endpoints and keeps lazily connected channels to each endpoint.
 pub struct Registry {
     store: Arc<dyn TxLog>,
     config: RegistryConfig,
@@ -137,7 +154,7 @@ impl Picked {
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
         Picked {
             endpoint,
-            channel: conn.channel.clone(),
+            channel: conn.channel(),
             conn,
             health,
         }
@@ -388,7 +405,7 @@ impl Registry {
     /// The channel to `endpoint`, created on first use and reused after (tonic multiplexes calls
     /// over it and reconnects when the connection breaks).
     pub fn channel(&self, endpoint: &str) -> Result<Channel, ResolveError> {
-        Ok(self.conn(endpoint)?.channel.clone())
+        Ok(self.conn(endpoint)?.channel())
     }
 
     fn conn(&self, endpoint: &str) -> Result<Arc<Conn>, ResolveError> {
@@ -419,12 +436,15 @@ impl Registry {
                 .tls_config(ClientTlsConfig::clone(&tls.current()))
                 .map_err(|_| ResolveError::BadEndpoint(endpoint.to_string()))?;
         }
-        let channel = builder.connect_lazy();
+        let channels = (0..channels_per_endpoint())
+            .map(|_| builder.connect_lazy())
+            .collect();
         if conns.len() >= MAX_CHANNELS {
             conns.clear();
         }
         let conn = Arc::new(Conn {
-            channel,
+            channels,
+            next: AtomicUsize::new(0),
             tls_generation,
             in_flight: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
