@@ -6,6 +6,12 @@ use baton::cli::{Cli, Command, LogFormat};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc's malloc: a call and a log write allocate and free many small
+/// buffers across worker threads, and glibc's arenas spent about a sixth of the coordinator's CPU
+/// on that in `baton bench` (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The bench's participant process only answers calls that return at once: one thread serves
