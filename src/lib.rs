@@ -23,6 +23,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;
+pub mod transport;
 
 /// Code generated from `proto/baton/v1/*.proto`.
 pub mod proto {

@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::model::Target;
 use crate::store::{StoreError, TxLog};
 use crate::tls::{ClientTls, Reloading, TlsError};
+use crate::transport::{GrpcChannel, H2Channel};
 
 pub use health::HealthConfig;
 pub use policy::{PickKey, Policy};
@@ -105,7 +106,7 @@ struct Service {
 struct Conn {
     /// Calls take these in turn: each channel is one HTTP/2 connection whose framing one task
     /// does, so a busy endpoint's calls are spread over several instead of queueing on one.
-    channels: Box<[Channel]>,
+    channels: Box<[GrpcChannel]>,
     next: AtomicUsize,
     /// The TLS files' generation the channel was made with (0 for plain text).
     tls_generation: u64,
@@ -115,7 +116,7 @@ struct Conn {
 
 impl Conn {
     /// The next channel in turn.
-    fn channel(&self) -> Channel {
+    fn channel(&self) -> GrpcChannel {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
         self.channels[i].clone()
     }
@@ -144,7 +145,7 @@ pub struct Picked {
     /// The endpoint URL.
     pub endpoint: String,
     /// The reused channel to it.
-    pub channel: Channel,
+    pub channel: GrpcChannel,
     conn: Arc<Conn>,
     health: HealthConfig,
 }
@@ -404,7 +405,7 @@ impl Registry {
 
     /// The channel to `endpoint`, created on first use and reused after (tonic multiplexes calls
     /// over it and reconnects when the connection breaks).
-    pub fn channel(&self, endpoint: &str) -> Result<Channel, ResolveError> {
+    pub fn channel(&self, endpoint: &str) -> Result<GrpcChannel, ResolveError> {
         Ok(self.conn(endpoint)?.channel())
     }
 
@@ -426,19 +427,29 @@ impl Registry {
                 return Ok(conn.clone());
             }
         }
-        // Lazy: no connection until the first call, and tonic reconnects on demand after.
-        let mut builder = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|_| ResolveError::BadEndpoint(endpoint.to_string()))?
-            .connect_timeout(self.config.connect_timeout)
-            .tcp_nodelay(true);
-        if let Some(tls) = tls {
-            builder = builder
-                .tls_config(ClientTlsConfig::clone(&tls.current()))
-                .map_err(|_| ResolveError::BadEndpoint(endpoint.to_string()))?;
-        }
-        let channels = (0..channels_per_endpoint())
-            .map(|_| builder.connect_lazy())
-            .collect();
+        // Lazy: no connection until the first call, and a new one after a connection breaks.
+        let bad = || ResolveError::BadEndpoint(endpoint.to_string());
+        let channels = match tls {
+            // Plain text: h2 directly, without tonic's buffer task (src/transport.rs).
+            None => {
+                let uri: ::http::Uri = endpoint.parse().map_err(|_| bad())?;
+                let channel = || H2Channel::lazy(&uri, self.config.connect_timeout).ok_or_else(bad);
+                (0..channels_per_endpoint())
+                    .map(|_| channel().map(GrpcChannel::H2))
+                    .collect::<Result<_, _>>()?
+            }
+            Some(tls) => {
+                let builder = Endpoint::from_shared(endpoint.to_string())
+                    .map_err(|_| bad())?
+                    .connect_timeout(self.config.connect_timeout)
+                    .tcp_nodelay(true)
+                    .tls_config(ClientTlsConfig::clone(&tls.current()))
+                    .map_err(|_| bad())?;
+                (0..channels_per_endpoint())
+                    .map(|_| GrpcChannel::Tonic(builder.connect_lazy()))
+                    .collect()
+            }
+        };
         if conns.len() >= MAX_CHANNELS {
             conns.clear();
         }
