@@ -26,7 +26,7 @@ pub enum ClientError {
         addr: String,
         /// The transport's reason.
         #[source]
-        source: tonic::transport::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A bearer token cannot be sent (the message does not repeat it).
     #[error("token: must be 1 to 1000 visible ASCII characters without spaces")]

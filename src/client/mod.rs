@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 pub use self::error::{code_name, ClientError};
@@ -51,6 +51,7 @@ use crate::proto::{
     RegisterParticipantRequest, RetryRequest, WaitRequest, WatchRequest,
 };
 pub use crate::trace::TraceParent;
+use crate::transport::GrpcChannel;
 
 /// How long to wait for a TCP connection to a coordinator before trying the next one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,7 +116,7 @@ fn unix_ms(time: SystemTime) -> i64 {
 #[derive(Debug, Clone)]
 pub struct Client {
     addrs: Arc<[String]>,
-    channels: Arc<[Channel]>,
+    channels: Arc<[GrpcChannel]>,
     /// The coordinator that answered last; calls start there.
     current: Arc<AtomicUsize>,
     /// Sent as `authorization` on every call, if set.
@@ -164,7 +165,7 @@ impl std::fmt::Debug for Bearer {
 }
 
 /// The generated client with the bearer token added to every call.
-type Api = CoordinatorClient<InterceptedService<Channel, Bearer>>;
+type Api = CoordinatorClient<InterceptedService<GrpcChannel, Bearer>>;
 
 impl Client {
     /// Connect to the coordinator at `addr`, such as `http://127.0.0.1:7600`.
@@ -200,19 +201,29 @@ impl Client {
             None => None,
         };
         let addrs: Vec<String> = addrs.iter().map(|a| a.as_ref().to_string()).collect();
-        let endpoints = addrs
-            .iter()
-            .map(|addr| endpoint(addr, tls.as_ref()))
-            .collect::<Result<Vec<_>, _>>()?;
         // Unreachable coordinators may come back, so every address keeps a lazy channel; the
         // eager connect only picks where to start and reports when none answers at all.
-        let mut channels: Vec<Channel> = endpoints.iter().map(|e| e.connect_lazy()).collect();
+        let mut channels = addrs
+            .iter()
+            .map(|addr| channel(addr, tls.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut last_error = None;
         let mut current = None;
-        for (index, endpoint) in endpoints.iter().enumerate() {
-            match endpoint.connect().await {
-                Ok(channel) => {
-                    channels[index] = channel;
+        for (index, channel) in channels.iter_mut().enumerate() {
+            let connected = match channel {
+                GrpcChannel::H2(h2) => h2.connect().await.map_err(Into::into),
+                GrpcChannel::Tonic(lazy) => {
+                    match endpoint(&addrs[index], tls.as_ref())?.connect().await {
+                        Ok(connected) => {
+                            *lazy = connected;
+                            Ok(())
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                }
+            };
+            match connected {
+                Ok(()) => {
                     current = Some(index);
                     break;
                 }
@@ -541,6 +552,24 @@ impl Client {
 /// middle of its answer, which surfaces as `UNKNOWN`).
 fn is_unreachable(status: &Status) -> bool {
     status.code() == Code::Unavailable || std::error::Error::source(status).is_some()
+}
+
+/// The lazy channel to `addr`: h2 directly for `http://` (src/transport.rs), tonic's channel,
+/// which does TLS, for `https://`.
+fn channel(
+    addr: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<GrpcChannel, ClientError> {
+    let endpoint = endpoint(addr, tls)?;
+    if addr.starts_with("https://") {
+        return Ok(GrpcChannel::Tonic(endpoint.connect_lazy()));
+    }
+    crate::transport::H2Channel::lazy(endpoint.uri(), CONNECT_TIMEOUT)
+        .map(GrpcChannel::H2)
+        .ok_or_else(|| ClientError::InvalidAddress {
+            addr: addr.to_string(),
+            reason: "expected http://host:port or https://host:port".into(),
+        })
 }
 
 fn endpoint(
