@@ -21,6 +21,7 @@
 //! join over a sequential scan, and every later write read the whole table.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -96,102 +97,26 @@ pub(super) async fn apply(
     for (up, _) in &plan.updates {
         events.extend(up.id, &up.events);
     }
-    // The fenced UPDATE gates the branch and event rows of updates: a transaction whose owner,
-    // epoch or history differ matches no row, and the joins on `updated` then write nothing of
-    // it. A duplicate idempotency key inserts nothing, and the join on `created` then adds no
-    // event rows for it. Branch rows are written when a branch first changes (pending ones are
-    // implied by the definition). `plan` keeps every transaction to one of the two lists, so
-    // the sub-statements never touch the same row.
-    let written: Vec<(Uuid, bool)> = sqlx::query_as(
-        "WITH created AS (
-            INSERT INTO baton_transactions
-                (id, kind, state, definition, labels, idempotency_key, owner, epoch,
-                 deadline_at, last_seq, created_at, updated_at)
-            SELECT i.id, i.kind, i.state, i.definition::jsonb, i.labels::jsonb, i.key, i.owner,
-                   i.epoch, i.deadline_at, i.last_seq, i.created_at, i.created_at
-            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                        $7::text[], $8::bigint[], $9::timestamptz[], $10::bigint[],
-                        $11::timestamptz[])
-                AS i(id, kind, state, definition, labels, key, owner, epoch, deadline_at,
-                     last_seq, created_at)
-            ON CONFLICT (idempotency_key) DO NOTHING
-            RETURNING id, owner, epoch
-        ), updated AS (
-            UPDATE baton_transactions t
-            SET state = u.state, stage = u.stage, last_error = u.last_error,
-                cancel_requested = u.cancel_requested,
-                owner = CASE WHEN u.release THEN NULL ELSE t.owner END,
-                last_seq = GREATEST(t.last_seq, u.max_seq), updated_at = now()
-            FROM (SELECT * FROM UNNEST($12::uuid[], $13::text[], $14::bigint[], $15::bigint[],
-                        $16::text[], $17::bigint[], $18::text[], $19::bool[], $20::bool[],
-                        $21::bigint[])
-                    AS u(id, owner, epoch, expected, state, stage, last_error,
-                         cancel_requested, release, max_seq)
-                  LIMIT cardinality($12::uuid[])) AS u
-            WHERE t.id = u.id AND t.owner = u.owner AND t.epoch = u.epoch
-              AND t.last_seq = u.expected
-            RETURNING t.id, u.owner, u.epoch
-        ), branches AS (
-            INSERT INTO baton_branches
-                (tx_id, idx, name, state, attempts, output, last_error, done_order)
-            SELECT b.tx_id, b.idx, b.name, b.state, b.attempts, b.output, b.last_error,
-                   b.done_order
-            FROM UNNEST($22::uuid[], $23::bigint[], $24::text[], $25::text[], $26::bigint[],
-                        $27::bytea[], $28::text[], $29::bigint[])
-                AS b(tx_id, idx, name, state, attempts, output, last_error, done_order)
-            JOIN updated ON updated.id = b.tx_id
-            ON CONFLICT (tx_id, idx) DO UPDATE SET
-                name = excluded.name, state = excluded.state, attempts = excluded.attempts,
-                output = excluded.output, last_error = excluded.last_error,
-                done_order = excluded.done_order
-        ), events AS (
-            INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail, owner, epoch)
-            SELECT e.tx_id, e.seq, e.at, e.kind, e.branch, e.detail, w.owner, w.epoch
-            FROM UNNEST($30::uuid[], $31::bigint[], $32::timestamptz[], $33::text[],
-                        $34::bigint[], $35::text[]) AS e(tx_id, seq, at, kind, branch, detail)
-            JOIN (SELECT id, owner, epoch FROM created
-                  UNION ALL SELECT id, owner, epoch FROM updated) AS w ON w.id = e.tx_id
-        )
-        SELECT id, true FROM created UNION ALL SELECT id, false FROM updated",
-    )
-    .bind(&creates.id)
-    .bind(&creates.kind)
-    .bind(&creates.state)
-    .bind(&creates.definition)
-    .bind(&creates.labels)
-    .bind(&creates.key)
-    .bind(&creates.owner)
-    .bind(&creates.epoch)
-    .bind(&creates.deadline)
-    .bind(&creates.last_seq)
-    .bind(&creates.created)
-    .bind(&updates.id)
-    .bind(&updates.owner)
-    .bind(&updates.epoch)
-    .bind(&updates.expected)
-    .bind(&updates.state)
-    .bind(&updates.stage)
-    .bind(&updates.last_error)
-    .bind(&updates.cancel)
-    .bind(&updates.release)
-    .bind(&updates.max_seq)
-    .bind(&updates.b_tx)
-    .bind(&updates.b_idx)
-    .bind(&updates.b_name)
-    .bind(&updates.b_state)
-    .bind(&updates.b_attempts)
-    .bind(&updates.b_output)
-    .bind(&updates.b_error)
-    .bind(&updates.b_done)
-    .bind(&events.tx)
-    .bind(&events.seq)
-    .bind(&events.at)
-    .bind(&events.kind)
-    .bind(&events.branch)
-    .bind(&events.detail)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    // A batch of one kind (always so under light load) takes a statement without the other
+    // kind's parts: fewer parameters to bind and fewer sub-statements to start.
+    let query = match (plan.creates.is_empty(), plan.updates.is_empty()) {
+        (false, true) => bind_events(
+            bind_creates(sqlx::query_as(CREATES.as_str()), &creates),
+            &events,
+        ),
+        (true, false) => bind_events(
+            bind_updates(sqlx::query_as(UPDATES.as_str()), &updates),
+            &events,
+        ),
+        _ => bind_events(
+            bind_updates(
+                bind_creates(sqlx::query_as(MIXED.as_str()), &creates),
+                &updates,
+            ),
+            &events,
+        ),
+    };
+    let written: Vec<(Uuid, bool)> = query.fetch_all(&mut *conn).await.map_err(db_err)?;
     let created: HashSet<Uuid> = written.iter().filter(|w| w.1).map(|w| w.0).collect();
     let updated: HashSet<Uuid> = written.iter().filter(|w| !w.1).map(|w| w.0).collect();
     for (up, positions) in &plan.updates {
@@ -236,6 +161,205 @@ pub(super) async fn apply(
         }
     }
     Ok(())
+}
+
+/// `$first::type[], …` for one `UNNEST` of parallel arrays.
+fn arrays(first: usize, types: &[&str]) -> String {
+    let list: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}[]", first + i))
+        .collect();
+    list.join(", ")
+}
+
+/// The parts of the batch statements, each given the number of its first parameter.
+fn created(first: usize) -> String {
+    let arrays = arrays(
+        first,
+        &[
+            "uuid",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+            "bigint",
+            "timestamptz",
+            "bigint",
+            "timestamptz",
+        ],
+    );
+    format!(
+        "created AS (
+            INSERT INTO baton_transactions
+                (id, kind, state, definition, labels, idempotency_key, owner, epoch,
+                 deadline_at, last_seq, created_at, updated_at)
+            SELECT i.id, i.kind, i.state, i.definition::jsonb, i.labels::jsonb, i.key, i.owner,
+                   i.epoch, i.deadline_at, i.last_seq, i.created_at, i.created_at
+            FROM UNNEST({arrays})
+                AS i(id, kind, state, definition, labels, key, owner, epoch, deadline_at,
+                     last_seq, created_at)
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING id, owner, epoch
+        )"
+    )
+}
+
+fn updated(first: usize) -> String {
+    let arrays = arrays(
+        first,
+        &[
+            "uuid", "text", "bigint", "bigint", "text", "bigint", "text", "bool", "bool", "bigint",
+        ],
+    );
+    format!(
+        "updated AS (
+            UPDATE baton_transactions t
+            SET state = u.state, stage = u.stage, last_error = u.last_error,
+                cancel_requested = u.cancel_requested,
+                owner = CASE WHEN u.release THEN NULL ELSE t.owner END,
+                last_seq = GREATEST(t.last_seq, u.max_seq), updated_at = now()
+            FROM (SELECT * FROM UNNEST({arrays})
+                    AS u(id, owner, epoch, expected, state, stage, last_error,
+                         cancel_requested, release, max_seq)
+                  LIMIT cardinality(${first}::uuid[])) AS u
+            WHERE t.id = u.id AND t.owner = u.owner AND t.epoch = u.epoch
+              AND t.last_seq = u.expected
+            RETURNING t.id, u.owner, u.epoch
+        )"
+    )
+}
+
+fn branches(first: usize) -> String {
+    let arrays = arrays(
+        first,
+        &[
+            "uuid", "bigint", "text", "text", "bigint", "bytea", "text", "bigint",
+        ],
+    );
+    format!(
+        "branches AS (
+            INSERT INTO baton_branches
+                (tx_id, idx, name, state, attempts, output, last_error, done_order)
+            SELECT b.tx_id, b.idx, b.name, b.state, b.attempts, b.output, b.last_error,
+                   b.done_order
+            FROM UNNEST({arrays})
+                AS b(tx_id, idx, name, state, attempts, output, last_error, done_order)
+            JOIN updated ON updated.id = b.tx_id
+            ON CONFLICT (tx_id, idx) DO UPDATE SET
+                name = excluded.name, state = excluded.state, attempts = excluded.attempts,
+                output = excluded.output, last_error = excluded.last_error,
+                done_order = excluded.done_order
+        )"
+    )
+}
+
+/// The events of the transactions in `written` (a relation of `id, owner, epoch`).
+fn events(first: usize, written: &str) -> String {
+    let arrays = arrays(
+        first,
+        &["uuid", "bigint", "timestamptz", "text", "bigint", "text"],
+    );
+    format!(
+        "events AS (
+            INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail, owner, epoch)
+            SELECT e.tx_id, e.seq, e.at, e.kind, e.branch, e.detail, w.owner, w.epoch
+            FROM UNNEST({arrays}) AS e(tx_id, seq, at, kind, branch, detail)
+            JOIN {written} AS w ON w.id = e.tx_id
+        )"
+    )
+}
+
+/// The statement for a batch with new transactions and updates. The fenced UPDATE gates the
+/// branch and event rows of updates: a transaction whose owner, epoch or history differ matches
+/// no row, and the joins on `updated` then write nothing of it. A duplicate idempotency key
+/// inserts nothing, and the join on `created` then adds no event rows for it. Branch rows are
+/// written when a branch first changes (pending ones are implied by the definition). `plan`
+/// keeps every transaction to one of the two lists, so the sub-statements never touch the same
+/// row. Parameters: creates from $1, updates from $12, branches from $22, events from $30.
+static MIXED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {}, {}, {}, {}
+        SELECT id, true FROM created UNION ALL SELECT id, false FROM updated",
+        created(1),
+        updated(12),
+        branches(22),
+        events(
+            30,
+            "(SELECT id, owner, epoch FROM created UNION ALL SELECT id, owner, epoch FROM updated)"
+        ),
+    )
+});
+
+/// [`MIXED`] for new transactions only: creates from $1, events from $12.
+static CREATES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {}, {} SELECT id, true FROM created",
+        created(1),
+        events(12, "created")
+    )
+});
+
+/// [`MIXED`] for updates only: updates from $1, branches from $11, events from $19.
+static UPDATES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {}, {}, {} SELECT id, false FROM updated",
+        updated(1),
+        branches(11),
+        events(19, "updated")
+    )
+});
+
+type Written<'q> =
+    sqlx::query::QueryAs<'q, sqlx::Postgres, (Uuid, bool), sqlx::postgres::PgArguments>;
+
+fn bind_creates<'q>(query: Written<'q>, c: &'q Creates<'_>) -> Written<'q> {
+    query
+        .bind(&c.id)
+        .bind(&c.kind)
+        .bind(&c.state)
+        .bind(&c.definition)
+        .bind(&c.labels)
+        .bind(&c.key)
+        .bind(&c.owner)
+        .bind(&c.epoch)
+        .bind(&c.deadline)
+        .bind(&c.last_seq)
+        .bind(&c.created)
+}
+
+fn bind_updates<'q>(query: Written<'q>, u: &'q Updates<'_>) -> Written<'q> {
+    query
+        .bind(&u.id)
+        .bind(&u.owner)
+        .bind(&u.epoch)
+        .bind(&u.expected)
+        .bind(&u.state)
+        .bind(&u.stage)
+        .bind(&u.last_error)
+        .bind(&u.cancel)
+        .bind(&u.release)
+        .bind(&u.max_seq)
+        .bind(&u.b_tx)
+        .bind(&u.b_idx)
+        .bind(&u.b_name)
+        .bind(&u.b_state)
+        .bind(&u.b_attempts)
+        .bind(&u.b_output)
+        .bind(&u.b_error)
+        .bind(&u.b_done)
+}
+
+fn bind_events<'q>(query: Written<'q>, e: &'q Events<'_>) -> Written<'q> {
+    query
+        .bind(&e.tx)
+        .bind(&e.seq)
+        .bind(&e.at)
+        .bind(&e.kind)
+        .bind(&e.branch)
+        .bind(&e.detail)
 }
 
 /// New transactions as parallel arrays.
