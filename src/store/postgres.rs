@@ -220,7 +220,8 @@ impl TxLog for PgLog {
             q.push(" AND state = ANY(").push_bind(states).push(")");
         }
         if !filter.labels.is_empty() {
-            q.push(" AND labels @> ")
+            // Implied by a non-empty filter; lets the partial GIN index serve it (migration 0006).
+            q.push(" AND labels <> '{}'::jsonb AND labels @> ")
                 .push_bind(Json(&filter.labels))
                 .push("::jsonb");
         }

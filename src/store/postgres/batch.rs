@@ -201,7 +201,7 @@ fn created(first: usize) -> String {
             FROM UNNEST({arrays})
                 AS i(id, kind, state, definition, labels, key, owner, epoch, deadline_at,
                      last_seq, created_at)
-            ON CONFLICT (idempotency_key) DO NOTHING
+            ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id, owner, epoch
         )"
     )
