@@ -43,8 +43,9 @@ pub struct Config {
     pub max_inflight: usize,
     /// Largest group-commit batch.
     pub max_batch: usize,
-    /// Batches the log writer commits at once, each on its own connection. More than one only
-    /// pays where the database commits in parallel (PostgreSQL); SQLite has one writer anyway.
+    /// Batches the log writer commits at once, each on its own connection. One by default: on
+    /// PostgreSQL two made smaller batches and cost more CPU per write than they saved in
+    /// waiting (docs/NOTES.md); SQLite has one writer anyway.
     pub log_writers: usize,
     /// A coordinator whose heartbeat is older than this is dead; its transactions are claimed.
     pub lease: Duration,
