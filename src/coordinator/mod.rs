@@ -583,7 +583,10 @@ impl Coordinator {
 
     fn spawn_driver(self: &Arc<Self>, tx: TxRecord, first: Event, permit: OwnedSemaphorePermit) {
         let (inbox, commands) = mpsc::channel(16);
-        let (events, _) = broadcast::channel(256);
+        // The channel's slots are allocated up front, for every transaction, watched or not; 256
+        // of them cost more than a whole W1 saga's other allocations. A watcher that falls more
+        // than this many events behind catches up from the log (`api::watch`).
+        let (events, _) = broadcast::channel(LIVE_EVENTS);
         let (rested, rested_rx) = watch::channel(None);
         let id = tx.id;
         {
@@ -613,6 +616,9 @@ impl Coordinator {
         });
     }
 }
+
+/// Live events a transaction's watchers may fall behind before they re-read the log.
+const LIVE_EVENTS: usize = 16;
 
 /// The refusal text for a verb on a resting transaction.
 pub fn resting_refusal(tx: &TxRecord, verb: &str) -> String {
