@@ -1254,6 +1254,7 @@ async fn pg_writer_keeps_each_transactions_writes_in_order() {
     use std::sync::Arc;
 
     use baton::coordinator::metrics::Metrics;
+    use baton::coordinator::writer::WriterOptions;
     use baton::coordinator::LogWriter;
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
@@ -1276,9 +1277,13 @@ async fn pg_writer_keeps_each_transactions_writes_in_order() {
     let writer = LogWriter::start(
         log.clone(),
         Arc::new(Metrics::default()),
-        3,
-        8,
-        1024,
+        WriterOptions {
+            connections: 3,
+            max_batch: 8,
+            // Every write may start a batch: the most overlap, the hardest case for the order.
+            pipeline_min: 1,
+            queue_len: 1024,
+        },
         &tracker,
         stop.clone(),
     );

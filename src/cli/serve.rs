@@ -84,11 +84,16 @@ pub struct ServeArgs {
     /// [default: 10000].
     #[arg(long, env = "BATON_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
-    /// Group-commit batches the log writer commits at once, each on a database connection of its
-    /// own: with more than one, a batch executes while another waits for its commit to reach the
-    /// disk; one makes fewer, larger batches, which measured faster [default: 1].
+    /// Group-commit batches the log writer commits at once (1 to 64), each on a database
+    /// connection of its own: with more than one, a batch executes while another waits for its
+    /// commit to reach the disk [default: 2 on PostgreSQL, 1 on SQLite].
     #[arg(long, env = "BATON_LOG_WRITERS")]
     pub log_writers: Option<usize>,
+    /// With more than one log writer, writes that must be waiting before a batch starts while
+    /// another is committing; fewer wait for the next batch, which saves a commit (1 to 512)
+    /// [default: 32].
+    #[arg(long, env = "BATON_LOG_PIPELINE_MIN")]
+    pub log_pipeline_min: Option<usize>,
     /// How long a transaction's progress may wait before it is queued to the log, in ms (at most
     /// 10000); a transaction that ends sooner writes its progress with its outcome. The outcome,
     /// a 2PC decision and answers to callers are always written at once [default: 100].
@@ -219,6 +224,7 @@ impl ServeArgs {
             claim_interval_ms: self.claim_interval_ms.or(file.claim_interval_ms),
             max_connections: self.max_connections.or(file.max_connections),
             log_writers: self.log_writers.or(file.log_writers),
+            log_pipeline_min: self.log_pipeline_min.or(file.log_pipeline_min),
             progress_flush_ms: self.progress_flush_ms.or(file.progress_flush_ms),
             drain_timeout_ms: self.drain_timeout_ms.or(file.drain_timeout_ms),
             endpoints: if self.endpoints.is_empty() {
@@ -332,10 +338,21 @@ impl ServeArgs {
                 store::MAX_PURGE_BATCH
             ),
         };
-        let log_writers = args
-            .log_writers
-            .unwrap_or(defaults.log_writers)
-            .clamp(1, 64);
+        // SQLite has one writer: a second batch would only wait for the first one's lock.
+        let log_writers = match args.log_writers {
+            None if database_url.starts_with("sqlite:") => 1,
+            None => defaults.log_writers,
+            Some(n @ 1..=64) => n,
+            Some(n) => anyhow::bail!("log_writers: {n} is not between 1 and 64"),
+        };
+        let pipeline_min = match args.log_pipeline_min {
+            None => defaults.pipeline_min,
+            Some(n) if (1..=defaults.max_batch).contains(&n) => n,
+            Some(n) => anyhow::bail!(
+                "log_pipeline_min: {n} is not between 1 and {}",
+                defaults.max_batch
+            ),
+        };
         Ok(ServeConfig {
             listen,
             http_listen,
@@ -361,6 +378,7 @@ impl ServeArgs {
                 default_retry,
                 max_inflight: args.max_inflight.unwrap_or(defaults.max_inflight).max(1),
                 log_writers,
+                pipeline_min,
                 lease: args
                     .lease_ms
                     .map(Duration::from_millis)
@@ -731,6 +749,40 @@ mod tests {
         assert_eq!(file.retention.as_deref(), Some("12h"));
         assert_eq!(file.retention_sweep_ms, Some(5000));
         assert_eq!(file.retention_batch, Some(100));
+    }
+
+    #[test]
+    fn log_writer_settings_by_store_and_bounds() {
+        let config = |url: &str, writers: Option<usize>, pipeline: Option<usize>| {
+            ServeArgs {
+                database_url: Some(url.into()),
+                log_writers: writers,
+                log_pipeline_min: pipeline,
+                no_auth: Some(true),
+                ..ServeArgs::default()
+            }
+            .to_config()
+        };
+        let pg = config("postgres://127.0.0.1/baton", None, None).unwrap();
+        assert_eq!(pg.coordinator.log_writers, 2);
+        assert_eq!(pg.store.write_connections, 2);
+        assert_eq!(pg.coordinator.pipeline_min, 32);
+        let lite = config("sqlite://baton.db", None, None).unwrap();
+        assert_eq!(lite.coordinator.log_writers, 1);
+        let set = config("sqlite://baton.db", Some(3), Some(8)).unwrap();
+        assert_eq!(set.coordinator.log_writers, 3);
+        assert_eq!(set.coordinator.pipeline_min, 8);
+        for (writers, pipeline, field) in [
+            (Some(0), None, "log_writers:"),
+            (Some(65), None, "log_writers:"),
+            (None, Some(0), "log_pipeline_min:"),
+            (None, Some(513), "log_pipeline_min:"),
+        ] {
+            let error = config("sqlite://baton.db", writers, pipeline)
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(field), "{error}");
+        }
     }
 
     #[test]

@@ -43,10 +43,12 @@ pub struct Config {
     pub max_inflight: usize,
     /// Largest group-commit batch.
     pub max_batch: usize,
-    /// Batches the log writer commits at once, each on its own connection. One by default: on
-    /// PostgreSQL two made smaller batches and cost more CPU per write than they saved in
-    /// waiting (docs/NOTES.md); SQLite has one writer anyway.
+    /// Batches the log writer commits at once, each on its own connection (`baton serve` uses
+    /// one on SQLite, which has one writer anyway).
     pub log_writers: usize,
+    /// With more than one log writer, a batch starts while another is committing only once this
+    /// many writes wait; fewer join the next batch (docs/NOTES.md).
+    pub pipeline_min: usize,
     /// A coordinator whose heartbeat is older than this is dead; its transactions are claimed.
     pub lease: Duration,
     /// How often this coordinator heartbeats and claims unowned or orphaned transactions.
@@ -74,7 +76,8 @@ impl Default for Config {
             default_retry: RetryPolicy::default(),
             max_inflight: 10_000,
             max_batch: 512,
-            log_writers: 1,
+            log_writers: 2,
+            pipeline_min: 32,
             lease: Duration::from_secs(15),
             claim_interval: Duration::from_secs(2),
             claim_batch: 500,
@@ -175,9 +178,12 @@ impl Coordinator {
         let writer = LogWriter::start(
             store.clone(),
             metrics.clone(),
-            config.log_writers,
-            config.max_batch,
-            config.max_inflight.max(64) * 2,
+            writer::WriterOptions {
+                connections: config.log_writers,
+                max_batch: config.max_batch,
+                pipeline_min: config.pipeline_min,
+                queue_len: config.max_inflight.max(64) * 2,
+            },
             &tracker,
             writer_stop.clone(),
         );

@@ -1,13 +1,15 @@
 //! The log writer: one task per coordinator that gathers the log writes of every transaction in
 //! flight and commits them together, one database statement and commit per batch (group commit).
 //!
-//! Writes wait in one bounded queue. Whenever one of the writer's `connections` is free, it takes
-//! everything queued (up to `max_batch`) as one batch, so the batch size adapts to the load by
-//! itself: one write alone under no load, hundreds under heavy load. With more than one
-//! connection, a batch starts executing while the one before it waits for its commit to reach
-//! the disk, and each batch is as large as the queue allows. Writes of one transaction apply in
-//! the order they were submitted: a write whose transaction still has a write in a committing
-//! batch waits for that batch, and so does every later write of that transaction.
+//! Writes wait in one bounded queue. When no batch is running, the writer takes everything
+//! queued (up to `max_batch`) as one batch, so the batch size adapts to the load by itself: one
+//! write alone under no load, hundreds under heavy load. With more than one connection, a further
+//! batch starts while another is committing only once `pipeline_min` writes wait: it then executes
+//! while the one before it waits for its commit to reach the disk. Fewer writes wait for the
+//! running batch and join the next one, because a small batch costs a statement and a commit of
+//! its own and saves them little waiting. Writes of one transaction apply in the order they were
+//! submitted: a write whose transaction still has a write in a committing batch waits for that
+//! batch, and so does every later write of that transaction.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -39,6 +41,19 @@ struct Pending {
 /// The outcome of a submitted write, once its batch is done.
 pub type Ack = oneshot::Receiver<Result<WriteOutcome, WriteError>>;
 
+/// How the log writer batches.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterOptions {
+    /// Batches committing at once, each on a connection of its own.
+    pub connections: usize,
+    /// Largest batch.
+    pub max_batch: usize,
+    /// Writes that must wait before a batch starts while another is committing.
+    pub pipeline_min: usize,
+    /// Writes queued before `submit` waits.
+    pub queue_len: usize,
+}
+
 /// A handle to submit writes; cheap to clone.
 #[derive(Clone)]
 pub struct LogWriter {
@@ -46,24 +61,25 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    /// Starts the writer task on `tracker`, committing up to `connections` batches at once; it
-    /// stops when `stop` is cancelled and the queue is drained, or when every handle is dropped.
+    /// Starts the writer task on `tracker`, committing up to `options.connections` batches at
+    /// once; it stops when `stop` is cancelled and the queue is drained, or when every handle is
+    /// dropped.
     pub fn start(
         store: Arc<dyn TxLog>,
         metrics: Arc<super::metrics::Metrics>,
-        connections: usize,
-        max_batch: usize,
-        queue_len: usize,
+        options: WriterOptions,
         tracker: &tokio_util::task::TaskTracker,
         stop: CancellationToken,
     ) -> Self {
-        let (queue, rx) = mpsc::channel(queue_len.max(1));
+        let (queue, rx) = mpsc::channel(options.queue_len.max(1));
+        let max_batch = options.max_batch.max(1);
         tracker.spawn(
             Batcher {
                 store,
                 metrics,
-                connections: connections.max(1),
-                max_batch: max_batch.max(1),
+                connections: options.connections.max(1),
+                max_batch,
+                pipeline_min: options.pipeline_min.clamp(1, max_batch),
                 waiting: VecDeque::new(),
                 busy: HashSet::new(),
                 running: JoinSet::new(),
@@ -106,6 +122,7 @@ struct Batcher {
     metrics: Arc<super::metrics::Metrics>,
     connections: usize,
     max_batch: usize,
+    pipeline_min: usize,
     /// Writes taken from the queue and not yet in a batch, oldest first.
     waiting: VecDeque<Pending>,
     /// Transactions with a write in a running batch.
@@ -126,6 +143,10 @@ impl Batcher {
                         Ok(item) => self.waiting.push_back(item),
                         Err(_) => break,
                     }
+                }
+                // Too few to be worth a batch of their own: they join the next one.
+                if !self.running.is_empty() && self.waiting.len() < self.pipeline_min {
+                    break;
                 }
                 if !self.start_batch() {
                     break;
