@@ -9,9 +9,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{QueryBuilder, Row};
+use sqlx::{Connection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
@@ -27,6 +28,13 @@ pub struct PgLog {
     pub(crate) pool: sqlx::PgPool,
     /// The log writers' connections, used by [`TxLog::apply`] only.
     writes: sqlx::PgPool,
+    /// Writer connections between batches, kept out of `writes`: sqlx tests a connection with a
+    /// round trip to the server each time it goes back to its pool, so returning one after every
+    /// batch cost a round trip per batch, and the next batch waited for it when no other
+    /// connection was idle. A connection whose batch failed is dropped instead, back to the pool,
+    /// which tests it and replaces it if it is broken. Kept connections live as long as the
+    /// store; the pool's idle timeout and lifetime do not reach them.
+    idle_writes: std::sync::Mutex<Vec<PoolConnection<Postgres>>>,
 }
 
 /// The transaction columns every read selects, in the order [`raw_tx`] decodes them.
@@ -74,7 +82,25 @@ impl PgLog {
         Ok(PgLog {
             pool: reads,
             writes,
+            idle_writes: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// A writer connection: one kept from an earlier batch, or a new one from the pool.
+    async fn write_connection(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        let kept = self.idle_writes.lock().expect("writer connections").pop();
+        match kept {
+            Some(conn) => Ok(conn),
+            None => self.writes.acquire().await.map_err(db_err),
+        }
+    }
+
+    /// Keeps a writer connection whose batch succeeded for the next batch.
+    fn keep_write_connection(&self, conn: PoolConnection<Postgres>) {
+        self.idle_writes
+            .lock()
+            .expect("writer connections")
+            .push(conn);
     }
 
     /// Attaches the branches of `rows` (read in one query) to them.
@@ -177,14 +203,16 @@ impl TxLog for PgLog {
             // trips around it.
             Some(plan) => {
                 let mut found = vec![None; batch.len()];
-                let mut conn = self.writes.acquire().await.map_err(db_err)?;
+                let mut conn = self.write_connection().await?;
                 batch::apply(&mut conn, plan, &mut found).await?;
+                self.keep_write_connection(conn);
                 outcomes_of(found)
             }
             // One write at a time, in order, in one database transaction: each is a batch of
             // one, which always plans.
             None => {
-                let mut tx = self.writes.begin().await.map_err(db_err)?;
+                let mut conn = self.write_connection().await?;
+                let mut tx = conn.begin().await.map_err(db_err)?;
                 let mut found = vec![None; batch.len()];
                 for (i, write) in batch.iter().enumerate() {
                     let one = std::slice::from_ref(write);
@@ -195,6 +223,7 @@ impl TxLog for PgLog {
                     batch::apply(&mut tx, plan, &mut found[i..=i]).await?;
                 }
                 tx.commit().await.map_err(db_err)?;
+                self.keep_write_connection(conn);
                 outcomes_of(found)
             }
         }
@@ -572,9 +601,12 @@ impl TxLog for PgLog {
         let pools = [&self.pool, &self.writes];
         Some(super::PoolStats {
             size: pools.iter().map(|p| p.size()).sum(),
+            // A kept writer connection is idle between batches, though its pool counts it in use.
             idle: pools
                 .iter()
-                .map(|p| u32::try_from(p.num_idle()).unwrap_or(u32::MAX))
+                .map(|p| p.num_idle())
+                .chain([self.idle_writes.lock().expect("writer connections").len()])
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
                 .fold(0, u32::saturating_add),
             max: pools
                 .iter()
