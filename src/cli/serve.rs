@@ -340,7 +340,7 @@ impl ServeArgs {
         };
         // SQLite has one writer: a second batch would only wait for the first one's lock.
         let log_writers = match args.log_writers {
-            None if database_url.starts_with("sqlite:") => 1,
+            None if store::is_sqlite_url(&database_url) => 1,
             None => defaults.log_writers,
             Some(n @ 1..=64) => n,
             Some(n) => anyhow::bail!("log_writers: {n} is not between 1 and 64"),

@@ -390,11 +390,16 @@ impl Default for StoreOptions {
     }
 }
 
+/// Whether `url` names the embedded SQLite store (`sqlite://path`).
+pub fn is_sqlite_url(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
+
 /// Opens the store named by `url` (`postgres://…` or `sqlite://path`), without migrating.
 pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn TxLog>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgLog::connect(url, options).await?))
-    } else if url.starts_with("sqlite:") {
+    } else if is_sqlite_url(url) {
         Ok(Arc::new(sqlite::SqliteLog::open(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_string()))
