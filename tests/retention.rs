@@ -203,6 +203,11 @@ async fn the_sweep_keeps_the_log_flat_and_deletes_only_old_finished_transactions
     .expect("count");
     assert_eq!(orphans, 0);
     assert!(events > 0);
+    let definitions: i64 = sqlx::query_scalar("SELECT count(*) FROM baton_definitions")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(definitions, 2, "only the survivors' definitions are left");
     let _ = conn.close().await;
     assert_eq!(
         metric(&co.http, "baton_retention_purged_total").await,

@@ -1200,6 +1200,57 @@ async fn concurrent_claimers_never_share_work(log: &dyn TxLog) {
 
 // ---- backend-specific behaviour ----
 
+/// Migration 0007 moves every definition out of its transaction's row: a transaction written
+/// before it reads back whole after it, and takes updates.
+#[tokio::test]
+async fn pg_definitions_survive_their_move_to_a_table_of_their_own() {
+    use sqlx::Connection;
+    let db = support::db::fresh_database().await;
+    let earlier = tempfile::tempdir().expect("temp dir");
+    let mut files: Vec<_> = std::fs::read_dir("migrations/postgres")
+        .expect("migrations")
+        .map(|e| e.expect("migration").path())
+        .collect();
+    files.sort();
+    for file in files.iter().filter(|f| f.file_name().unwrap() < "0007") {
+        std::fs::copy(file, earlier.path().join(file.file_name().unwrap())).expect("copy");
+    }
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::migrate::Migrator::new(earlier.path())
+        .await
+        .expect("migrations 0001-0006")
+        .run(&mut conn)
+        .await
+        .expect("migrate to 0006");
+    let id = TxId::new();
+    let definition = saga(&["reserve", "charge"]);
+    sqlx::query(
+        "INSERT INTO baton_transactions (id, kind, state, definition, owner, epoch, last_seq)
+         VALUES ($1, 'saga', 'running', $2::jsonb, 'c1', 1, 1)",
+    )
+    .bind(id.0)
+    .bind(serde_json::to_string(&definition).expect("definition as JSON"))
+    .execute(&mut conn)
+    .await
+    .expect("a transaction of before 0007");
+
+    let log = PgLog::connect(&db.url, &StoreOptions::default())
+        .await
+        .expect("connect");
+    log.migrate().await.expect("migrate to the end");
+    let rec = get(&log, id).await;
+    assert_eq!(rec.definition, definition);
+    assert_eq!(rec.branches.len(), 2);
+    assert_eq!(
+        apply_one(&log, update_of(&rec)).await,
+        WriteOutcome::Updated
+    );
+    let listed = log.list(&ListFilter::default()).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].definition, definition);
+    let _ = conn.close().await;
+}
+
 #[tokio::test]
 async fn pg_unknown_state_text_is_corrupt() {
     use sqlx::Connection;
@@ -1340,8 +1391,11 @@ async fn pg_fenced_update_stays_a_key_lookup_as_the_table_grows() {
 
     let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
     sqlx::query(
-        "INSERT INTO baton_transactions (id, kind, state, definition)
-         SELECT gen_random_uuid(), 'saga', 'committed', '{}' FROM generate_series(1, 20000)",
+        "WITH grown AS (
+            INSERT INTO baton_transactions (id, kind, state)
+            SELECT gen_random_uuid(), 'saga', 'committed' FROM generate_series(1, 20000)
+            RETURNING id)
+         INSERT INTO baton_definitions (tx_id, definition) SELECT id, '{}' FROM grown",
     )
     .execute(&mut conn)
     .await

@@ -37,10 +37,16 @@ pub struct PgLog {
     idle_writes: std::sync::Mutex<Vec<PoolConnection<Postgres>>>,
 }
 
-/// The transaction columns every read selects, in the order [`raw_tx`] decodes them.
+/// The transaction columns every read selects, in the order [`raw_tx`] decodes them, from
+/// [`TX_TABLES`] (or an UPDATE of `baton_transactions` joined to `baton_definitions`). The two
+/// tables share no column name, so none needs its table's name.
 const TX_COLUMNS: &str = "id, kind, state, definition::text AS definition, \
      labels::text AS labels, idempotency_key, owner, epoch, stage, last_error, cancel_requested, \
      deadline_at, created_at, updated_at, last_seq";
+
+/// A transaction's row and its definition, kept apart because only the row is ever updated
+/// (migration 0007).
+const TX_TABLES: &str = "baton_transactions JOIN baton_definitions ON tx_id = id";
 
 const BRANCH_COLUMNS: &str = "tx_id, idx, name, state, attempts, output, last_error, done_order";
 
@@ -231,7 +237,7 @@ impl TxLog for PgLog {
 
     async fn get(&self, id: TxId) -> Result<Option<TxRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {TX_COLUMNS} FROM baton_transactions WHERE id = $1"
+            "SELECT {TX_COLUMNS} FROM {TX_TABLES} WHERE id = $1"
         ))
         .bind(id.0)
         .fetch_all(&self.pool)
@@ -241,9 +247,7 @@ impl TxLog for PgLog {
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<TxRecord>, StoreError> {
-        let mut q = QueryBuilder::new(format!(
-            "SELECT {TX_COLUMNS} FROM baton_transactions WHERE TRUE"
-        ));
+        let mut q = QueryBuilder::new(format!("SELECT {TX_COLUMNS} FROM {TX_TABLES} WHERE TRUE"));
         if !filter.states.is_empty() {
             let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
             q.push(" AND state = ANY(").push_bind(states).push(")");
@@ -315,7 +319,8 @@ impl TxLog for PgLog {
         }
         let rows = sqlx::query(&format!(
             "UPDATE baton_transactions SET owner = $1, epoch = epoch + 1, updated_at = now()
-             WHERE id IN (
+             FROM baton_definitions
+             WHERE tx_id = id AND id IN (
                 SELECT id FROM baton_transactions t
                 WHERE state NOT IN {RESTING_SQL}
                   AND (owner IS NULL OR (owner <> $1 AND NOT EXISTS (
@@ -406,7 +411,8 @@ impl TxLog for PgLog {
     ) -> Result<Option<TxRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "UPDATE baton_transactions SET owner = $2, epoch = epoch + 1, updated_at = now() \
-             WHERE id = $1 AND epoch = $3 RETURNING {TX_COLUMNS}"
+             FROM baton_definitions \
+             WHERE tx_id = id AND id = $1 AND epoch = $3 RETURNING {TX_COLUMNS}"
         ))
         .bind(id.0)
         .bind(owner)
@@ -567,9 +573,9 @@ impl TxLog for PgLog {
         }
         // One statement, one transaction. SKIP LOCKED keeps concurrent sweepers (other
         // coordinators, `baton tx purge`) from queueing behind each other; final rows are never
-        // written by the hot path, so nothing there waits on these locks. Branches and events
-        // have no foreign keys (migration 0005) and are deleted with their transaction in the
-        // same statement; cancel requests go with the row (ON DELETE CASCADE).
+        // written by the hot path, so nothing there waits on these locks. Definitions, branches
+        // and events have no foreign keys (migrations 0005, 0007) and are deleted with their
+        // transaction in the same statement; cancel requests go with the row (ON DELETE CASCADE).
         let done: i64 = sqlx::query_scalar(&format!(
             "WITH gone AS (
                 DELETE FROM baton_transactions
@@ -582,6 +588,8 @@ impl TxLog for PgLog {
                     FOR UPDATE SKIP LOCKED)
                   AND state IN {FINAL_SQL}
                 RETURNING id
+            ), definitions AS (
+                DELETE FROM baton_definitions WHERE tx_id IN (SELECT id FROM gone)
             ), branches AS (
                 DELETE FROM baton_branches WHERE tx_id IN (SELECT id FROM gone)
             ), events AS (

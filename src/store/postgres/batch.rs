@@ -194,16 +194,23 @@ fn created(first: usize) -> String {
     format!(
         "created AS (
             INSERT INTO baton_transactions
-                (id, kind, state, definition, labels, idempotency_key, owner, epoch,
-                 deadline_at, last_seq, created_at, updated_at)
-            SELECT i.id, i.kind, i.state, i.definition::jsonb, i.labels::jsonb, i.key, i.owner,
-                   i.epoch, i.deadline_at, i.last_seq, i.created_at, i.created_at
+                (id, kind, state, labels, idempotency_key, owner, epoch, deadline_at, last_seq,
+                 created_at, updated_at)
+            SELECT i.id, i.kind, i.state, i.labels::jsonb, i.key, i.owner, i.epoch,
+                   i.deadline_at, i.last_seq, i.created_at, i.created_at
             FROM UNNEST({arrays})
                 AS i(id, kind, state, definition, labels, key, owner, epoch, deadline_at,
                      last_seq, created_at)
             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id, owner, epoch
-        )"
+        ), defined AS (
+            INSERT INTO baton_definitions (tx_id, definition)
+            SELECT d.id, d.definition::jsonb
+            FROM UNNEST(${id}::uuid[], ${definition}::text[]) AS d(id, definition)
+            WHERE d.id IN (SELECT id FROM created)
+        )",
+        id = first,
+        definition = first + 3,
     )
 }
 
@@ -275,7 +282,8 @@ fn events(first: usize, written: &str) -> String {
 /// The statement for a batch with new transactions and updates. The fenced UPDATE gates the
 /// branch and event rows of updates: a transaction whose owner, epoch or history differ matches
 /// no row, and the joins on `updated` then write nothing of it. A duplicate idempotency key
-/// inserts nothing, and the join on `created` then adds no event rows for it. Branch rows are
+/// inserts nothing, and the joins on `created` then add no definition or event rows for it.
+/// The definition goes to a table of its own, never updated (migration 0007). Branch rows are
 /// written when a branch first changes (pending ones are implied by the definition). `plan`
 /// keeps every transaction to one of the two lists, so the sub-statements never touch the same
 /// row. Parameters: creates from $1, updates from $12, branches from $22, events from $30.
