@@ -1293,6 +1293,23 @@ async fn pg_unknown_state_text_is_corrupt() {
             ..
         })
     ));
+    sqlx::query("DELETE FROM baton_branches WHERE tx_id = $1")
+        .bind(rec.id.0)
+        .execute(&mut conn)
+        .await
+        .expect("repair the branch");
+    // The definition is the coordinator's JSON text, which PostgreSQL no longer checks.
+    sqlx::query("UPDATE baton_definitions SET definition = '{\"saga\": ' WHERE tx_id = $1")
+        .bind(rec.id.0)
+        .execute(&mut conn)
+        .await
+        .expect("corrupt the definition");
+    match log.get(rec.id).await {
+        Err(StoreError::Corrupt { detail, .. }) => {
+            assert!(detail.contains("definition"), "{detail}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
 }
 
 /// The log writer commits several batches at once, yet each transaction's writes land in the

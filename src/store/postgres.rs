@@ -40,7 +40,7 @@ pub struct PgLog {
 /// The transaction columns every read selects, in the order [`raw_tx`] decodes them, from
 /// [`TX_TABLES`] (or an UPDATE of `baton_transactions` joined to `baton_definitions`). The two
 /// tables share no column name, so none needs its table's name.
-const TX_COLUMNS: &str = "id, kind, state, definition::text AS definition, \
+const TX_COLUMNS: &str = "id, kind, state, definition, \
      labels::text AS labels, idempotency_key, owner, epoch, stage, last_error, cancel_requested, \
      deadline_at, created_at, updated_at, last_seq";
 

@@ -205,7 +205,7 @@ fn created(first: usize) -> String {
             RETURNING id, owner, epoch
         ), defined AS (
             INSERT INTO baton_definitions (tx_id, definition)
-            SELECT d.id, d.definition::jsonb
+            SELECT d.id, d.definition
             FROM UNNEST(${id}::uuid[], ${definition}::text[]) AS d(id, definition)
             WHERE d.id IN (SELECT id FROM created)
         )",
