@@ -16,7 +16,7 @@ use baton::client::{Client, Saga, Step, TxState};
 use rand::Rng;
 use sqlx::Connection;
 
-use support::db::fresh_database;
+use support::db::private_database;
 use support::participant::{participant, Ledger};
 use support::process::{coordinator, Coordinator};
 
@@ -55,7 +55,7 @@ struct Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinators_die_join_and_leave_under_load_and_nothing_is_lost() {
-    let db = fresh_database().await;
+    let db = private_database().await;
     let (p, ledger) = participant().await;
     let mut nodes: Vec<Option<Coordinator>> = Vec::new();
     for id in ["c1", "c2", "c3"] {
@@ -315,7 +315,7 @@ fn recovery_txs() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survivors_finish_a_killed_coordinators_backlog_within_the_lease_plus_five_seconds() {
-    let db = fresh_database().await;
+    let db = private_database().await;
     let (p, ledger) = participant().await;
     let n = recovery_txs();
     let lease = Duration::from_millis(1500);
@@ -402,7 +402,7 @@ async fn survivors_finish_a_killed_coordinators_backlog_within_the_lease_plus_fi
 
 #[tokio::test]
 async fn any_coordinator_answers_for_a_transaction_another_one_drives() {
-    let db = fresh_database().await;
+    let db = private_database().await;
     let (p, ledger) = participant().await;
     let owner = coordinator(&db.url, "owner", &[], &[]).await;
     let other = coordinator(&db.url, "other", &[], &[]).await;

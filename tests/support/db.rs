@@ -4,6 +4,11 @@
 //! The server is `DATABASE_URL` when set, else the local one at 127.0.0.1:5432. When the local one
 //! does not answer and the PostgreSQL binaries are installed, a throwaway cluster is started once
 //! per test process; it stops and is deleted when the process exits.
+//!
+//! Tests that open many connections at once (several coordinator processes under load) take
+//! [`private_database`] instead: a database on a throwaway cluster of this test process's own,
+//! so they neither fail when the shared server has few free connections nor starve the tests
+//! that use it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -19,9 +24,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The server URL all tests of this process use, decided once.
 static SERVER: OnceCell<String> = OnceCell::const_new();
-/// The throwaway cluster's supervisor, if one was started. Never dropped: its stdin closes when
-/// the process exits, which tells it to stop the cluster and delete its directory.
-static CLUSTER: Mutex<Option<Child>> = Mutex::new(None);
+/// The private cluster's URL (see [`private_database`]), decided once.
+static PRIVATE: OnceCell<String> = OnceCell::const_new();
+/// The throwaway clusters' supervisors. Never dropped: their stdin closes when the process
+/// exits, which tells each to stop its cluster and delete its directory.
+static CLUSTERS: Mutex<Vec<Child>> = Mutex::new(Vec::new());
 
 /// A database that exists for one test.
 pub struct TestDb {
@@ -34,6 +41,36 @@ pub struct TestDb {
 /// Creates an empty database named `baton_test_<uuid>` and returns it.
 pub async fn fresh_database() -> TestDb {
     let server = SERVER.get_or_init(find_server).await.clone();
+    database_on(server).await
+}
+
+/// Creates an empty database on a throwaway cluster that only this test process uses (started
+/// on first use, with room for 300 connections), for tests that open many connections at once.
+/// Needs the PostgreSQL server binaries (initdb, pg_ctl), which `.ci/run` installs.
+pub async fn private_database() -> TestDb {
+    let server = PRIVATE
+        .get_or_init(|| async {
+            let url = tokio::task::spawn_blocking(start_cluster)
+                .await
+                .expect("cluster start task")
+                .unwrap_or_else(|why| {
+                    panic!(
+                        "this test needs a throwaway PostgreSQL cluster of its own and none \
+                         could be started ({why}); install PostgreSQL (initdb and pg_ctl under \
+                         /usr/lib/postgresql/*/bin)"
+                    )
+                });
+            connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("throwaway cluster at {url} does not answer: {e}"));
+            url
+        })
+        .await
+        .clone();
+    database_on(server).await
+}
+
+async fn database_on(server: String) -> TestDb {
     let name = format!("baton_test_{}", uuid::Uuid::now_v7().simple());
     let mut conn = connect(&server)
         .await
@@ -177,8 +214,8 @@ fn start_cluster() -> Result<String, String> {
             dir.display()
         ));
     }
-    if let Ok(mut slot) = CLUSTER.lock() {
-        *slot = Some(child);
+    if let Ok(mut clusters) = CLUSTERS.lock() {
+        clusters.push(child);
     }
     Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }

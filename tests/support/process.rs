@@ -8,8 +8,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
-/// Short retry, claim and lease times so tests run in seconds.
+/// Short retry, claim and lease times so tests run in seconds, and a small connection pool: the
+/// suite shares one PostgreSQL server, which may have few connections to spare (README).
 pub const FAST: &[&str] = &[
+    "--max-connections",
+    "6",
     "--default-initial-backoff-ms",
     "20",
     "--default-max-backoff-ms",
