@@ -357,7 +357,13 @@ async fn refused_calls_change_nothing() {
 
     // A saga held in flight by the participant, and one whose compensation keeps failing.
     ledger.gate_closed.store(true, Ordering::SeqCst);
-    let running = start_as(&mut c, SHOP, saga(&endpoint, "gated", "undo")).await;
+    let mut gated = saga(&endpoint, "gated", "undo");
+    // The gated call must stay in flight while the refused calls below run: with the default
+    // test timeout (2 s) a busy machine would see it time out and retry, which changes the log.
+    if let Some(proto::start_request::Definition::Saga(saga)) = &mut gated.definition {
+        saga.steps[0].timeout_ms = 300_000;
+    }
+    let running = start_as(&mut c, SHOP, gated).await;
     ledger.broken.store(true, Ordering::SeqCst);
     let two_steps = StartRequest {
         definition: Some(proto::start_request::Definition::Saga(Saga {
