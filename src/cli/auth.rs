@@ -24,8 +24,8 @@ pub(super) fn run(command: AuthCommand) -> anyhow::Result<()> {
     match command {
         AuthCommand::HashToken { generate: true } => {
             let token = auth::generate_token();
-            println!("token: {token}");
-            println!("hash:  {}", TokenHash::of(&token));
+            let hash = TokenHash::of(&token);
+            super::print_out(&format!("token: {token}\nhash:  {hash}\n"))?;
         }
         AuthCommand::HashToken { generate: false } => {
             let mut text = String::new();
@@ -39,7 +39,7 @@ pub(super) fn run(command: AuthCommand) -> anyhow::Result<()> {
                 anyhow::bail!("no token on stdin: pipe one in, or pass --generate");
             }
             auth::check_token(token)?;
-            println!("{}", TokenHash::of(token));
+            super::print_out(&format!("{}\n", TokenHash::of(token)))?;
         }
     }
     Ok(())

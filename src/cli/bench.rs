@@ -114,7 +114,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.json {
         super::print_json(&report.to_json())?;
     } else {
-        print!("{}", report.to_table());
+        super::print_out(&report.to_table())?;
     }
     Ok(())
 }
@@ -127,7 +127,7 @@ pub async fn participant(args: BenchParticipantArgs) -> anyhow::Result<()> {
         "--listen must be a loopback address"
     );
     let server = bench::workloads::participant().serve(args.listen).await?;
-    println!("{}", server.endpoint());
+    super::print_out(&format!("{}\n", server.endpoint()))?;
     let stdin_closed = CancellationToken::new();
     let closed = stdin_closed.clone();
     // A plain thread: a blocking read on the runtime's blocking pool would hold up its shutdown.

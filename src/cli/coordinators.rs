@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::{output, print_json, Remote};
+use super::{output, print_json, print_out, Remote};
 
 pub(super) async fn run(remote: &Remote) -> anyhow::Result<()> {
     let client = remote.connect().await?;
@@ -35,6 +35,5 @@ pub(super) async fn run(remote: &Remote) -> anyhow::Result<()> {
             c.owned.to_string(),
         ]);
     }
-    print!("{}", table.render());
-    Ok(())
+    print_out(&table.render())
 }

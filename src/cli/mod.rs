@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use self::auth::AuthCommand;
 pub use self::participants::ParticipantsCommand;
 pub use self::tx::TxCommand;
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 
 /// Baton: a distributed-transaction coordinator for sagas and two-phase commits.
 #[derive(Debug, Parser)]
@@ -128,9 +128,17 @@ impl std::fmt::Debug for Remote {
 
 impl Remote {
     async fn connect(&self) -> anyhow::Result<Client> {
-        let client = match self.tls()? {
-            None => Client::connect(self.addr.clone()).await?,
-            Some(tls) => Client::connect_tls(std::slice::from_ref(&self.addr), &tls).await?,
+        let connected = match self.tls()? {
+            None => Client::connect(self.addr.clone()).await,
+            Some(tls) => Client::connect_tls(std::slice::from_ref(&self.addr), &tls).await,
+        };
+        let client = match connected {
+            Ok(client) => client,
+            Err(ClientError::Connect { addr, source }) => {
+                let reason = unreachable_reason(&addr, source.as_ref()).await;
+                return Err(Unreachable { addr, reason }.into());
+            }
+            Err(other) => return Err(other.into()),
         };
         Ok(match &self.token {
             Some(token) => client.with_token(token)?,
@@ -160,8 +168,82 @@ impl Remote {
     }
 }
 
+/// The coordinator could not be reached at all, said plainly: the transport's own error (a gRPC
+/// status with its code's description, debug fields, an OS error number) means nothing to an
+/// operator who only needs to know whether the address is wrong or the coordinator is down.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the coordinator at {addr}: {reason}")]
+struct Unreachable {
+    addr: String,
+    reason: String,
+}
+
+/// How long the probe in [`unreachable_reason`] waits for a connection, as the client does.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why connecting to `addr` failed, in a few words ("connection refused", "timed out").
+///
+/// Classified by the `io::ErrorKind` of the socket error, never by message text. The client's
+/// own transport reports a failed connect as a gRPC status whose message has the socket error
+/// already formatted into it, so when the error chain holds no `io::Error` the address is probed
+/// with one plain TCP connect to learn the kind. If that connect succeeds, the failure was past
+/// TCP (TLS, HTTP/2) and the transport's message is the best reason there is.
+async fn unreachable_reason(addr: &str, source: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = Some(source);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io_reason(io);
+        }
+        cause = e.source();
+    }
+    if let Some((host, port)) = host_port(addr) {
+        let probe = tokio::net::TcpStream::connect((host.as_str(), port));
+        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Err(_) => return std::io::ErrorKind::TimedOut.to_string(),
+            Ok(Err(io)) => return io_reason(&io),
+            Ok(Ok(_)) => {}
+        }
+    }
+    match source.downcast_ref::<tonic::Status>() {
+        Some(status) => status.message().to_string(),
+        None => source.to_string(),
+    }
+}
+
+/// An OS error by its kind ("connection refused"); anything else (a failed name lookup) by its
+/// message, which is then all there is.
+fn io_reason(e: &std::io::Error) -> String {
+    if e.raw_os_error().is_some() {
+        e.kind().to_string()
+    } else {
+        e.to_string()
+    }
+}
+
+/// The host and port of a coordinator address such as `http://127.0.0.1:7600`.
+fn host_port(addr: &str) -> Option<(String, u16)> {
+    let uri: tonic::codegen::http::Uri = addr.parse().ok()?;
+    let default = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_string(), uri.port_u16().unwrap_or(default)))
+}
+
 /// Run the parsed command line to completion.
+///
+/// A closed stdout (`baton tx list | head -1`) ends the command quietly and successfully, as it
+/// would for any Unix filter: the reader has all it wanted.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match dispatch(cli).await {
+        Err(err) if err.is::<StdoutClosed>() => Ok(()),
+        result => result,
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::serve(args).await,
         Command::Migrate(args) => serve::migrate(args).await,
@@ -176,8 +258,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Print a JSON document on stdout.
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    print_out(&text)
+}
+
+/// Stdout was closed before everything was written: the reader went away.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout closed")]
+struct StdoutClosed;
+
+/// Writes `text` to stdout. `print!` panics when stdout is a pipe whose reader has exited (Rust
+/// ignores SIGPIPE, so the write fails with EPIPE); this returns [`StdoutClosed`] instead, which
+/// [`run`] turns into a quiet exit. Every command's output goes through here.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{output, print_json, Remote};
+use super::{output, print_json, print_out, Remote};
 
 /// The `participants` subcommands.
 #[derive(Debug, PartialEq, Eq, Subcommand)]
@@ -25,8 +25,7 @@ pub(super) async fn run(remote: &Remote, command: ParticipantsCommand) -> anyhow
                 let list: Vec<_> = participants.iter().map(output::participant_json).collect();
                 print_json(&json!({ "participants": list }))
             } else {
-                print!("{}", output::participants_table(&participants));
-                Ok(())
+                print_out(&output::participants_table(&participants))
             }
         }
     }

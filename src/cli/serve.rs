@@ -553,17 +553,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
     let no_auth = config.auth == AuthConfig::Disabled;
     let serving = api::serve(config).await?;
-    println!("baton coordinator listening on {}", serving.endpoint());
+    announce(&format!(
+        "baton coordinator listening on {}",
+        serving.endpoint()
+    ));
     if let Some(http) = serving.http_addr {
         let scheme = if serving.endpoint().starts_with("https") {
             "https"
         } else {
             "http"
         };
-        println!("health and metrics on {scheme}://{http}");
+        announce(&format!("health and metrics on {scheme}://{http}"));
     }
     if no_auth {
-        println!("authentication disabled (--no-auth): every caller may call every method");
+        announce("authentication disabled (--no-auth): every caller may call every method");
     }
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -600,8 +603,16 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
     let log = store::open(&url, &StoreOptions::default()).await?;
     log.migrate().await?;
-    println!("migrated {}", redact(&url));
-    Ok(())
+    super::print_out(&format!("migrated {}\n", redact(&url)))
+}
+
+/// Prints a line about the running coordinator on stdout. A coordinator keeps serving when
+/// nobody reads its stdout any more (the pipe it was started with was closed), so a failed
+/// write is ignored rather than ending it or panicking as `println!` would.
+fn announce(line: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }
 
 /// The URL without its password, for printing.

@@ -164,3 +164,38 @@ fn tx_purge_takes_an_age_and_a_batch() {
         assert!(error.contains("--older-than"), "{bad:?}: {error}");
     }
 }
+
+#[test]
+fn tx_retry_help_names_the_state_it_accepts() {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let retry = cli
+        .find_subcommand("tx")
+        .and_then(|tx| tx.find_subcommand("retry"))
+        .expect("tx retry");
+    let about = retry.get_about().map(|a| a.to_string()).unwrap_or_default();
+    assert!(about.starts_with("Resume a failed transaction"), "{about}");
+    assert!(!about.contains("stuck"), "{about}");
+}
+
+#[test]
+fn coordinator_addresses_give_the_host_and_port_to_probe() {
+    assert_eq!(
+        host_port("http://127.0.0.1:7600"),
+        Some(("127.0.0.1".to_string(), 7600))
+    );
+    assert_eq!(host_port("https://[::1]"), Some(("::1".to_string(), 443)));
+    assert_eq!(host_port("not an address"), None);
+}
+
+#[test]
+fn socket_errors_read_as_their_kind() {
+    // ECONNREFUSED as Linux numbers it.
+    #[cfg(target_os = "linux")]
+    let refused = std::io::Error::from_raw_os_error(111);
+    #[cfg(not(target_os = "linux"))]
+    let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(io_reason(&refused), "connection refused");
+    let lookup = std::io::Error::other("failed to lookup address information");
+    assert_eq!(io_reason(&lookup), "failed to lookup address information");
+}

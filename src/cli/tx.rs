@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{output, print_json, Remote};
+use super::{output, print_json, print_out, Remote};
 use crate::client::{Client, ListQuery, Transaction, TxEvent, TxState};
 
 /// Events fetched per `Events` call; the coordinator's default page size.
@@ -45,7 +45,8 @@ pub enum TxCommand {
         /// The transaction id.
         id: String,
     },
-    /// Resume a failed or stuck transaction.
+    /// Resume a failed transaction: a saga whose compensation gave up compensates again. Only
+    /// the failed state can be retried; an unfinished transaction is still being driven.
     Retry {
         /// The transaction id.
         id: String,
@@ -111,9 +112,9 @@ pub(super) async fn run(remote: &Remote, command: TxCommand) -> anyhow::Result<(
                     "next_page_token": page.next_page_token,
                 }));
             }
-            print!("{}", output::tx_table(&page.transactions));
+            print_out(&output::tx_table(&page.transactions))?;
             if !page.next_page_token.is_empty() {
-                println!("\nmore: --page-token {}", page.next_page_token);
+                print_out(&format!("\nmore: --page-token {}\n", page.next_page_token))?;
             }
             Ok(())
         }
@@ -125,10 +126,9 @@ pub(super) async fn run(remote: &Remote, command: TxCommand) -> anyhow::Result<(
                 value["events"] = events.iter().map(output::event_json).collect();
                 return print_json(&value);
             }
-            print!("{}", output::tx_detail(&tx));
-            println!("\nevents:");
-            print!("{}", output::timeline(&events, &tx.branches));
-            Ok(())
+            print_out(&output::tx_detail(&tx))?;
+            print_out("\nevents:\n")?;
+            print_out(&output::timeline(&events, &tx.branches))
         }
         TxCommand::Events { id } => {
             let events = all_events(&client, &id).await?;
@@ -136,8 +136,7 @@ pub(super) async fn run(remote: &Remote, command: TxCommand) -> anyhow::Result<(
                 let list: Vec<_> = events.iter().map(output::event_json).collect();
                 return print_json(&json!({ "tx_id": id, "events": list }));
             }
-            print!("{}", output::timeline(&events, &[]));
-            Ok(())
+            print_out(&output::timeline(&events, &[]))
         }
         TxCommand::Retry { id } => print_tx(remote, &client.retry(&id).await?),
         TxCommand::Cancel { id, reason } => print_tx(remote, &client.cancel(&id, &reason).await?),
@@ -146,8 +145,7 @@ pub(super) async fn run(remote: &Remote, command: TxCommand) -> anyhow::Result<(
             if remote.json {
                 return print_json(&json!({ "purged": purged }));
             }
-            println!("purged {purged} finished transactions");
-            Ok(())
+            print_out(&format!("purged {purged} finished transactions\n"))
         }
     }
 }
@@ -156,8 +154,7 @@ fn print_tx(remote: &Remote, tx: &Transaction) -> anyhow::Result<()> {
     if remote.json {
         return print_json(&output::tx_json(tx));
     }
-    print!("{}", output::tx_detail(tx));
-    Ok(())
+    print_out(&output::tx_detail(tx))
 }
 
 /// The whole history, page by page.

@@ -9,19 +9,25 @@ use crate::model::{Phase, TxKind, TxState};
 use crate::store::PoolStats;
 
 const KINDS: [TxKind; 2] = [TxKind::Saga, TxKind::TwoPhase];
-const OUTCOMES: [TxState; 5] = [
-    TxState::Committed,
-    TxState::Compensated,
-    TxState::Failed,
-    TxState::Aborted,
-    TxState::Running,
-];
+
+/// The states a transaction of each kind can rest in: the only outcome series exposed, so a
+/// dashboard never shows a saga `aborted` or a two-phase commit `compensated`. A saga rests
+/// `failed` when a compensation gives up; a two-phase commit never does (phase two retries).
+const SAGA_OUTCOMES: &[TxState] = &[TxState::Committed, TxState::Compensated, TxState::Failed];
+const TWO_PHASE_OUTCOMES: &[TxState] = &[TxState::Committed, TxState::Aborted];
+
+fn outcomes(kind: TxKind) -> &'static [TxState] {
+    match kind {
+        TxKind::Saga => SAGA_OUTCOMES,
+        TxKind::TwoPhase => TWO_PHASE_OUTCOMES,
+    }
+}
 
 /// The coordinator's counters and histograms.
 pub struct Metrics {
     started: [AtomicU64; 2],
-    /// By kind, then outcome (committed, compensated, failed, aborted, other).
-    finished: [[AtomicU64; 5]; 2],
+    /// By kind, then outcome as indexed in [`outcomes`] (room for the longest list).
+    finished: [[AtomicU64; 3]; 2],
     claimed: AtomicU64,
     fenced: AtomicU64,
     batches: AtomicU64,
@@ -171,12 +177,12 @@ impl Metrics {
         self.started[kind_index(kind)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A transaction came to rest in `outcome`. A state its kind cannot rest in is not counted:
+    /// the driver reports only resting states, and a series for it would be meaningless.
     pub fn finished(&self, kind: TxKind, outcome: TxState) {
-        let o = OUTCOMES[..4]
-            .iter()
-            .position(|s| *s == outcome)
-            .unwrap_or(4);
-        self.finished[kind_index(kind)][o].fetch_add(1, Ordering::Relaxed);
+        if let Some(o) = outcomes(kind).iter().position(|s| *s == outcome) {
+            self.finished[kind_index(kind)][o].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn claimed(&self, n: u64) {
@@ -246,12 +252,11 @@ impl Metrics {
             "Transactions this coordinator drove to rest, by outcome.",
         );
         for kind in KINDS {
-            for (o, outcome) in OUTCOMES.iter().enumerate() {
-                let label = if o == 4 { "other" } else { outcome.as_str() };
+            for (o, outcome) in outcomes(kind).iter().enumerate() {
                 let n = get(&self.finished[kind_index(kind)][o]);
                 let _ = writeln!(
                     out,
-                    "baton_transactions_finished_total{{kind=\"{}\",outcome=\"{label}\"}} {n}",
+                    "baton_transactions_finished_total{{kind=\"{}\",outcome=\"{outcome}\"}} {n}",
                     kind.as_str()
                 );
             }
@@ -406,6 +411,33 @@ mod tests {
             let (_, value) = line.rsplit_once(' ').expect("name value");
             value.parse::<f64>().expect("a number");
         }
+    }
+
+    #[test]
+    fn exposes_only_the_outcomes_each_kind_can_have() {
+        let m = Metrics::default();
+        m.finished(TxKind::Saga, TxState::Failed);
+        m.finished(TxKind::TwoPhase, TxState::Aborted);
+        // Not a resting state of its kind: nothing to count it under.
+        m.finished(TxKind::Saga, TxState::Aborted);
+        m.finished(TxKind::TwoPhase, TxState::Compensated);
+        let text = m.render(0, true);
+        let mut series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("baton_transactions_finished_total{"))
+            .collect();
+        series.sort_unstable();
+        let name = "baton_transactions_finished_total";
+        assert_eq!(
+            series,
+            vec![
+                format!("{name}{{kind=\"saga\",outcome=\"committed\"}} 0"),
+                format!("{name}{{kind=\"saga\",outcome=\"compensated\"}} 0"),
+                format!("{name}{{kind=\"saga\",outcome=\"failed\"}} 1"),
+                format!("{name}{{kind=\"two_phase\",outcome=\"aborted\"}} 1"),
+                format!("{name}{{kind=\"two_phase\",outcome=\"committed\"}} 0"),
+            ]
+        );
     }
 
     #[test]

@@ -41,6 +41,38 @@ impl Core<'_> {
         });
     }
 
+    /// Records the failed attempt `attempt` of branch `i`'s current call, which will be retried
+    /// after `ms` milliseconds, unless it failed exactly as the one before it (`previous`, the
+    /// branch's last error before this one) and is not a [`recorded_attempt`].
+    ///
+    /// Phase two and a retriable step retry for as long as it takes, and one event per attempt
+    /// let a participant that never answers write tens of thousands of identical events. Here a
+    /// run of N identical failures writes O(log N) events, while every change of error is still
+    /// recorded; the branch row keeps the current attempt and error either way.
+    pub(super) fn note_retry(
+        &mut self,
+        kind: &'static str,
+        i: usize,
+        attempt: u32,
+        previous: Option<&str>,
+        msg: &str,
+        ms: u128,
+    ) {
+        if !recorded_attempt(attempt) && previous == Some(msg) {
+            return;
+        }
+        let mut detail = format!("attempt {attempt} failed: {msg}; retrying in {ms}ms");
+        // Since the previous power of two, only changes of error were recorded.
+        if recorded_attempt(attempt) && attempt >= 4 {
+            let from = attempt / 2 + 1;
+            let to = attempt - 1;
+            detail.push_str(&format!(
+                "; attempts {from} to {to} are recorded only where their error changed"
+            ));
+        }
+        self.note(kind, Some(i), detail);
+    }
+
     pub(super) fn set_state(&mut self, state: TxState) {
         if *self.state != state {
             *self.state = state;
@@ -65,6 +97,12 @@ impl Core<'_> {
     pub(super) fn status(&self, i: usize) -> StepStatus {
         self.branches[i].status
     }
+}
+
+/// Whether attempt `attempt` of a retried call is recorded whatever happened before it: the first,
+/// then every power of two, so a call retried N times writes O(log N) `sent` and error events.
+pub(super) fn recorded_attempt(attempt: u32) -> bool {
+    attempt.is_power_of_two()
 }
 
 /// Lets each machine call the shared bookkeeping as its own methods.

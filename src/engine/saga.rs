@@ -4,7 +4,7 @@
 
 use crate::model::{Definition, Phase, StepDef, StepKind, StepStatus, TxId, TxRecord, TxState};
 
-use super::book::{deref_core, Core};
+use super::book::{deref_core, recorded_attempt, Core};
 use super::{Action, CallResult, Decision, Event, Refused};
 
 /// Applies `event` to a saga. Anything that is not a saga is left alone.
@@ -206,6 +206,13 @@ impl Saga<'_> {
     }
 
     fn send_execute(&mut self, i: usize, attempt: u32) {
+        self.send_execute_as(i, attempt, true);
+    }
+
+    /// Sends execute attempt `attempt` of branch `i`, recording it only if `record`: a due
+    /// retry is recorded only on a [`recorded_attempt`], because a retriable step or a pivot is
+    /// retried for as long as it takes and must not write an event per attempt.
+    fn send_execute_as(&mut self, i: usize, attempt: u32, record: bool) {
         let b = &mut self.branches[i];
         b.status = StepStatus::Running;
         b.attempts = attempt;
@@ -215,7 +222,9 @@ impl Saga<'_> {
             phase: Phase::Execute,
             attempt,
         });
-        self.note("execute_sent", Some(i), format!("attempt {attempt}"));
+        if record {
+            self.note("execute_sent", Some(i), format!("attempt {attempt}"));
+        }
     }
 
     fn reply_execute(&mut self, i: usize, attempt: u32, result: CallResult) {
@@ -277,14 +286,11 @@ impl Saga<'_> {
                 let next = attempt.saturating_add(1);
                 let b = &mut self.branches[i];
                 b.status = StepStatus::Backoff;
-                b.last_error = Some(msg.clone());
+                let previous = b.last_error.take();
                 self.touch(i);
                 let ms = self.schedule(i, Phase::Execute, next);
-                self.note(
-                    "execute_error",
-                    Some(i),
-                    format!("attempt {attempt} failed: {msg}; retrying in {ms}ms"),
-                );
+                self.note_retry("execute_error", i, attempt, previous.as_deref(), &msg, ms);
+                self.branches[i].last_error = Some(msg);
             }
         }
     }
@@ -325,10 +331,10 @@ impl Saga<'_> {
         }
         match (phase, *self.state, b.status) {
             (Phase::Execute, TxState::Running, StepStatus::Backoff) => {
-                self.send_execute(i, attempt)
+                self.send_execute_as(i, attempt, recorded_attempt(attempt))
             }
             (Phase::Compensate, TxState::Compensating, StepStatus::CompensateBackoff) => {
-                self.send_compensate(i, attempt)
+                self.send_compensate_as(i, attempt, recorded_attempt(attempt))
             }
             _ => {}
         }
@@ -392,6 +398,12 @@ impl Saga<'_> {
     }
 
     fn send_compensate(&mut self, i: usize, attempt: u32) {
+        self.send_compensate_as(i, attempt, true);
+    }
+
+    /// Sends compensate attempt `attempt` of branch `i`, recording it only if `record` (see
+    /// [`Self::send_execute_as`]).
+    fn send_compensate_as(&mut self, i: usize, attempt: u32, record: bool) {
         let b = &mut self.branches[i];
         b.status = StepStatus::Compensating;
         b.attempts = attempt;
@@ -401,7 +413,9 @@ impl Saga<'_> {
             phase: Phase::Compensate,
             attempt,
         });
-        self.note("compensate_sent", Some(i), format!("attempt {attempt}"));
+        if record {
+            self.note("compensate_sent", Some(i), format!("attempt {attempt}"));
+        }
     }
 
     fn reply_compensate(&mut self, i: usize, attempt: u32, result: CallResult) {
@@ -428,14 +442,12 @@ impl Saga<'_> {
                 let next = attempt.saturating_add(1);
                 let b = &mut self.branches[i];
                 b.status = StepStatus::CompensateBackoff;
-                b.last_error = Some(msg.clone());
+                let previous = b.last_error.take();
                 self.touch(i);
                 let ms = self.schedule(i, Phase::Compensate, next);
-                self.note(
-                    "compensate_error",
-                    Some(i),
-                    format!("attempt {attempt} failed: {msg}; retrying in {ms}ms"),
-                );
+                let kind = "compensate_error";
+                self.note_retry(kind, i, attempt, previous.as_deref(), &msg, ms);
+                self.branches[i].last_error = Some(msg);
             }
             CallResult::Failed(msg) | CallResult::Transient(msg) | CallResult::Permanent(msg) => {
                 // The saga stops here rather than skip an undo: an operator must look.

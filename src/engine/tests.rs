@@ -429,3 +429,111 @@ fn resume_resends_in_flight_calls_and_stale_replies_change_nothing() {
     }
     assert_eq!(tx, before);
 }
+
+/// Fails the `phase` call of `branch` on every attempt in `attempts` with `error(attempt)` and
+/// fires each due retry; returns the notes written. Checks on the way that each failure schedules
+/// the next attempt within the policy's cap and that the branch row shows the current attempt
+/// and error.
+fn fail_attempts(
+    tx: &mut TxRecord,
+    branch: u32,
+    phase: Phase,
+    attempts: std::ops::RangeInclusive<u32>,
+    error: impl Fn(u32) -> String,
+) -> Vec<Note> {
+    let mut notes = Vec::new();
+    for attempt in attempts {
+        let msg = error(attempt);
+        let failed = reply(branch, phase, attempt, CallResult::Transient(msg.clone()));
+        let d = apply(tx, failed);
+        let [Action::Schedule {
+            branch: b,
+            phase: p,
+            attempt: next,
+            after,
+        }] = d.actions[..]
+        else {
+            panic!("attempt {attempt}: expected one retry, got {:?}", d.actions);
+        };
+        assert_eq!((b, p, next), (branch, phase, attempt + 1));
+        assert!(after <= Duration::from_millis(40), "the backoff is capped");
+        let row = &tx.branches[branch as usize];
+        assert_eq!(row.attempts, attempt);
+        assert_eq!(row.last_error.as_deref(), Some(msg.as_str()));
+        notes.extend(d.notes);
+        let due = Event::Due {
+            branch,
+            phase,
+            attempt: attempt + 1,
+        };
+        let d = apply(tx, due);
+        assert_eq!(d.actions, vec![call(branch, phase, attempt + 1)]);
+        notes.extend(d.notes);
+    }
+    notes
+}
+
+/// The error of attempt `n` in the long runs below: "down", except once "timed out" at 4000.
+fn down_but_once(n: u32) -> String {
+    if n == 4000 { "timed out" } else { "down" }.to_string()
+}
+
+/// Checks the notes of 10,000 failed attempts whose errors follow [`down_but_once`]: few of them,
+/// every change of error among them, and the run's length told at each power of two.
+fn assert_compact(notes: &[Note], error_kind: &str) {
+    assert!(notes.len() < 40, "{} notes: {notes:#?}", notes.len());
+    let failed = |n: u32| format!("attempt {n} failed: ");
+    let find = |n: u32| {
+        notes
+            .iter()
+            .find(|x| x.kind == error_kind && x.detail.starts_with(&failed(n)))
+    };
+    for n in [1, 2, 4, 8192] {
+        assert!(find(n).is_some(), "attempt {n} is recorded: {notes:#?}");
+    }
+    assert!(find(3).is_none() && find(5000).is_none(), "{notes:#?}");
+    // A different error is recorded, and so is the return to the earlier one.
+    assert!(find(4000).unwrap().detail.contains("timed out"));
+    assert!(find(4001).unwrap().detail.contains("down"));
+    let tail = "attempts 4097 to 8191 are recorded only where their error changed";
+    assert!(find(8192).unwrap().detail.ends_with(tail), "{notes:#?}");
+}
+
+#[test]
+fn a_retriable_step_failing_for_long_writes_a_compact_history() {
+    let mut tx = saga(vec![
+        step("pay", 0, StepKind::Pivot, false, 3),
+        step("ship", 1, StepKind::Retriable, false, 3),
+    ]);
+    apply(&mut tx, Event::Resume);
+    apply(&mut tx, ok(0, Phase::Execute, 1));
+    let notes = fail_attempts(&mut tx, 1, Phase::Execute, 1..=10_000, down_but_once);
+    assert_compact(&notes, "execute_error");
+    assert_eq!(
+        tx.state,
+        TxState::Running,
+        "a retriable step never gives up"
+    );
+    let d = apply(&mut tx, ok(1, Phase::Execute, 10_001));
+    assert_eq!(kinds(&d), vec!["execute_ok", "committed"]);
+    assert_eq!(d.notes[0].detail, "attempt 10001 succeeded");
+}
+
+#[test]
+fn a_compensation_with_a_long_retry_budget_writes_a_compact_history() {
+    let mut tx = saga(vec![
+        step("a", 0, StepKind::Compensatable, true, 20_000),
+        step("b", 1, StepKind::Compensatable, true, 1),
+    ]);
+    apply(&mut tx, Event::Resume);
+    apply(&mut tx, ok(0, Phase::Execute, 1));
+    let no = reply(1, Phase::Execute, 1, CallResult::Failed("no".into()));
+    assert_eq!(
+        apply(&mut tx, no).actions,
+        vec![call(0, Phase::Compensate, 1)]
+    );
+    let notes = fail_attempts(&mut tx, 0, Phase::Compensate, 1..=10_000, down_but_once);
+    assert_compact(&notes, "compensate_error");
+    let d = apply(&mut tx, ok(0, Phase::Compensate, 10_001));
+    assert_eq!(kinds(&d), vec!["compensate_ok", "compensated"]);
+}

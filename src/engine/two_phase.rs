@@ -5,12 +5,14 @@
 //!
 //! A decision is taken once and never revised: phase two retries past the branch's retry budget
 //! (with capped backoff) instead of giving up, because a participant that prepared holds its locks
-//! until it hears the outcome. The driver persists a [`Decision`] before it sends any of its calls,
+//! until it hears the outcome. Such a run of failures is recorded compactly (the first attempt,
+//! every power of two and every change of error; see `Core::note_retry`), so a participant that
+//! never answers does not flood the history. The driver persists a [`Decision`] before it sends any of its calls,
 //! so the commit decision is durable before the first `Commit` leaves.
 
 use crate::model::{BranchDef, Definition, Phase, StepStatus, TxId, TxRecord, TxState};
 
-use super::book::{deref_core, Core};
+use super::book::{deref_core, recorded_attempt, Core};
 use super::{Action, CallResult, Decision, Event, Refused};
 
 /// Applies `event` to a two-phase commit. Anything that is not one is left alone.
@@ -118,6 +120,16 @@ impl TwoPhase<'_> {
 
     /// Issues `phase` to branch `i` as `attempt`, with the branch status that says it is in flight.
     fn send(&mut self, i: usize, phase: Phase, attempt: u32) {
+        self.send_as(i, phase, attempt, true);
+    }
+
+    /// [`Self::send`] for a retry that is due: recorded only on a [`recorded_attempt`], so a
+    /// call retried for as long as phase two takes does not write an event per attempt.
+    fn send_retry(&mut self, i: usize, phase: Phase, attempt: u32) {
+        self.send_as(i, phase, attempt, recorded_attempt(attempt));
+    }
+
+    fn send_as(&mut self, i: usize, phase: Phase, attempt: u32, record: bool) {
         let (status, kind) = match phase {
             Phase::Prepare => (StepStatus::Running, "prepare_sent"),
             Phase::Commit => (StepStatus::Committing, "commit_sent"),
@@ -134,16 +146,26 @@ impl TwoPhase<'_> {
             phase,
             attempt,
         });
-        self.note(kind, Some(i), format!("attempt {attempt}"));
+        if record {
+            self.note(kind, Some(i), format!("attempt {attempt}"));
+        }
     }
 
-    /// Puts branch `i` in `status` after a failed attempt and schedules the next one; returns
-    /// the delay in milliseconds for the history.
-    fn back_off(&mut self, i: usize, phase: Phase, status: StepStatus, msg: &str) -> u128 {
+    /// Puts branch `i` in `status` after failed attempt `attempt`, schedules the next one and
+    /// records the failure as an `error_kind` event (compactly, see [`Core::note_retry`]).
+    fn back_off(
+        &mut self,
+        i: usize,
+        phase: Phase,
+        status: StepStatus,
+        attempt: u32,
+        msg: String,
+        error_kind: &'static str,
+    ) {
         let next = self.next_attempt(i);
         let b = &mut self.branches[i];
         b.status = status;
-        b.last_error = Some(msg.to_string());
+        let previous = b.last_error.take();
         self.touch(i);
         let after = self.defs[i].retry.backoff(next, self.jitter);
         self.out.actions.push(Action::Schedule {
@@ -152,7 +174,9 @@ impl TwoPhase<'_> {
             attempt: next,
             after,
         });
-        after.as_millis()
+        let ms = after.as_millis();
+        self.note_retry(error_kind, i, attempt, previous.as_deref(), &msg, ms);
+        self.branches[i].last_error = Some(msg);
     }
 
     // ---- driving ----
@@ -228,7 +252,7 @@ impl TwoPhase<'_> {
             (Phase::Prepare, TxState::Preparing, StepStatus::Backoff)
             | (Phase::Commit, TxState::Committing, StepStatus::CommitBackoff)
             | (Phase::Abort, TxState::Aborting, StepStatus::AbortBackoff) => {
-                self.send(i, phase, attempt)
+                self.send_retry(i, phase, attempt)
             }
             _ => {}
         }
@@ -262,11 +286,13 @@ impl TwoPhase<'_> {
                 self.decide_abort(format!("branch {} voted no: {msg}", def.name));
             }
             CallResult::Transient(msg) if attempt < def.retry.max_attempts => {
-                let ms = self.back_off(i, Phase::Prepare, StepStatus::Backoff, &msg);
-                self.note(
+                self.back_off(
+                    i,
+                    Phase::Prepare,
+                    StepStatus::Backoff,
+                    attempt,
+                    msg,
                     "prepare_error",
-                    Some(i),
-                    format!("attempt {attempt} failed: {msg}; retrying in {ms}ms"),
                 );
             }
             // Out of retries without an answer: it may have prepared, so it is sent an abort.
@@ -379,12 +405,7 @@ impl TwoPhase<'_> {
                 }
             }
             CallResult::Failed(msg) | CallResult::Transient(msg) | CallResult::Permanent(msg) => {
-                let ms = self.back_off(i, phase, backoff, &msg);
-                self.note(
-                    error_kind,
-                    Some(i),
-                    format!("attempt {attempt} failed: {msg}; retrying in {ms}ms"),
-                );
+                self.back_off(i, phase, backoff, attempt, msg, error_kind);
             }
         }
     }

@@ -419,7 +419,13 @@ fn aborts_retry_past_their_budget_too() {
     apply(&mut tx, Event::PrepareTimeout);
     for attempt in 1..=3 {
         let d = apply(&mut tx, transient(0, Phase::Abort, attempt));
-        assert_eq!(kinds(&d), vec!["abort_error"]);
+        // Attempt 3 failed as attempt 2 did and is not a power of two: not recorded.
+        let recorded = if attempt == 3 {
+            vec![]
+        } else {
+            vec!["abort_error"]
+        };
+        assert_eq!(kinds(&d), recorded);
         assert_eq!(tx.branches[0].status, StepStatus::AbortBackoff);
         let early = due(0, Phase::Abort, attempt + 2);
         assert_eq!(apply(&mut tx, early), Decision::default());
@@ -593,4 +599,32 @@ fn a_preparing_record_found_on_resume_aborts_every_branch_even_unasked() {
             call(2, Phase::Prepare, 1)
         ]
     );
+}
+
+#[test]
+fn a_stuck_abort_writes_a_compact_history_and_never_gives_up() {
+    let mut tx = two_phase(vec![branch("a", 2), branch("b", 2)]);
+    apply(&mut tx, Event::Begin);
+    apply(&mut tx, ok(0, Phase::Prepare, 1));
+    apply(&mut tx, Event::PrepareTimeout);
+    apply(&mut tx, ok(1, Phase::Abort, 1));
+    let notes = fail_attempts(&mut tx, 0, Phase::Abort, 1..=10_000, down_but_once);
+    assert_compact(&notes, "abort_error");
+    let sent = notes.iter().filter(|n| n.kind == "abort_sent").count();
+    assert_eq!(sent, 13, "sent at attempts 2, 4, ..., 8192: {notes:#?}");
+    assert_eq!(tx.state, TxState::Aborting, "the decision stands");
+    let d = apply(&mut tx, ok(0, Phase::Abort, 10_001));
+    assert_eq!(kinds(&d), vec!["abort_ok", "aborted"]);
+}
+
+#[test]
+fn a_stuck_commit_writes_a_compact_history_and_never_gives_up() {
+    let mut tx = two_phase(vec![branch("a", 1)]);
+    apply(&mut tx, Event::Begin);
+    all_vote_yes(&mut tx);
+    let notes = fail_attempts(&mut tx, 0, Phase::Commit, 1..=10_000, down_but_once);
+    assert_compact(&notes, "commit_error");
+    assert_eq!(tx.state, TxState::Committing, "the decision stands");
+    let d = apply(&mut tx, ok(0, Phase::Commit, 10_001));
+    assert_eq!(kinds(&d), vec!["commit_ok", "committed"]);
 }
