@@ -186,14 +186,15 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
     };
     if let Some(listener) = http_listener {
         let (co, stop) = (coordinator.clone(), stop.clone());
+        let (limits, auth) = (config.limits.clone(), config.auth.clone());
         let http_tls = tls.clone();
         tokio::spawn(async move {
             let result = match http_tls {
                 Some(tls) => match TlsIncoming::new(listener, move || tls.http_acceptor()) {
-                    Ok(incoming) => crate::http::serve(incoming, co, stop).await,
+                    Ok(incoming) => crate::http::serve(incoming, co, limits, auth, stop).await,
                     Err(e) => Err(e),
                 },
-                None => crate::http::serve(listener, co, stop).await,
+                None => crate::http::serve(listener, co, limits, auth, stop).await,
             };
             if let Err(e) = result {
                 tracing::error!(error = %e, "http server failed");

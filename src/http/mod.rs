@@ -2,6 +2,14 @@
 //! lease is current, it is not draining, and the database answers) and `/metrics` (Prometheus
 //! text). HTTP/1 on its own listener, next to the gRPC port; HTTPS when the
 //! coordinator has TLS (never with client certificates, so probes and scrapers reach it).
+//!
+//! The same port serves the HTTP/JSON client API under `/v1` ([`api`]): each route turns its JSON
+//! into the gRPC request message and calls the gRPC service itself, so validation, limits and
+//! roles are the gRPC ones, not a second copy.
+
+mod api;
+mod json;
+mod openapi;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,23 +21,30 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::Limits;
+use crate::auth::AuthConfig;
 use crate::coordinator::Coordinator;
 
 /// Serves the HTTP endpoints on `listener` (a TCP listener, or [`crate::tls::TlsIncoming`] for
-/// HTTPS) until `stop` is cancelled.
+/// HTTPS) until `stop` is cancelled. `limits` and `auth` are the gRPC server's, so the JSON API
+/// accepts and refuses exactly what gRPC does.
 pub async fn serve<L>(
     listener: L,
     coordinator: Arc<Coordinator>,
+    limits: Limits,
+    auth: AuthConfig,
     stop: CancellationToken,
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
 {
+    let api = api::router(coordinator.clone(), limits, auth, stop.clone());
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(coordinator);
+        .with_state(coordinator)
+        .merge(api);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
