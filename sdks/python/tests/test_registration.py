@@ -89,14 +89,19 @@ async def test_sigterm_deregisters_and_exits_cleanly(coordinator: Any, tmp_path:
     script = tmp_path / "participant.py"
     script.write_text(PARTICIPANT)
     proc = subprocess.Popen(
-        [sys.executable, str(script), coordinator.endpoint], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), coordinator.endpoint],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         endpoint = (await asyncio.to_thread(_first_lines, proc, 1, 30, "participant"))[0]
         async with Client(coordinator.endpoint) as client:
             assert await listed(client, "py-sigterm", endpoint)
             proc.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(proc.wait, 20) == 0
+            code = await asyncio.to_thread(proc.wait, 20)
+            assert proc.stderr is not None
+            assert code == 0, proc.stderr.read()
             assert not await listed(client, "py-sigterm", endpoint)
     finally:
         if proc.poll() is None:
