@@ -40,12 +40,18 @@ async fn main() -> anyhow::Result<()> {
         let inventory = Participant::new()
             .on_execute("reserve", |req: Request| async move {
                 let o: Order = req.json()?;
-                println!("  inventory (rust): reserve {} x {} for {}", o.qty, o.sku, o.order);
+                println!(
+                    "  inventory (rust): reserve {} x {} for {}",
+                    o.qty, o.sku, o.order
+                );
                 Ok(Reply::ok())
             })
             .on_compensate("reserve", |req: Request| async move {
                 let o: Order = req.json()?;
-                println!("  inventory (rust): release {} x {} of {}", o.qty, o.sku, o.order);
+                println!(
+                    "  inventory (rust): release {} x {} of {}",
+                    o.qty, o.sku, o.order
+                );
                 Ok(Reply::ok())
             });
         let shipping = Participant::new().on_execute("ship", |req: Request| async move {
