@@ -536,6 +536,19 @@ async fn a_refused_progress_write_ends_the_transaction_failed() {
         tx.state == TxState::Committed
     })
     .await;
+    // The poison step's own row was refused, so the failed record names it as may have run.
+    assert!(last_error.contains("1 may have run"), "{last_error}");
+    // An operator's retry compensates what the log shows may have run, and rests again.
+    co.retry(id).await.expect("a failed saga can be retried");
+    until_stored(store.as_ref(), id, "compensated", |tx| {
+        tx.state == TxState::Compensated
+    })
+    .await;
+    let after = calls_settle(&counting, Duration::from_millis(300)).await;
+    assert!(
+        after <= calls + 1,
+        "retry makes at most one compensation: {after}"
+    );
     co.shutdown().await;
 }
 

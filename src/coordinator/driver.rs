@@ -416,7 +416,7 @@ impl Driver {
                 Ok(WriteOutcome::Updated) => {
                     self.gave_up = true;
                     self.tx.state = TxState::Failed;
-                    self.tx.last_error = Some(last_error);
+                    self.tx.last_error = update.last_error.clone();
                     self.tx.owner = None;
                     self.tx.last_seq = update.expected_last_seq + update.events.len() as u64;
                     self.tx.updated_at = chrono::Utc::now();
@@ -459,7 +459,7 @@ impl Driver {
     /// The write that records the transaction `failed` after a refusal; see [`Self::give_up`].
     fn failed_update(&self, last_error: &str, called: &[bool], with_branches: bool) -> TxUpdate {
         let saga = matches!(self.tx.definition, Definition::Saga(_));
-        let branches = if with_branches && saga {
+        let may_have_run: Vec<&BranchRecord> = if saga {
             self.tx
                 .branches
                 .iter()
@@ -468,14 +468,32 @@ impl Driver {
                     StepStatus::Pending => called.get(b.index as usize).copied().unwrap_or(false),
                     _ => false,
                 })
-                .map(|b| BranchRecord {
-                    status: StepStatus::Unknown,
-                    ..b.clone()
-                })
                 .collect()
         } else {
             Vec::new()
         };
+        let mut last_error = last_error.to_string();
+        let branches = if with_branches {
+            may_have_run
+                .iter()
+                .map(|b| BranchRecord {
+                    status: StepStatus::Unknown,
+                    ..(*b).clone()
+                })
+                .collect()
+        } else {
+            // The operator must know what a retry will not compensate.
+            if !may_have_run.is_empty() {
+                let indexes: Vec<String> =
+                    may_have_run.iter().map(|b| b.index.to_string()).collect();
+                last_error.push_str(&format!(
+                    "; steps {} may have run, but not even that could be recorded",
+                    indexes.join(", ")
+                ));
+            }
+            Vec::new()
+        };
+        let last_error = last_error.as_str();
         TxUpdate {
             id: self.tx.id,
             owner: self.co.config.id.clone(),
