@@ -90,7 +90,8 @@ pub enum TxState {
     Committed,
     /// A step failed or the saga was cancelled, and everything that may have run was undone.
     Compensated,
-    /// A compensation exhausted its retry budget; waits for an operator's retry.
+    /// A compensation exhausted its retry budget, or the database refused to record the
+    /// transaction's progress for its data; waits for an operator's retry.
     Failed,
     /// 2PC phase one.
     Preparing,

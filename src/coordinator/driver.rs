@@ -9,6 +9,12 @@
 //! conditional on the one before it (`expected_last_seq`), so none lands on top of a failed one.
 //! If a write fails or is fenced, the driver re-reads the transaction: if it still owns it, it
 //! resumes from what the log says; if not, it stops.
+//!
+//! A write the database refuses for its data would be refused again after every resume, and
+//! each resume re-sends the calls. So such a refusal ends the transaction instead: it is recorded
+//! `failed` with a `last_error` that names the refused write, in a small write of its own that
+//! repeats none of the refused data, where an operator sees it and can retry or look. If even
+//! that is refused, the driver stops driving it, says so once, and answers every cancel with why.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,7 +29,7 @@ use super::call::{self, CallSpec};
 use super::writer::Ack;
 use super::{Command, Coordinator, WriteError};
 use crate::engine::{self, Action, Decision, Event, Refused};
-use crate::model::{Definition, EventRecord, Phase, TxRecord, TxState};
+use crate::model::{BranchRecord, Definition, EventRecord, Phase, StepStatus, TxRecord, TxState};
 use crate::proto::StepOutput;
 use crate::store::{LogWrite, NewEvent, TxUpdate, WriteOutcome};
 
@@ -65,6 +71,8 @@ pub(super) async fn drive(
         resume_after_reload: false,
         held: None,
         unacked: VecDeque::new(),
+        gave_up: false,
+        parked: None,
     }
     .run(first, commands)
     .instrument(span)
@@ -88,10 +96,22 @@ struct Driver {
     held: Option<(TxUpdate, tokio::time::Instant)>,
     /// Progress writes submitted and not yet acknowledged, oldest first, with their history.
     unacked: VecDeque<(Ack, Vec<NewEvent>)>,
+    /// Set once the transaction was recorded `failed` because the log refused its progress.
+    gave_up: bool,
+    /// Why the transaction can no longer be recorded at all, once even its `failed` record was
+    /// refused: the driver then only answers cancels (see [`Driver::park`]).
+    parked: Option<String>,
 }
 
 impl Driver {
     async fn run(mut self, first: Event, mut commands: mpsc::Receiver<Command>) {
+        self.drive(first, &mut commands).await;
+        if let Some(why) = self.parked.take() {
+            self.park(why, commands).await;
+        }
+    }
+
+    async fn drive(&mut self, first: Event, commands: &mut mpsc::Receiver<Command>) {
         let stop = self.stop.clone();
         let mut queue = VecDeque::from([first]);
         let mut deadline = self.tx.deadline_at.map(instant_of);
@@ -137,11 +157,19 @@ impl Driver {
                 Some(command) = commands.recv() => match command {
                     Command::Cancel { reason, reply } => {
                         match self.apply(Event::Cancel { reason }).await {
+                            // The cancel's own write was refused: it failed instead of cancelling.
+                            Ok(Ok(())) if self.gave_up => {
+                                let _ = reply.send(Err(Refused(self.stuck_text())));
+                            }
                             Ok(answer) => { let _ = reply.send(answer); }
                             Err(Stop) => {
-                                let _ = reply.send(Err(Refused(format!(
-                                    "transaction {} is no longer driven by this coordinator", self.tx.id
-                                ))));
+                                let text = match &self.parked {
+                                    Some(why) => why.clone(),
+                                    None => format!(
+                                        "transaction {} is no longer driven by this coordinator", self.tx.id
+                                    ),
+                                };
+                                let _ = reply.send(Err(Refused(text)));
                                 return;
                             }
                         }
@@ -323,16 +351,7 @@ impl Driver {
     ) -> Result<bool, Stop> {
         match outcome {
             Ok(WriteOutcome::Updated) => {
-                for e in events {
-                    let _ = self.events.send(EventRecord {
-                        tx_id: self.tx.id,
-                        seq: e.seq,
-                        at: e.at,
-                        kind: e.kind,
-                        branch: e.branch,
-                        detail: e.detail,
-                    });
-                }
+                self.publish(events);
                 Ok(false)
             }
             Ok(WriteOutcome::Fenced) => {
@@ -341,6 +360,11 @@ impl Driver {
                 self.unacked.clear();
                 self.held = None;
                 self.reload().await.map(|_| true)
+            }
+            Ok(WriteOutcome::Refused(reason)) => {
+                self.unacked.clear();
+                self.held = None;
+                self.give_up(&reason, &events).await.map(|_| true)
             }
             Ok(other) => {
                 tracing::error!(?other, "unexpected log outcome for an update");
@@ -353,6 +377,186 @@ impl Driver {
                 self.held = None;
                 self.reload().await.map(|_| true)
             }
+        }
+    }
+
+    /// Ends the transaction after the database refused its progress write (whose history was
+    /// `refused`) for its data: resuming would build the same write and be refused again, after
+    /// re-sending every call. Re-reads the log and records the transaction `failed` from there,
+    /// with a `last_error` naming the refused write and the database's reason, and no text of
+    /// the refused write. For a saga, branches the log shows in flight, or that memory knows were
+    /// called, are recorded `unknown` (they may have run), so an operator's retry compensates
+    /// them; if that write is refused too (a branch row itself is the trouble), the transaction
+    /// row and its history alone are written. If everything is refused, the driver parks.
+    async fn give_up(&mut self, reason: &str, refused: &[NewEvent]) -> Result<(), Stop> {
+        self.work.abort_all();
+        self.work = JoinSet::new();
+        let was_resting = self.tx.state.is_resting();
+        // What memory knows was called, before the log's record replaces it.
+        let called: Vec<bool> = self
+            .tx
+            .branches
+            .iter()
+            .map(|b| !matches!(b.status, StepStatus::Pending | StepStatus::Failed))
+            .collect();
+        self.reload().await?;
+        if self.tx.state.is_resting() {
+            return Ok(());
+        }
+        let last_error = format!(
+            "the database refused to record this transaction's progress ({}): {reason}; it was \
+             stopped as failed and waits for an operator",
+            describe(refused)
+        );
+        tracing::error!(error = %last_error, "log write refused; the transaction is failed");
+        for with_branches in [true, false] {
+            let update = self.failed_update(&last_error, &called, with_branches);
+            let write = LogWrite::Update(Box::new(update.clone()));
+            match self.co.writer.write(write).await {
+                Ok(WriteOutcome::Updated) => {
+                    self.gave_up = true;
+                    self.tx.state = TxState::Failed;
+                    self.tx.last_error = update.last_error.clone();
+                    self.tx.owner = None;
+                    self.tx.last_seq = update.expected_last_seq + update.events.len() as u64;
+                    self.tx.updated_at = chrono::Utc::now();
+                    for b in update.branches {
+                        if let Some(slot) = self.tx.branches.get_mut(b.index as usize) {
+                            *slot = b;
+                        }
+                    }
+                    if !was_resting {
+                        self.co.metrics.finished(self.tx.kind, self.tx.state);
+                    }
+                    self.publish(update.events);
+                    let _ = self.rested.send_replace(Some(self.tx.clone()));
+                    return Ok(());
+                }
+                Ok(WriteOutcome::Refused(again)) => {
+                    tracing::warn!(error = %again, with_branches, "the failed record was refused too");
+                }
+                // The log moved on (fenced) or could not be reached: the usual path decides.
+                Ok(WriteOutcome::Fenced) | Err(WriteError::Store(_)) => {
+                    return self.reload().await.map(|_| ());
+                }
+                Ok(other) => {
+                    tracing::error!(?other, "unexpected log outcome for an update");
+                    return Err(Stop);
+                }
+                Err(WriteError::Closed) => return Err(Stop),
+            }
+        }
+        let why = format!(
+            "transaction {} cannot be recorded: {last_error}; even its failed record was \
+             refused, so it is no longer driven (a restart of this coordinator tries again)",
+            self.tx.id
+        );
+        tracing::error!(error = %why, "transaction parked");
+        self.parked = Some(why);
+        Err(Stop)
+    }
+
+    /// The write that records the transaction `failed` after a refusal; see [`Self::give_up`].
+    fn failed_update(&self, last_error: &str, called: &[bool], with_branches: bool) -> TxUpdate {
+        let saga = matches!(self.tx.definition, Definition::Saga(_));
+        let may_have_run: Vec<&BranchRecord> = if saga {
+            self.tx
+                .branches
+                .iter()
+                .filter(|b| match b.status {
+                    StepStatus::Running | StepStatus::Backoff => true,
+                    StepStatus::Pending => called.get(b.index as usize).copied().unwrap_or(false),
+                    _ => false,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut last_error = last_error.to_string();
+        let branches = if with_branches {
+            may_have_run
+                .iter()
+                .map(|b| BranchRecord {
+                    status: StepStatus::Unknown,
+                    ..(*b).clone()
+                })
+                .collect()
+        } else {
+            // The operator must know what a retry will not compensate.
+            if !may_have_run.is_empty() {
+                let indexes: Vec<String> =
+                    may_have_run.iter().map(|b| b.index.to_string()).collect();
+                last_error.push_str(&format!(
+                    "; steps {} may have run, but not even that could be recorded",
+                    indexes.join(", ")
+                ));
+            }
+            Vec::new()
+        };
+        let last_error = last_error.as_str();
+        TxUpdate {
+            id: self.tx.id,
+            owner: self.co.config.id.clone(),
+            epoch: self.tx.epoch,
+            expected_last_seq: self.tx.last_seq,
+            state: TxState::Failed,
+            stage: self.tx.stage,
+            last_error: Some(last_error.to_string()),
+            cancel_requested: self.tx.cancel_requested,
+            release: true,
+            branches,
+            events: vec![NewEvent {
+                seq: self.tx.last_seq + 1,
+                at: chrono::Utc::now(),
+                kind: "failed".into(),
+                branch: None,
+                detail: last_error.to_string(),
+            }],
+        }
+    }
+
+    /// Why a cancel of a transaction that failed for a refused write did not cancel it.
+    fn stuck_text(&self) -> String {
+        format!(
+            "transaction {} could not be cancelled: {}",
+            self.tx.id,
+            self.tx
+                .last_error
+                .as_deref()
+                .unwrap_or("its progress could not be recorded")
+        )
+    }
+
+    /// Holds a transaction that can no longer be recorded: nothing is called or written for it
+    /// any more, and each cancel is refused with why, instead of being accepted and never acted
+    /// on. Callers waiting for its outcome are released. Ends at shutdown (or lease loss), after
+    /// which it is handed back and claimed again like any unfinished transaction.
+    async fn park(mut self, why: String, mut commands: mpsc::Receiver<Command>) {
+        drop(std::mem::replace(&mut self.rested, watch::channel(None).0));
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                command = commands.recv() => match command {
+                    Some(Command::Cancel { reply, .. }) => {
+                        let _ = reply.send(Err(Refused(why.clone())));
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Hands a committed write's history to the transaction's watchers.
+    fn publish(&self, events: Vec<NewEvent>) {
+        for e in events {
+            let _ = self.events.send(EventRecord {
+                tx_id: self.tx.id,
+                seq: e.seq,
+                at: e.at,
+                kind: e.kind,
+                branch: e.branch,
+                detail: e.detail,
+            });
         }
     }
 
@@ -491,6 +695,28 @@ impl Driver {
             ),
         })
     }
+}
+
+/// Names a refused write by its history, without its text: the seqs and kinds of its events.
+fn describe(events: &[NewEvent]) -> String {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return "a write with no history".into();
+    };
+    let mut kinds: Vec<&str> = Vec::new();
+    for e in events {
+        if !kinds.contains(&e.kind.as_str()) {
+            kinds.push(&e.kind);
+        }
+    }
+    const SHOWN: usize = 4;
+    let more = if kinds.len() > SHOWN { ", ..." } else { "" };
+    kinds.truncate(SHOWN);
+    format!(
+        "events {} to {}: {}{more}",
+        first.seq,
+        last.seq,
+        kinds.join(", ")
+    )
 }
 
 /// The monotonic instant of a wall-clock time (now, if it has passed).

@@ -10,8 +10,16 @@
 //! its own and saves them little waiting. Writes of one transaction apply in the order they were
 //! submitted: a write whose transaction still has a write in a committing batch waits for that
 //! batch, and so does every later write of that transaction.
+//!
+//! A batch shares one statement, so one write the database refuses for its data (a NUL byte in
+//! text, an index row too large) fails the statement for every write in it. The writer then
+//! applies the batch again in halves, halving each part that is refused again, in batch order, so
+//! the writes of other transactions are recorded and only the guilty write is answered
+//! [`WriteOutcome::Refused`]. A later write of the guilty transaction finds the history it
+//! follows missing and is fenced, as after any failed write.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -19,13 +27,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::TxId;
-use crate::store::{LogWrite, StoreError, TxLog, WriteOutcome};
+use crate::store::{is_data_refusal, LogWrite, StoreError, TxLog, WriteOutcome};
 
 /// Why a write was not recorded.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum WriteError {
-    /// The batch failed; nothing of it was written (or, if the commit's answer was lost, the
-    /// caller must re-read to know).
+    /// The batch failed for a reason that may pass (the database unreachable, a lost
+    /// connection); nothing of it was written (or, if the commit's answer was lost, the caller
+    /// must re-read to know). A write refused for its data is answered
+    /// [`WriteOutcome::Refused`] instead.
     #[error("log write failed: {0}")]
     Store(String),
     /// The writer has stopped (shutdown).
@@ -208,11 +218,13 @@ impl Batcher {
         // cannot overtake it.
         let task = self.running.spawn(async move {
             let started = std::time::Instant::now();
-            let result = store.apply(&writes).await;
+            let results = commit(store.as_ref(), &writes).await;
             let micros = started.elapsed().as_micros() as u64;
             metrics.batch(done.len(), micros);
             tracing::trace!(batch = done.len(), micros, "log batch committed");
-            answer(done, result);
+            for (done, result) in done.into_iter().zip(results) {
+                let _ = done.send(result);
+            }
         });
         self.batches.insert(task.id(), txs);
         true
@@ -234,35 +246,76 @@ impl Batcher {
     }
 }
 
-/// Sends each write of a batch its outcome.
-fn answer(
-    done: Vec<oneshot::Sender<Result<WriteOutcome, WriteError>>>,
-    result: Result<Vec<WriteOutcome>, StoreError>,
-) {
-    match result {
-        Ok(outcomes) if outcomes.len() == done.len() => {
-            for (done, outcome) in done.into_iter().zip(outcomes) {
-                let _ = done.send(Ok(outcome));
+/// Applies a batch and returns each write's outcome. If the database refused the batch for its
+/// data, the batch is applied again in parts (see the module doc): every write but the refused
+/// ones is recorded, at the cost of about two statements per halving that leads to one.
+async fn commit(store: &dyn TxLog, writes: &[LogWrite]) -> Vec<Result<WriteOutcome, WriteError>> {
+    let refusal = match store.apply(writes).await {
+        Err(e) if is_data_refusal(&e) => e,
+        result => return answers(writes.len(), result),
+    };
+    tracing::warn!(batch = writes.len(), error = %refusal, "log batch refused for its data; applying it in parts");
+    let mut results: Vec<Option<Result<WriteOutcome, WriteError>>> = vec![None; writes.len()];
+    // Parts to apply, in batch order, each with the error it is known to fail with.
+    let mut parts: VecDeque<(Range<usize>, Option<StoreError>)> =
+        VecDeque::from([(0..writes.len(), Some(refusal))]);
+    while let Some((range, known)) = parts.pop_front() {
+        let result = match known {
+            Some(e) => Err(e),
+            None => store.apply(&writes[range.clone()]).await,
+        };
+        match result {
+            Err(e) if is_data_refusal(&e) && range.len() > 1 => {
+                let mid = range.start + range.len() / 2;
+                parts.push_front((mid..range.end, None));
+                parts.push_front((range.start..mid, None));
+            }
+            Err(e) if is_data_refusal(&e) => {
+                let guilty = tx_of(&writes[range.start]);
+                tracing::warn!(tx_id = %guilty, error = %e, "the database refused a log write for its data");
+                results[range.start] = Some(Ok(WriteOutcome::Refused(e.to_string())));
+            }
+            Err(e) => {
+                // The database is failing as a whole now: what is left fails as a batch would.
+                tracing::warn!(error = %e, "log batch failed while applied in parts");
+                let e = WriteError::Store(e.to_string());
+                for slot in results.iter_mut().filter(|r| r.is_none()) {
+                    *slot = Some(Err(e.clone()));
+                }
+                break;
+            }
+            Ok(outcomes) => {
+                let part = answers(range.len(), Ok(outcomes));
+                for (slot, outcome) in results[range].iter_mut().zip(part) {
+                    *slot = Some(outcome);
+                }
             }
         }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(WriteError::Store("no outcome".into()))))
+        .collect()
+}
+
+/// Each of `n` writes' outcome from the result of applying them together.
+fn answers(
+    n: usize,
+    result: Result<Vec<WriteOutcome>, StoreError>,
+) -> Vec<Result<WriteOutcome, WriteError>> {
+    match result {
+        Ok(outcomes) if outcomes.len() == n => outcomes.into_iter().map(Ok).collect(),
         Ok(outcomes) => {
             let e = WriteError::Store(format!(
-                "store returned {} outcomes for {} writes",
-                outcomes.len(),
-                done.len()
+                "store returned {} outcomes for {n} writes",
+                outcomes.len()
             ));
-            fail_all(done, e);
+            vec![Err(e); n]
         }
         Err(e) => {
             let e = WriteError::Store(e.to_string());
-            tracing::warn!(error = %e, batch = done.len(), "log batch failed");
-            fail_all(done, e);
+            tracing::warn!(error = %e, batch = n, "log batch failed");
+            vec![Err(e); n]
         }
-    }
-}
-
-fn fail_all(done: Vec<oneshot::Sender<Result<WriteOutcome, WriteError>>>, e: WriteError) {
-    for done in done {
-        let _ = done.send(Err(e.clone()));
     }
 }

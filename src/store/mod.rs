@@ -77,6 +77,96 @@ pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the database refused a statement for the data it carries, so the same write fails
+/// again however often it is retried (unlike [`is_transient_sqlx`]). Classified by SQLSTATE
+/// class, never by message text: 22 data exception (22021, a NUL byte in text; 22P05, `\u0000`
+/// in jsonb), 23 integrity constraint violation (the log's own conflicts are handled in its
+/// statements, so one that surfaces is the data's), 54 program limit exceeded (an index row too
+/// large). SQLite reports its result code instead: constraint (19), too big (18) and datatype
+/// mismatch (20). A value that cannot be encoded at all is refused the same way.
+pub fn is_data_refusal(e: &StoreError) -> bool {
+    let StoreError::Database(e) = e else {
+        return false;
+    };
+    match e {
+        sqlx::Error::Encode(_) => true,
+        sqlx::Error::Database(db) => {
+            let Some(code) = db.code() else {
+                return false;
+            };
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // SQLite gives the extended result code; its low byte is the primary one.
+                return code
+                    .parse::<i64>()
+                    .is_ok_and(|c| matches!(c & 0xff, 18..=20));
+            }
+            code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
+        }
+        _ => false,
+    }
+}
+
+/// Text from outside the coordinator (participants' messages and errors, which become event
+/// details and `last_error`s, and step names) as a text column can hold it: PostgreSQL's text
+/// type has no room for NUL and refuses the whole statement (22021), so each NUL becomes
+/// U+FFFD. Both backends store the same text, so the log reads the same whichever is used.
+fn clean_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// The batch with [`clean_text`] applied to every text column fed from outside, copied only if
+/// some text needs it. Labels and idempotency keys are left alone: they come from the client,
+/// which is refused instead of having its keys silently changed.
+fn clean_batch(batch: &[LogWrite]) -> std::borrow::Cow<'_, [LogWrite]> {
+    let dirty = |s: &str| s.contains('\0');
+    let dirty_events = |events: &[NewEvent]| events.iter().any(|e| dirty(&e.detail));
+    let needs = batch.iter().any(|write| match write {
+        LogWrite::Create(new) => dirty_events(&new.events),
+        LogWrite::Update(up) => {
+            up.last_error.as_deref().is_some_and(dirty)
+                || dirty_events(&up.events)
+                || up
+                    .branches
+                    .iter()
+                    .any(|b| dirty(&b.name) || b.last_error.as_deref().is_some_and(dirty))
+        }
+    });
+    if !needs {
+        return std::borrow::Cow::Borrowed(batch);
+    }
+    let clean = |s: &mut String| {
+        if let std::borrow::Cow::Owned(c) = clean_text(s) {
+            *s = c;
+        }
+    };
+    let mut batch = batch.to_vec();
+    for write in &mut batch {
+        let events = match write {
+            LogWrite::Create(new) => &mut new.events,
+            LogWrite::Update(up) => {
+                if let Some(e) = &mut up.last_error {
+                    clean(e);
+                }
+                for b in &mut up.branches {
+                    clean(&mut b.name);
+                    if let Some(e) = &mut b.last_error {
+                        clean(e);
+                    }
+                }
+                &mut up.events
+            }
+        };
+        for e in events {
+            clean(&mut e.detail);
+        }
+    }
+    std::borrow::Cow::Owned(batch)
+}
+
 /// A transaction accepted by `Start`: its row, one `pending` branch row per step, and its first
 /// events.
 #[derive(Clone, Debug)]
@@ -210,6 +300,11 @@ pub enum WriteOutcome {
     Updated,
     /// The row's owner or epoch differ (or the row is gone); nothing was written.
     Fenced,
+    /// The database refused this write for its data ([`is_data_refusal`]); nothing of it was
+    /// written, and the same write would be refused again. The log writer gives it, with the
+    /// database's reason, to the one write of a failed batch that is to blame (its neighbours
+    /// are applied without it); [`TxLog::apply`] itself fails the whole batch instead.
+    Refused(String),
 }
 
 /// Filters for [`TxLog::list`]. Results are newest first.

@@ -204,6 +204,8 @@ impl TxLog for PgLog {
     }
 
     async fn apply(&self, batch: &[LogWrite]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let cleaned = super::clean_batch(batch);
+        let batch: &[LogWrite] = &cleaned;
         match batch::plan(batch) {
             // One statement for the whole batch, atomic by itself: no BEGIN and COMMIT round
             // trips around it.

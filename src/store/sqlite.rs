@@ -342,6 +342,8 @@ impl TxLog for SqliteLog {
     }
 
     async fn apply(&self, batch: &[LogWrite]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let cleaned = super::clean_batch(batch);
+        let batch: &[LogWrite] = &cleaned;
         let mut tx = self.begin_write().await?;
         let now = now_ms();
         let mut outcomes = Vec::with_capacity(batch.len());
