@@ -4,6 +4,7 @@
 //! [`Coordinator`](crate::coordinator::Coordinator). Errors become gRPC statuses in one place,
 //! [`status_of`], with lowercase messages that name the field or id.
 
+pub mod codec;
 pub mod convert;
 mod server;
 
@@ -21,6 +22,7 @@ use crate::coordinator::{CoordError, Coordinator, Started};
 use crate::model::{Definition, TxId, TxRecord, TxState};
 use crate::proto;
 use crate::store::{ListFilter, NewEvent, NewTx, StoreError};
+use codec::generated::coordinator_server;
 
 pub use convert::Limits;
 pub use server::{serve, ServeConfig, ServeError, Serving};
@@ -170,7 +172,7 @@ impl CoordinatorService {
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::TxEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl proto::coordinator_server::Coordinator for CoordinatorService {
+impl coordinator_server::Coordinator for CoordinatorService {
     async fn start(
         &self,
         request: Request<proto::StartRequest>,
