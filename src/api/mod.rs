@@ -178,6 +178,37 @@ impl CoordinatorService {
         }
     }
 
+    /// Blocks until the transaction has history past `after_seq` (or `timeout` passes); returns
+    /// it as it then is.
+    async fn wait_for_progress(
+        &self,
+        id: TxId,
+        after_seq: u64,
+        timeout: Duration,
+    ) -> Result<TxRecord, Status> {
+        let until = instant_after(timeout.as_millis().try_into().unwrap_or(u64::MAX));
+        loop {
+            // Subscribe before reading, so no write slips between the two.
+            let live = self.co.subscribe(id);
+            let tx = self.load(id).await?;
+            if tx.last_seq > after_seq || tokio::time::Instant::now() >= until {
+                return Ok(tx);
+            }
+            match live {
+                Some(mut rx) => {
+                    let _ = tokio::time::timeout_at(until, rx.recv()).await;
+                }
+                None => {
+                    let _ = tokio::time::timeout_at(
+                        until,
+                        tokio::time::sleep(Duration::from_millis(20)),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
     fn wait_timeout(&self, requested_ms: u64) -> Duration {
         let ms = if requested_ms == 0 {
             self.limits.max_wait_ms
@@ -456,8 +487,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<proto::RetryRequest>,
     ) -> Result<Response<proto::Transaction>, Status> {
         let id = parse_id(&request.get_ref().tx_id)?;
+        let before = self.load(id).await?;
         self.co.retry(id).await.map_err(status_of)?;
-        Ok(Response::new(convert::transaction(&self.load(id).await?)))
+        // The driver records the retry (and the state it moves to) before it calls anyone:
+        // answer with that, not with the failed state the retry left behind.
+        let tx = self
+            .wait_for_progress(id, before.last_seq, self.wait_timeout(10_000))
+            .await?;
+        Ok(Response::new(convert::transaction(&tx)))
     }
 
     async fn cancel(
