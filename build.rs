@@ -14,5 +14,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         &["proto"],
     )?;
+    // The coordinator's server once more, alone (the messages are the ones above), with a codec
+    // that answers a request that does not decode with INVALID_ARGUMENT (src/api/codec.rs).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("strict");
+    std::fs::create_dir_all(&out)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .extern_path(".baton.v1", "crate::proto")
+        .codec_path("crate::api::codec::StrictCodec")
+        .out_dir(&out)
+        .compile_protos(&["proto/baton/v1/coordinator.proto"], &["proto"])?;
     Ok(())
 }

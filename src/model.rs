@@ -528,6 +528,143 @@ pub struct CoordinatorRecord {
     pub owned: u64,
 }
 
+/// A participant endpoint as [`parse_endpoint`] read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedEndpoint {
+    /// `https://` rather than `http://`.
+    pub tls: bool,
+    /// A DNS name, an IPv4 address or a bracketed IPv6 address, as given.
+    pub host: String,
+    /// The port given, or 80 (`http`) / 443 (`https`) when none was.
+    pub port: u16,
+}
+
+/// Why a text is not a participant endpoint. The messages never repeat the text: the caller
+/// names the field, and the text may be huge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadEndpoint {
+    #[error("must not be empty")]
+    Empty,
+    #[error("longer than 512 bytes")]
+    TooLong,
+    #[error("must not contain spaces, control or non-ascii characters (use punycode for a host)")]
+    Characters,
+    #[error("must start with http:// or https://")]
+    Scheme,
+    #[error("must not contain user information (user@)")]
+    UserInfo,
+    #[error("has no host")]
+    NoHost,
+    #[error("host must be a dns name, an ipv4 address or a bracketed ipv6 address")]
+    Host,
+    #[error("port must be a number from 1 to 65535")]
+    Port,
+    #[error("must not have a path: the gRPC method is the path")]
+    Path,
+    #[error("must not have a query or a fragment")]
+    QueryOrFragment,
+}
+
+/// Longest endpoint [`parse_endpoint`] accepts (as [`BadEndpoint::TooLong`] says); the host
+/// alone is limited to 253 by DNS.
+const MAX_ENDPOINT_LEN: usize = 512;
+
+/// Reads `scheme://host[:port][/]`, the only endpoint form a participant call can use: the
+/// scheme `http` or `https`, a host, an optional port from 1 to 65535 (80 or 443 when none is
+/// given), no user information, no path beyond `/`, no query and no fragment.
+///
+/// Strict because the channel code reads what it understands and ignores the rest: a port of
+/// 99999 or -1 used to be dropped and the call made on port 80.
+pub fn parse_endpoint(text: &str) -> Result<ParsedEndpoint, BadEndpoint> {
+    if text.is_empty() {
+        return Err(BadEndpoint::Empty);
+    }
+    if text.len() > MAX_ENDPOINT_LEN {
+        return Err(BadEndpoint::TooLong);
+    }
+    if !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(BadEndpoint::Characters);
+    }
+    let (tls, rest) = if let Some(rest) = text.strip_prefix("http://") {
+        (false, rest)
+    } else if let Some(rest) = text.strip_prefix("https://") {
+        (true, rest)
+    } else {
+        return Err(BadEndpoint::Scheme);
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if tail.contains(['?', '#']) {
+        return Err(BadEndpoint::QueryOrFragment);
+    }
+    if !tail.is_empty() && tail != "/" {
+        return Err(BadEndpoint::Path);
+    }
+    if authority.contains('@') {
+        return Err(BadEndpoint::UserInfo);
+    }
+    if authority.is_empty() {
+        return Err(BadEndpoint::NoHost);
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or(BadEndpoint::Host)?;
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(BadEndpoint::Host);
+        }
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or(BadEndpoint::Port)?),
+        };
+        (&authority[..addr.len() + 2], port)
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(BadEndpoint::NoHost);
+    }
+    if !host.starts_with('[') && host.parse::<std::net::Ipv4Addr>().is_err() && !dns_name(host) {
+        return Err(BadEndpoint::Host);
+    }
+    let port = match port {
+        None if tls => 443,
+        None => 80,
+        // Digits only: `u16::from_str` would take a leading `+`.
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            match p.parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ => return Err(BadEndpoint::Port),
+            }
+        }
+        Some(_) => return Err(BadEndpoint::Port),
+    };
+    Ok(ParsedEndpoint {
+        tls,
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// A DNS host name: dot-separated labels of letters, digits, `-` and `_`, none empty, none
+/// starting or ending with `-`, the last not all digits (that would be a malformed address).
+fn dns_name(host: &str) -> bool {
+    let labels: Vec<&str> = host.split('.').collect();
+    host.len() <= 253
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        && labels
+            .last()
+            .is_some_and(|l| !l.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Payload bytes as base64 text inside JSON definitions.
 mod base64_bytes {
     use base64::Engine as _;
@@ -570,6 +707,62 @@ mod base64_opt_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_parse_strictly() {
+        let ok = |text: &str, tls: bool, host: &str, port: u16| {
+            assert_eq!(
+                parse_endpoint(text),
+                Ok(ParsedEndpoint {
+                    tls,
+                    host: host.into(),
+                    port
+                }),
+                "{text}"
+            );
+        };
+        ok("http://127.0.0.1:9000", false, "127.0.0.1", 9000);
+        ok("http://127.0.0.1:9000/", false, "127.0.0.1", 9000);
+        ok("https://inventory.svc:65535", true, "inventory.svc", 65535);
+        ok("http://[::1]:1", false, "[::1]", 1);
+        ok("http://localhost", false, "localhost", 80);
+        ok("https://example.com", true, "example.com", 443);
+        ok("https://[::1]", true, "[::1]", 443);
+        let bad = [
+            ("", BadEndpoint::Empty),
+            ("ftp://host:1", BadEndpoint::Scheme),
+            ("127.0.0.1:9000", BadEndpoint::Scheme),
+            ("HTTP://host:1", BadEndpoint::Scheme),
+            ("http://host:99999", BadEndpoint::Port),
+            ("http://host:-1", BadEndpoint::Port),
+            ("http://host:0", BadEndpoint::Port),
+            ("http://host:+80", BadEndpoint::Port),
+            ("http://host:", BadEndpoint::Port),
+            ("http://host:80:81", BadEndpoint::Port),
+            ("http://host:000080", BadEndpoint::Port),
+            ("http://[::1]x", BadEndpoint::Port),
+            ("http://user:pw@host:1", BadEndpoint::UserInfo),
+            ("http://host:1/path", BadEndpoint::Path),
+            ("http://host:1?q=1", BadEndpoint::QueryOrFragment),
+            ("http://host:1/#f", BadEndpoint::QueryOrFragment),
+            ("http://", BadEndpoint::NoHost),
+            ("http://:80", BadEndpoint::NoHost),
+            ("http://[::1:80", BadEndpoint::Host),
+            ("http://[nothex]:80", BadEndpoint::Host),
+            ("http://999.1.1.1:80", BadEndpoint::Host),
+            ("http://-a.b:80", BadEndpoint::Host),
+            ("http://a..b:80", BadEndpoint::Host),
+            ("http://a%20b:80", BadEndpoint::Host),
+            ("http://h\0st:80", BadEndpoint::Characters),
+            ("http://host:80 ", BadEndpoint::Characters),
+            ("http://hôst:80", BadEndpoint::Characters),
+        ];
+        for (text, want) in bad {
+            assert_eq!(parse_endpoint(text), Err(want), "{text:?}");
+        }
+        let long = format!("http://{}.example:80", "a".repeat(600));
+        assert_eq!(parse_endpoint(&long), Err(BadEndpoint::TooLong));
+    }
 
     #[test]
     fn backoff_is_capped_and_jittered() {

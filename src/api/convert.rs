@@ -29,6 +29,12 @@ pub struct Limits {
     pub max_attempts: u32,
     /// Longest a `Wait` (or `Start` with `wait`) blocks, in ms.
     pub max_wait_ms: u64,
+    /// Longest overall timeout (`StartRequest.timeout_ms`) a transaction may ask for, in ms.
+    pub max_tx_timeout_ms: u64,
+    /// Longest backoff a retry policy may ask for, in ms.
+    pub max_backoff_ms: u64,
+    /// Longest time-to-live of a participant registration, in ms.
+    pub max_ttl_ms: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +48,9 @@ impl Default for Limits {
             max_call_timeout_ms: 3_600_000,
             max_attempts: 1000,
             max_wait_ms: 300_000,
+            max_tx_timeout_ms: 30 * 24 * 3_600_000,
+            max_backoff_ms: 3_600_000,
+            max_ttl_ms: 24 * 3_600_000,
         }
     }
 }
@@ -54,19 +63,81 @@ fn too_large(field: &str, what: impl std::fmt::Display) -> Status {
     Status::resource_exhausted(format!("{field}: {what}"))
 }
 
+/// Most characters of client text an error message repeats.
+const ECHO_CHARS: usize = 64;
+
+/// `text` quoted for an error message, cut to its first 64 characters with an ellipsis: a status
+/// message travels in a response header, and a 100,000-character id echoed whole overflows the
+/// client's header limit so that it sees a transport error instead of the status.
+pub fn echo(text: &str) -> String {
+    match text.char_indices().nth(ECHO_CHARS) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+    }
+}
+
+fn check_len(field: &str, text: &str, max: usize) -> Result<(), Status> {
+    if text.len() > max {
+        return Err(too_large(
+            field,
+            format!("{} bytes exceed the limit of {max}", text.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The first control character of `text` that `allowed` does not let through, as an error.
+fn check_controls(field: &str, text: &str, allowed: &[char]) -> Result<(), Status> {
+    match text
+        .char_indices()
+        .find(|(_, c)| c.is_control() && !allowed.contains(c))
+    {
+        None => Ok(()),
+        Some((at, c)) => Err(invalid(
+            field,
+            format!(
+                "must not contain control characters (U+{:04X} at byte {at})",
+                u32::from(c)
+            ),
+        )),
+    }
+}
+
+/// A name, key or filter of at most `max` bytes without control characters (empty allowed).
+///
+/// Every string a client sends goes through this or [`check_free_text`]: PostgreSQL refuses a
+/// NUL in text, and a transaction whose definition it refuses can never be driven; other control
+/// characters in a name only garble logs and tables.
+pub fn check_text(field: &str, text: &str, max: usize) -> Result<(), Status> {
+    check_len(field, text, max)?;
+    check_controls(field, text, &[])
+}
+
+/// Free text such as a cancel reason: like [`check_text`], but tabs and line breaks are fine.
+pub fn check_free_text(field: &str, text: &str, max: usize) -> Result<(), Status> {
+    check_len(field, text, max)?;
+    check_controls(field, text, &['\t', '\n', '\r'])
+}
+
 fn check_name(field: &str, text: &str, limits: &Limits) -> Result<(), Status> {
     if text.trim().is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
-    if text.len() > limits.max_name_len {
-        return Err(too_large(
-            field,
-            format!(
-                "{} bytes exceed the limit of {}",
-                text.len(),
-                limits.max_name_len
-            ),
-        ));
+    check_text(field, text, limits.max_name_len)
+}
+
+/// Checks a participant endpoint (a step's or a registration's); the one parser for both.
+pub fn check_endpoint(field: &str, endpoint: &str, limits: &Limits) -> Result<(), Status> {
+    check_len(field, endpoint, limits.max_name_len)?;
+    crate::model::parse_endpoint(endpoint)
+        .map(|_| ())
+        .map_err(|e| invalid(field, e))
+}
+
+/// A duration in ms, checked against `max` (0 is always fine: it means "the default" or "none").
+pub fn check_ms(field: &str, ms: u64, max: u64) -> Result<(), Status> {
+    if ms > max {
+        return Err(invalid(field, format!("{ms} exceeds the limit of {max}")));
     }
     Ok(())
 }
@@ -92,15 +163,18 @@ pub fn labels(
         if k.is_empty() {
             return Err(invalid(field, "a label key must not be empty"));
         }
+        let entry = format!("{field}[{}]", echo(k));
         if k.len() > limits.max_label_len || v.len() > limits.max_label_len {
             return Err(too_large(
-                &format!("{field}[{k:?}]"),
+                &entry,
                 format!(
                     "keys and values are limited to {} bytes",
                     limits.max_label_len
                 ),
             ));
         }
+        check_controls(&entry, k, &[])?;
+        check_controls(&entry, v, &[])?;
         out.insert(k.clone(), v.clone());
     }
     Ok(out)
@@ -115,6 +189,17 @@ fn retry_policy(
     let Some(given) = given else {
         return Ok(*default);
     };
+    // Bounded so that a retry comes within a sensible time, not in a thousand years.
+    check_ms(
+        &format!("{field}.initial_backoff_ms"),
+        given.initial_backoff_ms,
+        limits.max_backoff_ms,
+    )?;
+    check_ms(
+        &format!("{field}.max_backoff_ms"),
+        given.max_backoff_ms,
+        limits.max_backoff_ms,
+    )?;
     if given.max_attempts > limits.max_attempts {
         return Err(too_large(
             &format!("{field}.max_attempts"),
@@ -164,13 +249,7 @@ fn target(field: &str, service: &str, endpoint: &str, limits: &Limits) -> Result
             Ok(Target::Service(service.to_string()))
         }
         (true, false) => {
-            check_name(&format!("{field}.endpoint"), endpoint, limits)?;
-            if !crate::registry::valid_endpoint(endpoint) {
-                return Err(invalid(
-                    &format!("{field}.endpoint"),
-                    format!("{endpoint:?} is not an http:// or https:// url"),
-                ));
-            }
+            check_endpoint(&format!("{field}.endpoint"), endpoint, limits)?;
             Ok(Target::Endpoint(endpoint.to_string()))
         }
     }
@@ -208,7 +287,7 @@ pub fn saga(
         if !names.insert(s.name.as_str()) {
             return Err(invalid(
                 &format!("{field}.name"),
-                format!("duplicate step name {:?}", s.name),
+                format!("duplicate step name {}", echo(&s.name)),
             ));
         }
         let target = target(&field, &s.service, &s.endpoint, limits)?;
@@ -324,7 +403,7 @@ pub fn two_phase(
         if !names.insert(b.name.as_str()) {
             return Err(invalid(
                 &format!("{field}.name"),
-                format!("duplicate branch name {:?}", b.name),
+                format!("duplicate branch name {}", echo(&b.name)),
             ));
         }
         let target = target(&field, &b.service, &b.endpoint, limits)?;
@@ -684,6 +763,129 @@ mod tests {
                 err.message()
             );
         }
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_string_field() {
+        let cases: Vec<(proto::SagaStep, &str)> = vec![
+            (
+                step("a\0b"),
+                "saga.steps[0].name: must not contain control characters (U+0000 at byte 1)",
+            ),
+            (
+                proto::SagaStep {
+                    action: "do\u{7}".into(),
+                    ..step("a")
+                },
+                "saga.steps[0].action: must not contain control characters (U+0007",
+            ),
+            (
+                proto::SagaStep {
+                    compensate: "\nundo".into(),
+                    ..step("a")
+                },
+                "saga.steps[0].compensate: must not contain control characters (U+000A",
+            ),
+            (
+                proto::SagaStep {
+                    service: "s\u{9b}vc".into(),
+                    ..step("a")
+                },
+                "saga.steps[0].service: must not contain control characters (U+009B",
+            ),
+            (
+                proto::SagaStep {
+                    service: String::new(),
+                    endpoint: "http://127.0.0.1:1\0".into(),
+                    ..step("a")
+                },
+                "saga.steps[0].endpoint: must not contain spaces, control",
+            ),
+        ];
+        for (s, want) in cases {
+            let err = check(vec![s]).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{want}");
+            assert!(err.message().starts_with(want), "{:?}", err.message());
+        }
+        let tp = proto::TwoPhase {
+            branches: vec![proto::TwoPhaseBranch {
+                name: "b".into(),
+                service: "svc".into(),
+                action: "pay\0".into(),
+                ..Default::default()
+            }],
+            prepare_timeout_ms: 0,
+        };
+        let err = two_phase(&tp, 1000, &RetryPolicy::default(), &Limits::default()).unwrap_err();
+        assert!(
+            err.message()
+                .starts_with("two_phase.branches[0].action: must not contain control characters"),
+            "{}",
+            err.message()
+        );
+        for (k, v) in [("k\0", "v"), ("k", "v\0"), ("k", "line\nbreak")] {
+            let given = [(k.to_string(), v.to_string())].into_iter().collect();
+            let err = labels("labels", &given, &Limits::default()).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            let want = format!("labels[{k:?}]: must not contain control characters");
+            assert!(err.message().starts_with(&want), "{}", err.message());
+        }
+        assert!(check_free_text("reason", "two\nlines\tand a tab", 256).is_ok());
+        let err = check_free_text("reason", "nul\0", 256).unwrap_err();
+        assert!(err
+            .message()
+            .starts_with("reason: must not contain control characters"));
+    }
+
+    #[test]
+    fn bad_ports_and_backoffs_are_refused() {
+        for endpoint in [
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:-1",
+            "http://u@h:1",
+        ] {
+            let err = check(vec![proto::SagaStep {
+                service: String::new(),
+                endpoint: endpoint.into(),
+                ..step("a")
+            }])
+            .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{endpoint}");
+            assert!(
+                err.message().starts_with("saga.steps[0].endpoint: "),
+                "{}",
+                err.message()
+            );
+        }
+        let err = check(vec![proto::SagaStep {
+            retry: Some(proto::RetryPolicy {
+                initial_backoff_ms: u64::MAX,
+                ..Default::default()
+            }),
+            ..step("a")
+        }])
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().starts_with(
+                "saga.steps[0].retry.initial_backoff_ms: 18446744073709551615 exceeds"
+            ),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn echoed_text_is_cut_short() {
+        assert_eq!(echo("abc"), "\"abc\"");
+        assert_eq!(echo("a\0"), "\"a\\0\"");
+        let long = "é".repeat(100_000);
+        let echoed = echo(&long);
+        assert_eq!(echoed, format!("{:?}…", "é".repeat(64)));
+        let big: Vec<proto::SagaStep> = vec![step(&"x".repeat(200)), step(&"x".repeat(200))];
+        let err = check(big).unwrap_err();
+        assert!(err.message().len() < 200, "{}", err.message());
+        assert!(err.message().ends_with("…"), "{}", err.message());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! [`Coordinator`](crate::coordinator::Coordinator). Errors become gRPC statuses in one place,
 //! [`status_of`], with lowercase messages that name the field or id.
 
+pub mod codec;
 pub mod convert;
 mod server;
 
@@ -21,6 +22,8 @@ use crate::coordinator::{CoordError, Coordinator, Started};
 use crate::model::{Definition, TxId, TxRecord, TxState};
 use crate::proto;
 use crate::store::{ListFilter, NewEvent, NewTx, StoreError};
+use codec::generated::coordinator_server;
+use convert::{check_endpoint, check_free_text, check_ms, check_text, echo};
 
 pub use convert::Limits;
 pub use server::{serve, ServeConfig, ServeError, Serving};
@@ -49,8 +52,25 @@ fn parse_id(text: &str) -> Result<TxId, Status> {
     if text.is_empty() {
         return Err(Status::invalid_argument("tx_id: must not be empty"));
     }
-    text.parse::<TxId>()
-        .map_err(|e| Status::invalid_argument(e.to_string()))
+    text.parse::<TxId>().map_err(|_| {
+        Status::invalid_argument(format!(
+            "tx_id: {} is not a transaction id (expected a uuid)",
+            echo(text)
+        ))
+    })
+}
+
+/// The earliest and latest times a client may name (years 1 to 9999): PostgreSQL refuses
+/// timestamps far beyond them that chrono still represents.
+const MIN_TIME_MS: i64 = -62_135_596_800_000;
+const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
+/// `ms` from now; a year from now if that is not representable. `Instant + Duration` panics on
+/// overflow, and the longest wait is operator configuration.
+fn instant_after(ms: u64) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(Duration::from_millis(ms))
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
 }
 
 /// The `baton.v1.Coordinator` service.
@@ -104,7 +124,8 @@ impl CoordinatorService {
                     .map_err(|e| Status::unavailable(e.to_string()))?;
                 if !known {
                     return Err(Status::invalid_argument(format!(
-                        "{field}[{i}].service: unknown participant service {name:?} (register an endpoint for it first, or give an endpoint)"
+                        "{field}[{i}].service: unknown participant service {} (register an endpoint for it first, or give an endpoint)",
+                        echo(name)
                     )));
                 }
             }
@@ -114,7 +135,7 @@ impl CoordinatorService {
 
     /// Blocks until the transaction rests or `timeout` passes; returns it as it then is.
     async fn wait_for_rest(&self, id: TxId, timeout: Duration) -> Result<TxRecord, Status> {
-        let until = tokio::time::Instant::now() + timeout;
+        let until = instant_after(timeout.as_millis().try_into().unwrap_or(u64::MAX));
         // Driven here: the driver hands over the record it wrote at rest, no read needed.
         if let Some(mut rested) = self.co.rested(id) {
             let waited = tokio::time::timeout_at(until, async {
@@ -157,6 +178,37 @@ impl CoordinatorService {
         }
     }
 
+    /// Blocks until the transaction has history past `after_seq` (or `timeout` passes); returns
+    /// it as it then is.
+    async fn wait_for_progress(
+        &self,
+        id: TxId,
+        after_seq: u64,
+        timeout: Duration,
+    ) -> Result<TxRecord, Status> {
+        let until = instant_after(timeout.as_millis().try_into().unwrap_or(u64::MAX));
+        loop {
+            // Subscribe before reading, so no write slips between the two.
+            let live = self.co.subscribe(id);
+            let tx = self.load(id).await?;
+            if tx.last_seq > after_seq || tokio::time::Instant::now() >= until {
+                return Ok(tx);
+            }
+            match live {
+                Some(mut rx) => {
+                    let _ = tokio::time::timeout_at(until, rx.recv()).await;
+                }
+                None => {
+                    let _ = tokio::time::timeout_at(
+                        until,
+                        tokio::time::sleep(Duration::from_millis(20)),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
     fn wait_timeout(&self, requested_ms: u64) -> Duration {
         let ms = if requested_ms == 0 {
             self.limits.max_wait_ms
@@ -170,7 +222,7 @@ impl CoordinatorService {
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::TxEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl proto::coordinator_server::Coordinator for CoordinatorService {
+impl coordinator_server::Coordinator for CoordinatorService {
     async fn start(
         &self,
         request: Request<proto::StartRequest>,
@@ -218,20 +270,28 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         let idempotency_key = if req.idempotency_key.is_empty() {
             None
         } else {
-            if req.idempotency_key.len() > self.limits.max_name_len {
-                return Err(Status::resource_exhausted(format!(
-                    "idempotency_key: {} bytes exceed the limit of {}",
-                    req.idempotency_key.len(),
-                    self.limits.max_name_len
-                )));
-            }
+            check_text(
+                "idempotency_key",
+                &req.idempotency_key,
+                self.limits.max_name_len,
+            )?;
             Some(req.idempotency_key.clone())
         };
+        check_ms("timeout_ms", req.timeout_ms, self.limits.max_tx_timeout_ms)?;
         self.check_services(&definition).await?;
         let now = whole_millis(chrono::Utc::now());
-        let deadline_at = (req.timeout_ms > 0).then(|| {
-            now + chrono::Duration::milliseconds(req.timeout_ms.min(i64::MAX as u64 / 2) as i64)
-        });
+        let deadline_at = match req.timeout_ms {
+            0 => None,
+            ms => Some(
+                i64::try_from(ms)
+                    .ok()
+                    .and_then(chrono::TimeDelta::try_milliseconds)
+                    .and_then(|d| now.checked_add_signed(d))
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!("timeout_ms: {ms} is out of range"))
+                    })?,
+            ),
+        };
         let steps = definition.branch_names().len();
         let new = NewTx {
             id: TxId::new(),
@@ -263,14 +323,14 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
                 let existing = self.load(id).await?;
                 if !principal.sees(&existing.labels) {
                     return Err(Status::already_exists(format!(
-                        "idempotency_key: {:?} is already used in another namespace; choose another key",
-                        idempotency_key.unwrap_or_default()
+                        "idempotency_key: {} is already used in another namespace; choose another key",
+                        echo(&idempotency_key.unwrap_or_default())
                     )));
                 }
                 if existing.definition != definition {
                     return Err(Status::already_exists(format!(
-                        "idempotency_key: {:?} already names transaction {id}, which has a different definition",
-                        idempotency_key.unwrap_or_default()
+                        "idempotency_key: {} already names transaction {id}, which has a different definition",
+                        echo(&idempotency_key.unwrap_or_default())
                     )));
                 }
                 (id, false)
@@ -350,9 +410,16 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
             if v == 0 {
                 return Ok(None);
             }
-            chrono::DateTime::from_timestamp_millis(v)
+            (MIN_TIME_MS..=MAX_TIME_MS)
+                .contains(&v)
+                .then(|| chrono::DateTime::from_timestamp_millis(v))
+                .flatten()
                 .map(Some)
-                .ok_or_else(|| Status::invalid_argument(format!("{field}: {v} is out of range")))
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "{field}: {v} is out of range (years 1 to 9999 in unix milliseconds)"
+                    ))
+                })
         };
         if req.limit > 1000 {
             return Err(Status::invalid_argument(format!(
@@ -420,8 +487,14 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         request: Request<proto::RetryRequest>,
     ) -> Result<Response<proto::Transaction>, Status> {
         let id = parse_id(&request.get_ref().tx_id)?;
+        let before = self.load(id).await?;
         self.co.retry(id).await.map_err(status_of)?;
-        Ok(Response::new(convert::transaction(&self.load(id).await?)))
+        // The driver records the retry (and the state it moves to) before it calls anyone:
+        // answer with that, not with the failed state the retry left behind.
+        let tx = self
+            .wait_for_progress(id, before.last_seq, self.wait_timeout(10_000))
+            .await?;
+        Ok(Response::new(convert::transaction(&tx)))
     }
 
     async fn cancel(
@@ -430,13 +503,7 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<proto::Transaction>, Status> {
         let req = request.into_inner();
         let id = parse_id(&req.tx_id)?;
-        if req.reason.len() > self.limits.max_name_len {
-            return Err(Status::resource_exhausted(format!(
-                "reason: {} bytes exceed the limit of {}",
-                req.reason.len(),
-                self.limits.max_name_len
-            )));
-        }
+        check_free_text("reason", &req.reason, self.limits.max_name_len)?;
         let reason = if req.reason.is_empty() {
             "requested by a client".to_string()
         } else {
@@ -452,6 +519,8 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<proto::RegisterParticipantResponse>, Status> {
         let req = request.into_inner();
         check_registration(&req.service, &req.endpoint, &self.limits)?;
+        check_text("zone", &req.zone, self.limits.max_name_len)?;
+        check_ms("ttl_ms", req.ttl_ms, self.limits.max_ttl_ms)?;
         let record = self
             .co
             .store()
@@ -475,6 +544,7 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<proto::HeartbeatParticipantResponse>, Status> {
         let req = request.into_inner();
         check_registration(&req.service, &req.endpoint, &self.limits)?;
+        check_ms("ttl_ms", req.ttl_ms, self.limits.max_ttl_ms)?;
         let record = self
             .co
             .store()
@@ -484,7 +554,8 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "participant {} at {} is not registered (or its registration expired); register again",
-                    req.service, req.endpoint
+                    echo(&req.service),
+                    echo(&req.endpoint)
                 ))
             })?;
         Ok(Response::new(proto::HeartbeatParticipantResponse {
@@ -497,7 +568,9 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         request: Request<proto::DeregisterParticipantRequest>,
     ) -> Result<Response<proto::DeregisterParticipantResponse>, Status> {
         let req = request.into_inner();
-        check_registration(&req.service, &req.endpoint, &self.limits)?;
+        // Not the strict endpoint check: a registration made before it must remain removable.
+        check_text("service", &req.service, self.limits.max_name_len)?;
+        check_text("endpoint", &req.endpoint, self.limits.max_name_len)?;
         let removed = self
             .co
             .store()
@@ -514,6 +587,7 @@ impl proto::coordinator_server::Coordinator for CoordinatorService {
         request: Request<proto::ListParticipantsRequest>,
     ) -> Result<Response<proto::ListParticipantsResponse>, Status> {
         let service = request.into_inner().service;
+        check_text("service", &service, self.limits.max_name_len)?;
         let found = self
             .co
             .store()
@@ -592,21 +666,11 @@ fn check_purge(req: &proto::PurgeRequest, default_batch: u32) -> Result<(Duratio
 }
 
 fn check_registration(service: &str, endpoint: &str, limits: &Limits) -> Result<(), Status> {
-    if service.is_empty() {
+    if service.trim().is_empty() {
         return Err(Status::invalid_argument("service: must not be empty"));
     }
-    if service.len() > limits.max_name_len || endpoint.len() > limits.max_name_len {
-        return Err(Status::resource_exhausted(format!(
-            "service, endpoint: limited to {} bytes",
-            limits.max_name_len
-        )));
-    }
-    if !crate::registry::valid_endpoint(endpoint) {
-        return Err(Status::invalid_argument(format!(
-            "endpoint: {endpoint:?} is not an http:// or https:// url"
-        )));
-    }
-    Ok(())
+    check_text("service", service, limits.max_name_len)?;
+    check_endpoint("endpoint", endpoint, limits)
 }
 
 /// Streams the stored history, then live events, until the transaction rests or the client

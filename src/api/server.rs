@@ -7,10 +7,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::codec::generated::coordinator_server::CoordinatorServer;
+use super::codec::SizeLimited;
 use super::{CoordinatorService, Limits};
 use crate::auth::{AuthConfig, Authenticated};
 use crate::coordinator::{Config, Coordinator};
-use crate::proto::coordinator_server::CoordinatorServer;
 use crate::registry::{Registry, RegistryConfig};
 use crate::store::{self, StoreError, StoreOptions};
 use crate::tls::{ServerTls, TlsError, TlsIncoming};
@@ -149,7 +150,11 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
     coordinator.run_background();
 
     let stop = CancellationToken::new();
-    let max_message = (config.limits.max_payload_bytes * 4).max(4 << 20);
+    let max_message = config
+        .limits
+        .max_payload_bytes
+        .saturating_mul(4)
+        .max(4 << 20);
     let service = CoordinatorServer::new(CoordinatorService::new(
         coordinator.clone(),
         config.limits.clone(),
@@ -165,7 +170,7 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
             tracing::info!(tokens = ?names, "bearer-token authentication");
         }
     }
-    let service = Authenticated::new(service, config.auth.clone());
+    let service = Authenticated::new(SizeLimited::new(service, max_message), config.auth.clone());
     let shutdown = stop.clone();
     let router = tonic::transport::Server::builder().add_service(service);
     let shutdown = async move { shutdown.cancelled().await };
