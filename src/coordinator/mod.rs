@@ -217,16 +217,14 @@ impl Lease {
         if !self.held.load(Ordering::Acquire) {
             return false;
         }
-        if !self.kept.load(Ordering::Relaxed) {
-            return true;
-        }
-        let now = self.now();
-        let mono = now
-            .0
-            .saturating_sub(self.renewed_at.load(Ordering::Relaxed));
-        let wall = now
-            .1
-            .saturating_sub(self.renewed_wall_ms.load(Ordering::Relaxed));
+        !self.kept.load(Ordering::Relaxed) || self.covers(self.now())
+    }
+
+    /// Whether the last renewal still covered the instant `at`, by both clocks.
+    fn covers(&self, at: Stamp) -> bool {
+        let mono = at.0.saturating_sub(self.renewed_at.load(Ordering::Relaxed));
+        let wall =
+            at.1.saturating_sub(self.renewed_wall_ms.load(Ordering::Relaxed));
         u128::from(mono) < self.valid_for.as_nanos()
             && (wall.max(0) as u128) < self.valid_for.as_millis()
     }
@@ -602,10 +600,11 @@ impl Coordinator {
                 .await;
                 match renewed {
                     Ok(Ok(())) => {
-                        // Renewed after a silence past the limit (a pause, a starved runtime):
-                        // peers may have claimed this coordinator's transactions meanwhile. Its
-                        // drivers stop before the fresh renewal could let their calls through.
-                        if !this.lease.held() {
+                        // Sent after a silence past the limit (a pause, a starved runtime): peers
+                        // may have claimed this coordinator's transactions meanwhile. Its drivers
+                        // stop before the fresh renewal could let their calls through. (Calls
+                        // made while this renewal was on its way checked the previous one.)
+                        if !this.lease.covers(sent) {
                             this.lose_lease();
                         }
                         this.lease.renewed(sent);
@@ -858,5 +857,53 @@ fn record_of(new: &NewTx) -> TxRecord {
                 ..BranchRecord::default()
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_runs_out_by_either_clock_and_a_failed_check_stops_the_drivers() {
+        let first = CancellationToken::new();
+        let lease = Lease::new(Duration::from_millis(50), first.clone());
+        lease.renewed(Stamp(0, 0));
+        assert!(lease.check(), "not judged by time until heartbeats keep it");
+        lease.kept.store(true, Ordering::Relaxed);
+
+        let at = Stamp(1_000_000_000, 1_000_000);
+        lease.renewed(at);
+        assert!(lease.covers(Stamp(at.0 + 49_000_000, at.1 + 49)));
+        assert!(!lease.covers(Stamp(at.0 + 50_000_000, at.1)));
+        assert!(
+            !lease.covers(Stamp(at.0, at.1 + 50)),
+            "a suspended host: only the wall clock moved"
+        );
+        assert!(
+            lease.covers(Stamp(at.0 + 1, at.1 - 60_000)),
+            "a wall clock stepped back changes nothing"
+        );
+
+        // A renewal a second old by the wall clock: the next check stops every driver, once.
+        let now = lease.now();
+        lease.renewed(Stamp(now.0, now.1 - 1_000));
+        assert!(!first.is_cancelled());
+        assert!(!lease.check());
+        assert!(first.is_cancelled());
+        assert!(!lease.held());
+
+        // Even a fresh renewal does not count until the lease is regained.
+        lease.renewed(lease.now());
+        assert!(!lease.check());
+        let second = CancellationToken::new();
+        lease.regain(lease.now(), second.clone());
+        assert!(lease.check());
+        assert!(!second.is_cancelled());
+        lease.lose();
+        assert!(
+            second.is_cancelled(),
+            "drivers started after regaining watch the new token"
+        );
     }
 }
