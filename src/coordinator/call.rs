@@ -2,10 +2,12 @@
 //! result for the engine. The status-code classification lives here and only here.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Code;
 
+use super::Lease;
 use crate::engine::CallResult;
 use crate::model::{Phase, Target, TxId};
 use crate::proto::participant_client::ParticipantClient;
@@ -47,6 +49,32 @@ pub fn classify(code: Code) -> StatusClass {
         | Code::Unauthenticated
         | Code::Ok => StatusClass::Permanent,
     }
+}
+
+/// What a participant call needs from its coordinator: the registry that picks the endpoint, and
+/// the coordinator's lease, which must be held when the call is sent and when its answer is used.
+#[derive(Clone)]
+pub struct Caller {
+    registry: Arc<Registry>,
+    lease: Arc<Lease>,
+}
+
+impl Caller {
+    pub(crate) fn new(registry: Arc<Registry>, lease: Arc<Lease>) -> Caller {
+        Caller { registry, lease }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+}
+
+/// Parks a call this coordinator may no longer make, or whose answer it may no longer act on,
+/// for good: the lease is lost, so peers may own the transaction now. [`Lease::check`] has
+/// cancelled every driver's token, and the driver drops (aborts) this call when it stops; what
+/// the driver would have done with the answer is fenced in the log anyway.
+async fn withheld() -> CallResult {
+    std::future::pending().await
 }
 
 /// Everything a call needs, copied out of the transaction so the call runs on its own.
@@ -109,14 +137,27 @@ pub fn unreachable(code: Code) -> bool {
 }
 
 /// Sends the call and classifies what came back. Never panics on what the network returns.
-pub async fn call(registry: &Registry, spec: CallSpec) -> CallResult {
+///
+/// Nothing is sent, and no answer returned, unless the coordinator's lease is held at that moment
+/// (see [`Lease`]); otherwise the call never completes and its driver is stopped.
+pub async fn call(caller: &Caller, spec: CallSpec) -> CallResult {
+    let result = send(caller, spec).await;
+    // An answer that arrives after the lease was lost (the process was paused meanwhile) must
+    // not move the transaction on here: a peer may be driving it by now.
+    if !caller.lease.check() {
+        return withheld().await;
+    }
+    result
+}
+
+async fn send(caller: &Caller, spec: CallSpec) -> CallResult {
     let tx_id = spec.tx_id.to_string();
     let key = PickKey {
         tx_id: &tx_id,
         labels: &spec.labels,
     };
     // Held until the answer: the call counts as in flight to this endpoint meanwhile.
-    let picked = match registry.pick(&spec.target, &key).await {
+    let picked = match caller.registry.pick(&spec.target, &key).await {
         Ok(p) => p,
         Err(e @ (ResolveError::BadEndpoint(_) | ResolveError::NoTls(_))) => {
             return CallResult::Permanent(e.to_string())
@@ -124,6 +165,10 @@ pub async fn call(registry: &Registry, spec: CallSpec) -> CallResult {
         // No endpoint now may change when one registers: transient.
         Err(e) => return CallResult::Transient(e.to_string()),
     };
+    // Checked after the pick, which may wait for the registry: as close to sending as it gets.
+    if !caller.lease.check() {
+        return withheld().await;
+    }
     let endpoint = picked.endpoint.clone();
     tracing::Span::current().record("endpoint", tracing::field::display(&endpoint));
     let channel = picked.channel.clone();

@@ -14,6 +14,7 @@ pub mod retention;
 pub mod writer;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -148,21 +149,135 @@ pub enum Started {
     Existing(TxId),
 }
 
+/// This coordinator's hold on its lease, as far as it can tell locally.
+///
+/// Checked before every participant call and before a call's answer is used, not only by the
+/// heartbeat task: a coordinator paused (SIGSTOP, a stalled VM) or starved past its lease wakes
+/// its drivers and its heartbeat task together, and the drivers must not call participants for
+/// transactions that peers have meanwhile claimed just because the heartbeat has not run yet.
+/// A check is two clock reads and three atomic loads.
+pub(crate) struct Lease {
+    /// What `renewed_at` counts from.
+    origin: std::time::Instant,
+    /// When the last successful heartbeat was sent, in ns since `origin`. The request's send
+    /// time, not its answer's: the database stamped the heartbeat at some point after it, so the
+    /// lease it granted runs at least this long from here.
+    renewed_at: AtomicU64,
+    /// The same instant on the wall clock (ms since the Unix epoch). A suspended host (a paused
+    /// VM) stops the monotonic clock but not the wall clock, nor the database's clock that peers
+    /// judge the lease by; a wall clock stepped back is caught by the monotonic one.
+    renewed_wall_ms: AtomicI64,
+    /// How long after a renewal the lease still counts as held: half the lease, so that this
+    /// coordinator stops well before peers may claim its transactions.
+    valid_for: Duration,
+    /// Set once the heartbeat task keeps the lease (`run_background`); before that only `held`
+    /// counts.
+    kept: AtomicBool,
+    /// False from losing the lease until every driver of it has stopped and its transactions
+    /// were handed back.
+    held: AtomicBool,
+    /// What running drivers watch: cancelled when the lease is lost, replaced by a fresh child of
+    /// the coordinator's stop token when it is regained.
+    driving: Mutex<CancellationToken>,
+}
+
+/// A lease timestamp: (ns since [`Lease::origin`], ms since the Unix epoch).
+#[derive(Clone, Copy)]
+struct Stamp(u64, i64);
+
+impl Lease {
+    fn new(valid_for: Duration, driving: CancellationToken) -> Lease {
+        let lease = Lease {
+            origin: std::time::Instant::now(),
+            renewed_at: AtomicU64::new(0),
+            renewed_wall_ms: AtomicI64::new(0),
+            valid_for,
+            kept: AtomicBool::new(false),
+            held: AtomicBool::new(true),
+            driving: Mutex::new(driving),
+        };
+        lease.renewed(lease.now());
+        lease
+    }
+
+    fn now(&self) -> Stamp {
+        Stamp(
+            self.origin.elapsed().as_nanos().min(u64::MAX as u128) as u64,
+            chrono::Utc::now().timestamp_millis(),
+        )
+    }
+
+    fn renewed(&self, at: Stamp) {
+        self.renewed_at.store(at.0, Ordering::Relaxed);
+        self.renewed_wall_ms.store(at.1, Ordering::Relaxed);
+    }
+
+    /// Whether the lease is held now.
+    pub(crate) fn held(&self) -> bool {
+        if !self.held.load(Ordering::Acquire) {
+            return false;
+        }
+        !self.kept.load(Ordering::Relaxed) || self.covers(self.now())
+    }
+
+    /// Whether the last renewal still covered the instant `at`, by both clocks.
+    fn covers(&self, at: Stamp) -> bool {
+        let mono = at.0.saturating_sub(self.renewed_at.load(Ordering::Relaxed));
+        let wall =
+            at.1.saturating_sub(self.renewed_wall_ms.load(Ordering::Relaxed));
+        u128::from(mono) < self.valid_for.as_nanos()
+            && (wall.max(0) as u128) < self.valid_for.as_millis()
+    }
+
+    /// Whether the lease is held now; if not, stops every driver (once) before returning.
+    pub(crate) fn check(&self) -> bool {
+        self.held() || {
+            self.lose();
+            false
+        }
+    }
+
+    /// Stops every driver until the lease is regained.
+    fn lose(&self) {
+        if self.held.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                "the lease is not renewed; stopping every driver until the heartbeat succeeds"
+            );
+            self.driving().cancel();
+        }
+    }
+
+    /// The token drivers started now watch.
+    fn driving(&self) -> CancellationToken {
+        self.driving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Holds the lease again, renewed at `at`, with `driving` for the drivers started from now.
+    fn regain(&self, at: Stamp, driving: CancellationToken) {
+        *self.driving.lock().unwrap_or_else(|e| e.into_inner()) = driving;
+        self.renewed(at);
+        self.held.store(true, Ordering::Release);
+    }
+}
+
 /// A running coordinator: its log, writer, registry and drivers.
 pub struct Coordinator {
     config: Config,
     store: Arc<dyn TxLog>,
-    registry: Arc<Registry>,
+    /// The registry, with the lease every participant call checks. (The driver calls through
+    /// this field by its old name.)
+    registry: call::Caller,
     writer: LogWriter,
     drivers: Mutex<HashMap<TxId, DriverHandle>>,
+    /// One permit per transaction driven here, and per `Start`, `Retry` or claim between its
+    /// write and its driver's start: all of them back means nothing of this coordinator acts.
     inflight: Arc<Semaphore>,
     tracker: TaskTracker,
     stop: CancellationToken,
-    /// What running drivers watch: replaced by a fresh child of `stop` each time this coordinator
-    /// regains its lease after losing it.
-    driving: Mutex<CancellationToken>,
-    /// Whether the heartbeat is current (false while the log is unreachable for too long).
-    has_lease: std::sync::atomic::AtomicBool,
+    lease: Arc<Lease>,
     writer_stop: CancellationToken,
     metrics: Arc<metrics::Metrics>,
 }
@@ -187,17 +302,17 @@ impl Coordinator {
             &tracker,
             writer_stop.clone(),
         );
+        let lease = Arc::new(Lease::new(config.lease / 2, stop.child_token()));
         Arc::new(Coordinator {
             inflight: Arc::new(Semaphore::new(config.max_inflight)),
             config,
             store,
-            registry,
+            registry: call::Caller::new(registry, lease.clone()),
             writer,
             drivers: Mutex::new(HashMap::new()),
             tracker,
-            driving: Mutex::new(stop.child_token()),
             stop,
-            has_lease: std::sync::atomic::AtomicBool::new(true),
+            lease,
             writer_stop,
             metrics,
         })
@@ -212,7 +327,7 @@ impl Coordinator {
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+        self.registry.registry()
     }
 
     pub fn metrics(&self) -> &metrics::Metrics {
@@ -231,40 +346,76 @@ impl Coordinator {
 
     /// Whether it takes new work: not shutting down, and its lease is current.
     pub fn is_ready(&self) -> bool {
-        !self.is_stopping() && self.has_lease.load(std::sync::atomic::Ordering::Relaxed)
+        !self.is_stopping() && self.lease.held()
     }
 
     /// Records a new transaction durably (before answering) and starts driving it. With an
     /// idempotency key that already names a transaction, nothing is written or started.
+    ///
+    /// Cancellation-safe: once the create is queued to the log writer, a task of the
+    /// coordinator's own awaits it and starts the driver, so a caller that goes away (deadline,
+    /// disconnect: tonic drops this future) cannot leave a transaction in the log that this live
+    /// coordinator owns and nobody drives.
     pub async fn start(self: &Arc<Self>, new: NewTx) -> Result<Started, CoordError> {
+        let (permit, driving) = self.take_work()?;
+        let record = record_of(&new);
+        // `submit` queues the write or, dropped before it could, does not (an mpsc send).
+        let ack = self.writer.submit(LogWrite::Create(Box::new(new))).await?;
+        let (answer, answered) = oneshot::channel();
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            let result = match ack.await {
+                Ok(Ok(WriteOutcome::Created)) => {
+                    failpoint::hit(failpoint::AFTER_CREATE).await;
+                    let id = record.id;
+                    this.metrics.started(record.kind);
+                    this.spawn_driver(record, Event::Begin, permit, driving);
+                    Ok(Started::Created(id))
+                }
+                Ok(Ok(WriteOutcome::Existing(id))) => Ok(Started::Existing(id)),
+                Ok(Ok(other)) => Err(CoordError::Unavailable(format!(
+                    "unexpected log outcome {other:?} for a new transaction"
+                ))),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(CoordError::Stopping),
+            };
+            let _ = answer.send(result);
+        });
+        answered.await.unwrap_or(Err(CoordError::Stopping))
+    }
+
+    /// The permit for one more transaction driven here and the token its driver is to watch,
+    /// or why this coordinator takes no new work now. Both are taken before the log is written:
+    /// a lease lost after this cancels the token, so the driver stops at once, and the lease is
+    /// regained only once the permit is back (after the write), when the transaction is handed
+    /// back with everything else this coordinator held.
+    fn take_work(&self) -> Result<(OwnedSemaphorePermit, CancellationToken), CoordError> {
         if self.is_stopping() {
             return Err(CoordError::Stopping);
         }
-        if !self.is_ready() {
-            return Err(CoordError::Unavailable(
+        let no_lease = || {
+            CoordError::Unavailable(
                 "coordinator cannot renew its lease (database unreachable); try another coordinator"
                     .into(),
-            ));
+            )
+        };
+        if !self.is_ready() {
+            return Err(no_lease());
         }
         let permit = self
             .inflight
             .clone()
             .try_acquire_owned()
             .map_err(|_| CoordError::Busy(self.config.max_inflight))?;
-        let record = record_of(&new);
-        let outcome = self.writer.write(LogWrite::Create(Box::new(new))).await?;
-        match outcome {
-            WriteOutcome::Created => {
-                let id = record.id;
-                self.metrics.started(record.kind);
-                self.spawn_driver(record, Event::Begin, permit);
-                Ok(Started::Created(id))
-            }
-            WriteOutcome::Existing(id) => Ok(Started::Existing(id)),
-            other => Err(CoordError::Unavailable(format!(
-                "unexpected log outcome {other:?} for a new transaction"
-            ))),
+        let driving = self.lease.driving();
+        if driving.is_cancelled() || !self.lease.held() {
+            return Err(if self.is_stopping() {
+                CoordError::Stopping
+            } else {
+                no_lease()
+            });
         }
+        Ok((permit, driving))
     }
 
     /// Live events of a transaction driven here, or `None` if no driver runs it here.
@@ -313,6 +464,9 @@ impl Coordinator {
     }
 
     /// Resumes a `failed` transaction: takes it over and lets the engine retry.
+    ///
+    /// Cancellation-safe like [`Coordinator::start`]: the claim and the driver's start happen in
+    /// a task of the coordinator's own, so a claim that commits is always driven.
     pub async fn retry(self: &Arc<Self>, id: TxId) -> Result<(), CoordError> {
         if self.is_stopping() {
             return Err(CoordError::Stopping);
@@ -324,28 +478,33 @@ impl Coordinator {
                 tx.state
             )));
         }
-        let permit = self
-            .inflight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| CoordError::Busy(self.config.max_inflight))?;
-        let claimed = self
-            .store
-            .claim_one(id, &self.config.id, tx.epoch)
-            .await?
-            .ok_or_else(|| {
-                CoordError::Conflict(format!("transaction {id} changed meanwhile; look again"))
-            })?;
-        self.spawn_driver(claimed, Event::Retry, permit);
-        Ok(())
+        let (permit, driving) = self.take_work()?;
+        let (answer, answered) = oneshot::channel();
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            let result = match this.store.claim_one(id, &this.config.id, tx.epoch).await {
+                Ok(Some(claimed)) => {
+                    this.spawn_driver(claimed, Event::Retry, permit, driving);
+                    Ok(())
+                }
+                Ok(None) => Err(CoordError::Conflict(format!(
+                    "transaction {id} changed meanwhile; look again"
+                ))),
+                Err(e) => Err(e.into()),
+            };
+            let _ = answer.send(result);
+        });
+        answered.await.unwrap_or(Err(CoordError::Stopping))
     }
 
     /// Resumes unfinished work at start-up: hands back what an earlier run of this coordinator
     /// (same id) held, then claims unowned and orphaned transactions. Returns how many it took.
     pub async fn recover(self: &Arc<Self>) -> Result<usize, CoordError> {
+        let sent = self.lease.now();
         self.store
             .heartbeat_coordinator(&self.config.id, &self.config.address, crate::VERSION)
             .await?;
+        self.lease.renewed(sent);
         let released = self.store.release_owned(&self.config.id).await?;
         if released > 0 {
             tracing::info!(
@@ -374,6 +533,15 @@ impl Coordinator {
         if room == 0 || !self.is_ready() {
             return Ok(0);
         }
+        // Permits and token before the claim, as in `take_work`: a claim that commits while the
+        // lease is lost is handed back when it is regained, which waits for these permits.
+        let Ok(mut permits) = self.inflight.clone().try_acquire_many_owned(room as u32) else {
+            return Ok(0); // taken meanwhile by starts; the next tick claims
+        };
+        let driving = self.lease.driving();
+        if driving.is_cancelled() {
+            return Ok(0);
+        }
         let claimed = self
             .store
             .claim(
@@ -385,11 +553,13 @@ impl Coordinator {
         let n = claimed.len();
         self.metrics.claimed(n as u64);
         for tx in claimed {
-            let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+            // The claim returns at most `room` rows, one permit each.
+            let Some(permit) = permits.split(1) else {
+                tracing::error!(tx_id = %tx.id, "claimed more transactions than asked for");
                 break;
             };
             tracing::info!(tx_id = %tx.id, epoch = tx.epoch, "claimed transaction");
-            self.spawn_driver(tx, Event::Resume, permit);
+            self.spawn_driver(tx, Event::Resume, permit, driving.clone());
         }
         Ok(n)
     }
@@ -399,9 +569,12 @@ impl Coordinator {
     ///
     /// A coordinator that cannot renew its heartbeat for half the lease stops its drivers (and
     /// refuses `Start`) before the lease can run out, so it never drives a transaction that
-    /// another coordinator may already have claimed. When the heartbeat succeeds again it hands
-    /// back what it held (epoch + 1 fences any straggler) and claims work afresh.
+    /// another coordinator may already have claimed. Every participant call checks the same
+    /// (see [`Lease`]), so a coordinator that was paused stops before its heartbeat task runs.
+    /// When the heartbeat succeeds again it waits for its drivers to stop, hands back what it
+    /// held (epoch + 1 fences any straggler) and claims work afresh.
     pub fn run_background(self: &Arc<Self>) {
+        self.lease.kept.store(true, Ordering::Relaxed);
         // Heartbeats run on their own task, so that a slow claim or a busy database read can
         // never delay the renewal into a lost lease.
         let this = self.clone();
@@ -410,12 +583,12 @@ impl Coordinator {
             let every = this.config.claim_interval.min(this.config.lease / 4);
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_renewed = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
+                let sent = this.lease.now();
                 let renewed = tokio::time::timeout(
                     this.config.lease / 4,
                     this.store.heartbeat_coordinator(
@@ -427,15 +600,22 @@ impl Coordinator {
                 .await;
                 match renewed {
                     Ok(Ok(())) => {
-                        last_renewed = tokio::time::Instant::now();
-                        if !this.has_lease.load(std::sync::atomic::Ordering::Relaxed) {
-                            this.regain_lease().await;
+                        // Sent after a silence past the limit (a pause, a starved runtime): peers
+                        // may have claimed this coordinator's transactions meanwhile. Its drivers
+                        // stop before the fresh renewal could let their calls through. (Calls
+                        // made while this renewal was on its way checked the previous one.)
+                        if !this.lease.covers(sent) {
+                            this.lose_lease();
+                        }
+                        this.lease.renewed(sent);
+                        if !this.lease.held.load(Ordering::Acquire) {
+                            this.regain_lease(sent).await;
                         }
                     }
                     Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed"),
                     Err(_) => tracing::warn!("heartbeat timed out"),
                 }
-                if last_renewed.elapsed() > this.config.lease / 2 {
+                if !this.lease.held() {
                     this.lose_lease();
                 }
             }
@@ -524,30 +704,33 @@ impl Coordinator {
     }
 
     fn lose_lease(&self) {
-        if self
-            .has_lease
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
-            tracing::error!("cannot renew the lease; stopping every driver until the log answers");
-            self.driving
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .cancel();
-        }
+        self.lease.lose();
     }
 
-    async fn regain_lease(&self) {
-        // Drivers stopped when the lease was lost; what they held is handed back first, so
-        // that claims (ours or a peer's) resume it with a new epoch.
+    /// Holds the lease again after losing it, renewed at `sent`: once every permit is back (no
+    /// driver of the lost lease still runs, no create or claim sits between its write and its
+    /// driver), hands back what this coordinator owned, so claims (ours or a peer's) resume it
+    /// with a new epoch. Gives up for now, to try again at the next heartbeat, if the drivers
+    /// take longer than a quarter lease to stop.
+    async fn regain_lease(&self, sent: Stamp) {
+        let every = u32::try_from(self.config.max_inflight).unwrap_or(u32::MAX);
+        let all = tokio::time::timeout(
+            self.config.lease / 4,
+            self.inflight.clone().acquire_many_owned(every),
+        )
+        .await;
+        let Ok(Ok(all)) = all else {
+            tracing::warn!("drivers of the lost lease have not all stopped; trying again later");
+            return;
+        };
         match self.store.release_owned(&self.config.id).await {
             Ok(n) => {
                 tracing::info!(handed_back = n, "lease renewed; resuming work");
-                *self.driving.lock().unwrap_or_else(|e| e.into_inner()) = self.stop.child_token();
-                self.has_lease
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.lease.regain(sent, self.stop.child_token());
             }
             Err(e) => tracing::warn!(error = %e, "could not hand back after regaining the lease"),
         }
+        drop(all);
     }
 
     /// Stops driving: drivers end where they are (their progress is in the log), the writer
@@ -587,7 +770,15 @@ impl Coordinator {
         }
     }
 
-    fn spawn_driver(self: &Arc<Self>, tx: TxRecord, first: Event, permit: OwnedSemaphorePermit) {
+    /// Starts the driver of `tx`; it stops when `driving` (the token of the lease under which
+    /// the transaction was written or claimed) is cancelled.
+    fn spawn_driver(
+        self: &Arc<Self>,
+        tx: TxRecord,
+        first: Event,
+        permit: OwnedSemaphorePermit,
+        driving: CancellationToken,
+    ) {
         let (inbox, commands) = mpsc::channel(16);
         // The channel's slots are allocated up front, for every transaction, watched or not; 256
         // of them cost more than a whole W1 saga's other allocations. A watcher that falls more
@@ -606,11 +797,6 @@ impl Coordinator {
                 },
             );
         }
-        let driving = self
-            .driving
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         let this = self.clone();
         self.tracker.spawn(async move {
             driver::drive(&this, tx, first, commands, events, rested, driving).await;
@@ -671,5 +857,53 @@ fn record_of(new: &NewTx) -> TxRecord {
                 ..BranchRecord::default()
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_runs_out_by_either_clock_and_a_failed_check_stops_the_drivers() {
+        let first = CancellationToken::new();
+        let lease = Lease::new(Duration::from_millis(50), first.clone());
+        lease.renewed(Stamp(0, 0));
+        assert!(lease.check(), "not judged by time until heartbeats keep it");
+        lease.kept.store(true, Ordering::Relaxed);
+
+        let at = Stamp(1_000_000_000, 1_000_000);
+        lease.renewed(at);
+        assert!(lease.covers(Stamp(at.0 + 49_000_000, at.1 + 49)));
+        assert!(!lease.covers(Stamp(at.0 + 50_000_000, at.1)));
+        assert!(
+            !lease.covers(Stamp(at.0, at.1 + 50)),
+            "a suspended host: only the wall clock moved"
+        );
+        assert!(
+            lease.covers(Stamp(at.0 + 1, at.1 - 60_000)),
+            "a wall clock stepped back changes nothing"
+        );
+
+        // A renewal a second old by the wall clock: the next check stops every driver, once.
+        let now = lease.now();
+        lease.renewed(Stamp(now.0, now.1 - 1_000));
+        assert!(!first.is_cancelled());
+        assert!(!lease.check());
+        assert!(first.is_cancelled());
+        assert!(!lease.held());
+
+        // Even a fresh renewal does not count until the lease is regained.
+        lease.renewed(lease.now());
+        assert!(!lease.check());
+        let second = CancellationToken::new();
+        lease.regain(lease.now(), second.clone());
+        assert!(lease.check());
+        assert!(!second.is_cancelled());
+        lease.lose();
+        assert!(
+            second.is_cancelled(),
+            "drivers started after regaining watch the new token"
+        );
     }
 }
