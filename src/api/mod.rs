@@ -37,6 +37,7 @@ pub fn status_of(e: CoordError) -> Status {
         CoordError::Unavailable(text) => Status::unavailable(text),
         CoordError::Conflict(text) => Status::aborted(text),
         CoordError::Stopping => Status::unavailable(e.to_string()),
+        CoordError::Invalid(text) => Status::invalid_argument(text),
     }
 }
 

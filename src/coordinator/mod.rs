@@ -110,6 +110,10 @@ pub enum CoordError {
     /// The coordinator is shutting down.
     #[error("coordinator is shutting down")]
     Stopping,
+    /// The database refused to store the request's data (validation at the API should have
+    /// caught it); retrying the same request cannot help.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl From<StoreError> for CoordError {
@@ -373,6 +377,9 @@ impl Coordinator {
                     Ok(Started::Created(id))
                 }
                 Ok(Ok(WriteOutcome::Existing(id))) => Ok(Started::Existing(id)),
+                Ok(Ok(WriteOutcome::Refused(reason))) => Err(CoordError::Invalid(format!(
+                    "definition: the log cannot record this transaction: {reason}"
+                ))),
                 Ok(Ok(other)) => Err(CoordError::Unavailable(format!(
                     "unexpected log outcome {other:?} for a new transaction"
                 ))),

@@ -29,7 +29,7 @@ use crate::api::{CoordinatorService, Limits};
 use crate::auth::{AuthConfig, Principal};
 use crate::coordinator::Coordinator;
 use crate::proto;
-use crate::proto::coordinator_server::Coordinator as _;
+use crate::api::codec::generated::coordinator_server::Coordinator as _;
 
 /// What every route shares.
 struct Api {
