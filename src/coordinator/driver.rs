@@ -3,7 +3,7 @@
 //!
 //! What must be durable before Baton acts is awaited: the outcome (before any waiter hears it), a
 //! 2PC decision (before phase two), and a cancel or retry (before its caller is answered).
-//! Progress in between is queued to the log writer and the calls go out at once (DESIGN §5):
+//! Progress in between is queued to the log writer and the calls go out at once (docs/ARCHITECTURE.md §7.1):
 //! recovery re-sends, with the same keys, every call not recorded as finished. History reaches
 //! watchers only once committed. Writes of one transaction apply in order, and each is
 //! conditional on the one before it (`expected_last_seq`), so none lands on top of a failed one.

@@ -25,11 +25,11 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Code, Status};
 
 use super::json::{self, Obj};
+use crate::api::codec::generated::coordinator_server::Coordinator as _;
 use crate::api::{CoordinatorService, Limits};
 use crate::auth::{AuthConfig, Principal};
 use crate::coordinator::Coordinator;
 use crate::proto;
-use crate::api::codec::generated::coordinator_server::Coordinator as _;
 
 /// What every route shares.
 struct Api {

@@ -40,7 +40,7 @@ impl HandlerError {
 }
 
 /// The single place where a handler's result becomes the wire answer. The coordinator classifies
-/// gRPC codes (DESIGN §3), so keeping this mapping in one function keeps both sides in step.
+/// gRPC codes (docs/ARCHITECTURE.md §4.3), so keeping this mapping in one function keeps both sides in step.
 pub(crate) fn to_wire(result: Result<Reply, HandlerError>) -> Result<BranchReply, Status> {
     match result {
         Ok(reply) => Ok(BranchReply {

@@ -167,8 +167,8 @@ fn clean_batch(batch: &[LogWrite]) -> std::borrow::Cow<'_, [LogWrite]> {
     std::borrow::Cow::Owned(batch)
 }
 
-/// A transaction accepted by `Start`: its row, one `pending` branch row per step, and its first
-/// events.
+/// A transaction accepted by `Start`: its row and its first events. Branch rows are written only
+/// once a branch first changes; until then a branch reads as `pending`.
 #[derive(Clone, Debug)]
 pub struct NewTx {
     pub id: TxId,

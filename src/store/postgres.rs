@@ -1,9 +1,10 @@
 //! PostgreSQL implementation of [`TxLog`](super::TxLog): the store several coordinators share.
 //!
 //! Every time that matters to leases and expiry comes from the database's `now()`, so the
-//! coordinators' clocks never have to agree. A group-commit batch is two statements, its new
-//! transactions and its updates, with rows bound as arrays (see `batch`); a batch the set form
-//! cannot express is applied one statement per write.
+//! coordinators' clocks never have to agree. A group-commit batch is one statement (a CTE that
+//! inserts the new transactions and applies the fenced updates, with rows bound as arrays; see
+//! `batch`); a batch the set form cannot express is applied one statement per write, in one
+//! database transaction.
 
 use std::str::FromStr;
 use std::time::Duration;
