@@ -517,6 +517,15 @@ impl Saga<'_> {
             )));
         }
         for i in 0..self.len() {
+            // A failed transaction has nothing in flight: a step its log still shows as sent
+            // (its record was cut short, e.g. by a refused write) may have run.
+            if matches!(self.status(i), StepStatus::Running | StepStatus::Backoff) {
+                let b = &mut self.branches[i];
+                b.status = StepStatus::Unknown;
+                b.attempts = 0;
+                self.touch(i);
+                continue;
+            }
             if matches!(
                 self.status(i),
                 StepStatus::CompensationFailed

@@ -298,6 +298,33 @@ fn a_failed_compensation_stops_the_saga_until_an_operator_retries() {
     assert_eq!(tx.state, TxState::Compensated);
 }
 
+/// A failed saga whose log still shows a step as sent (its progress record was cut short) has
+/// nothing in flight: an operator's retry compensates that step as one that may have run,
+/// instead of waiting for a reply that will never come.
+#[test]
+fn a_retry_compensates_a_step_the_log_still_shows_in_flight() {
+    let mut tx = saga(vec![
+        step("a", 0, StepKind::Compensatable, true, 2),
+        step("b", 1, StepKind::Compensatable, true, 2),
+    ]);
+    apply(&mut tx, Event::Resume);
+    apply(&mut tx, ok(0, Phase::Execute, 1));
+    assert_eq!(tx.branches[1].status, StepStatus::Running);
+    // As recorded by a coordinator that could not write more than this.
+    tx.state = TxState::Failed;
+    tx.last_error = Some("the database refused to record this transaction's progress".into());
+
+    let d = apply(&mut tx, Event::Retry);
+    assert_eq!(tx.state, TxState::Compensating);
+    assert_eq!(tx.branches[1].status, StepStatus::Unknown);
+    // One at a time, in reverse order of completion; b never recorded one, so a goes first.
+    assert_eq!(d.actions, vec![call(0, Phase::Compensate, 1)]);
+    let d = apply(&mut tx, ok(0, Phase::Compensate, 1));
+    assert_eq!(d.actions, vec![call(1, Phase::Compensate, 1)]);
+    apply(&mut tx, ok(1, Phase::Compensate, 1));
+    assert_eq!(tx.state, TxState::Compensated);
+}
+
 #[test]
 fn the_deadline_compensates_before_the_pivot_and_is_ignored_after() {
     let steps = vec![
