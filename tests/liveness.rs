@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use tokio::task::JoinSet;
 
-use support::db::fresh_database;
+use support::db::private_database;
 use support::participant::participant;
 use support::process::{coordinator, http_get, saga, step};
 
@@ -72,7 +72,7 @@ async fn count(url: &str) -> i64 {
 async fn starts_whose_callers_give_up_are_still_driven_to_an_outcome() {
     const STARTS: usize = 400;
     const PER_CONNECTION: usize = 10;
-    let db = fresh_database().await;
+    let db = private_database().await;
     let (p, _ledger) = participant().await;
     let co = coordinator(
         &db.url,
@@ -201,7 +201,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_resumed_after_losing_its_lease_calls_no_participant() {
     const SAGAS: usize = 8;
-    let db = fresh_database().await;
+    let db = private_database().await;
     let (p, ledger) = participant().await;
     let mut a = coordinator(&db.url, "a", SHORT_LEASE, &[]).await;
     let b = coordinator(&db.url, "b", SHORT_LEASE, &[]).await;
