@@ -270,7 +270,7 @@ function txId() {
 
 async function transaction() {
   const id = txId();
-  const tx = (await api(`/v1/transactions/${encodeURIComponent(id)}`)).transaction;
+  const tx = await api(`/v1/transactions/${encodeURIComponent(id)}`);
   let events = null;
   let eventsError = null;
   try {
@@ -331,7 +331,9 @@ function timeline(tx, events) {
   const lanes = Math.max(tx.branches.length, 1);
   const W = 900, left = 150, laneH = 28, top = 22, H = top + lanes * laneH + 20;
   const t0 = events.length ? events[0].at_ms : tx.created_at_ms;
-  const t1 = Math.max(t0 + 1, events.length ? events[events.length - 1].at_ms : tx.updated_at_ms);
+  const live = !FINAL.includes(tx.state) && tx.state !== "failed";
+  const last = events.length ? events[events.length - 1].at_ms : tx.updated_at_ms;
+  const t1 = Math.max(t0 + 1, live ? Date.now() : last);
   const x = (t) => left + ((t - t0) / (t1 - t0)) * (W - left - 20);
   const root = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, id: "timeline-svg" });
   root.append(svg("text", { x: left, y: 12 }, "0 ms"));
@@ -343,17 +345,27 @@ function timeline(tx, events) {
     lane.append(svg("text", { x: 4, y: y + 17 }, `${b.index} ${b.name}`));
     root.append(lane);
   });
+  // A call's `*_sent` event is left out of the log when the reply came before it was written:
+  // then the bar starts at the branch's previous event, or the transaction's, whichever is later.
   const open = new Map();
+  const lastOnBranch = new Map();
+  let lastTxEvent = t0;
   for (const e of events) {
-    const m = /^([a-z]+)_(sent|ok|error|failed|skipped)$/.exec(e.kind);
+    const m = /^([a-z]+)_(sent|ok|error|failed)$/.exec(e.kind);
     if (m && e.branch !== null) {
       const key = `${e.branch}/${m[1]}`;
-      if (m[2] === "sent") { open.set(key, e); continue; }
-      const start = open.get(key);
-      open.delete(key);
-      if (start) attempt(root, x, top, laneH, start, e, m[1], m[2]);
-      continue;
+      if (m[2] === "sent") {
+        open.set(key, e);
+      } else {
+        const since = Math.max(lastTxEvent, lastOnBranch.get(e.branch) || t0);
+        const start = open.get(key) || { at_ms: since, branch: e.branch, estimated: true };
+        open.delete(key);
+        attempt(root, x, top, laneH, start, e, m[1], m[2]);
+      }
+    } else if (e.branch === null) {
+      lastTxEvent = e.at_ms;
     }
+    if (e.branch !== null) lastOnBranch.set(e.branch, e.at_ms);
     if (e.kind === "commit_decided" || e.kind === "abort_decided") {
       const dx = x(e.at_ms);
       const g = svg("g", { class: "decision" });
@@ -371,7 +383,7 @@ function timeline(tx, events) {
 
 function attempt(root, x, top, laneH, start, end, phase, outcome) {
   const x1 = x(start.at_ms);
-  const x2 = end ? x(end.at_ms) : x(Date.now());
+  const x2 = end ? x(end.at_ms) : x(Math.max(start.at_ms, Date.now()));
   const y = top + start.branch * laneH + 5;
   const bad = outcome === "error" || outcome === "failed";
   const r = svg("rect", {
@@ -379,7 +391,8 @@ function attempt(root, x, top, laneH, start, end, phase, outcome) {
     height: laneH - 12, fill: COLORS[phase] || "#4a7bd0", stroke: bad ? "#c62828" : "none",
     "stroke-width": bad ? 2 : 0,
   });
-  const took = end ? `${end.at_ms - start.at_ms} ms` : "still out";
+  if (start.estimated) r.setAttribute("stroke-dasharray", "3 2");
+  const took = end ? `${start.estimated ? "≤ " : ""}${end.at_ms - start.at_ms} ms` : "still out";
   r.append(svg("title", {}, `${phase} ${outcome}: ${took}${end && end.detail ? ` — ${end.detail}` : ""}`));
   root.append(r);
 }
