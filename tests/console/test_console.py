@@ -220,12 +220,14 @@ def test_an_operator_retries_a_failed_saga_and_cancels_a_running_one(
     browser.get(server.base + f"/ui/transactions/{txs['running']}")
     until("the running state", lambda: browser.find_element(By.ID, "tx-state").text == "running")
     click_and_confirm(browser, "cancel")
-    until("cancel accepted", lambda: "accepted" in browser.find_element(By.ID, "operate-result").text)
+    try:
+        until("cancel accepted", lambda: "accepted" in browser.find_element(By.ID, "operate-result").text)
+    except AssertionError:
+        raise AssertionError(browser.find_element(By.ID, "operate-result").text + str(browser.get_log("browser")))
     shop.release.set()
     until("compensated on the page", lambda: browser.find_element(By.ID, "tx-state").text == "compensated")
     assert any(e["kind"] == "cancel_requested" for e in server.events(txs["running"]))
-    assert severe(browser) == [] or all("409" in e["message"] or "403" in e["message"]
-                                         for e in severe(browser))
+    assert severe(browser) == []
 
 
 def test_a_client_token_sees_only_its_namespace_and_cannot_operate(

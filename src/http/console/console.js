@@ -399,7 +399,20 @@ function attempt(root, x, top, laneH, start, end, phase, outcome) {
 
 // Follows the transaction's Server-Sent Events with the bearer header (EventSource cannot send
 // one): each event re-reads the page. Ends after the outcome or when the page goes away.
+let following = false;
+
 async function follow(id, refresh) {
+  // One stream per page: a retry while the page already follows needs no second one.
+  if (following) return;
+  following = true;
+  try {
+    await followStream(id, refresh);
+  } finally {
+    following = false;
+  }
+}
+
+async function followStream(id, refresh) {
   let after = 0;
   for (let tries = 0; tries < 100; tries++) {
     try {
@@ -441,8 +454,8 @@ function setupOperate(refresh) {
       });
       result.textContent = `${what}: accepted`;
       result.className = "ok";
-      const tx = await refresh();
-      follow(tx.tx_id, refresh);
+      refresh();
+      follow(txId(), refresh);
     } catch (e) {
       result.textContent = `${what} refused: ${explain(e)}`;
       result.className = "error";
@@ -525,7 +538,10 @@ function start() {
   if (page === "transaction") {
     const refresh = every(0, transaction);
     setupOperate(refresh);
-    refresh().then((tx) => { if (tx) follow(tx.tx_id, refresh); });
+    // A transaction at rest changes only by an operation, which starts following it then.
+    refresh().then((tx) => {
+      if (tx && !FINAL.includes(tx.state) && tx.state !== "failed") follow(tx.tx_id, refresh);
+    });
   }
   if (page === "participants") every(LIST_REFRESH_MS, participants)();
   if (page === "coordinators") every(LIST_REFRESH_MS, coordinators)();
