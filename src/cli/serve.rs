@@ -38,7 +38,8 @@ pub struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:7600].
     #[arg(long, env = "BATON_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// HTTP address for /healthz, /readyz and /metrics [default: 127.0.0.1:7601]; "off" serves
+    /// HTTP address for /healthz, /readyz, /metrics, the /v1 API and the /ui console
+    /// [default: 127.0.0.1:7601]; "off" serves
     /// no HTTP.
     #[arg(long, env = "BATON_HTTP_LISTEN")]
     pub http_listen: Option<String>,
@@ -199,7 +200,7 @@ pub struct MigrateArgs {
 
 impl ServeArgs {
     /// Flags and environment over the file's values.
-    fn merged(self) -> anyhow::Result<ServeArgs> {
+    pub(crate) fn merged(self) -> anyhow::Result<ServeArgs> {
         let Some(path) = self.config.clone() else {
             return Ok(self);
         };
