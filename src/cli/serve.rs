@@ -38,10 +38,14 @@ pub struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:7600].
     #[arg(long, env = "BATON_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// HTTP address for /healthz, /readyz and /metrics [default: 127.0.0.1:7601]; "off" serves
+    /// HTTP address for /healthz, /readyz, /metrics, the /v1 API and the /ui console
+    /// [default: 127.0.0.1:7601]; "off" serves
     /// no HTTP.
     #[arg(long, env = "BATON_HTTP_LISTEN")]
     pub http_listen: Option<String>,
+    /// Serve the web console at /ui on the HTTP port: "on" or "off" [default: on].
+    #[arg(long, env = "BATON_UI", value_name = "on|off")]
+    pub ui: Option<String>,
     /// The log: postgres://user@host/db, or sqlite://path for the embedded store
     /// [default: sqlite://baton.db]. An SQLite file serves one coordinator only.
     #[arg(long, env = "BATON_DATABASE_URL")]
@@ -196,7 +200,7 @@ pub struct MigrateArgs {
 
 impl ServeArgs {
     /// Flags and environment over the file's values.
-    fn merged(self) -> anyhow::Result<ServeArgs> {
+    pub(crate) fn merged(self) -> anyhow::Result<ServeArgs> {
         let Some(path) = self.config.clone() else {
             return Ok(self);
         };
@@ -208,6 +212,7 @@ impl ServeArgs {
             config: self.config,
             listen: self.listen.or(file.listen),
             http_listen: self.http_listen.or(file.http_listen),
+            ui: self.ui.or(file.ui),
             database_url: self.database_url.or(file.database_url),
             id: self.id.or(file.id),
             no_migrate: self.no_migrate.or(file.no_migrate),
@@ -259,9 +264,19 @@ impl ServeArgs {
         })
     }
 
+    /// Whether the web console is served (`ui`, on by default).
+    pub fn console(&self) -> anyhow::Result<bool> {
+        match self.ui.as_deref() {
+            None | Some("on") => Ok(true),
+            Some("off") => Ok(false),
+            Some(other) => anyhow::bail!("ui: {other:?} is neither on nor off"),
+        }
+    }
+
     /// The server configuration these options describe.
     pub fn to_config(self) -> anyhow::Result<ServeConfig> {
         let args = self.merged()?;
+        args.console()?;
         let auth = args.auth()?;
         let listen = args
             .listen
@@ -550,6 +565,10 @@ fn hostname() -> String {
 
 /// Runs the coordinator until SIGTERM or Ctrl-C, then shuts down cleanly.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut args = args.merged()?;
+    // Merged once: the file is not read a second time by to_config.
+    args.config = None;
+    crate::http::set_console(args.console()?);
     let config = args.to_config()?;
     let no_auth = config.auth == AuthConfig::Disabled;
     let serving = api::serve(config).await?;

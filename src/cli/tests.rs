@@ -199,3 +199,31 @@ fn socket_errors_read_as_their_kind() {
     let lookup = std::io::Error::other("failed to lookup address information");
     assert_eq!(io_reason(&lookup), "failed to lookup address information");
 }
+
+#[test]
+fn the_console_is_on_unless_ui_is_off() {
+    let serve = |args: &[&str]| match parse(args).unwrap().command {
+        Command::Serve(args) => args,
+        _ => unreachable!("serve parses as serve"),
+    };
+    assert!(serve(&["serve"]).console().unwrap());
+    assert!(serve(&["serve", "--ui", "on"]).console().unwrap());
+    assert!(!serve(&["serve", "--ui", "off"]).console().unwrap());
+    let bad = serve(&["serve", "--ui", "maybe", "--no-auth"]).to_config();
+    assert!(bad.unwrap_err().to_string().contains("ui: \"maybe\""));
+    // The config file's key, under the flag.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("baton.toml");
+    std::fs::write(&file, "ui = \"off\"\n").unwrap();
+    let path = file.to_str().unwrap();
+    assert!(!serve(&["serve", "--config", path])
+        .merged()
+        .unwrap()
+        .console()
+        .unwrap());
+    assert!(serve(&["serve", "--config", path, "--ui", "on"])
+        .merged()
+        .unwrap()
+        .console()
+        .unwrap());
+}

@@ -6,11 +6,16 @@
 //! The same port serves the HTTP/JSON client API under `/v1` ([`api`]): each route turns its JSON
 //! into the gRPC request message and calls the gRPC service itself, so validation, limits and
 //! roles are the gRPC ones, not a second copy.
+//!
+//! Unless turned off (`baton serve --ui off`), the port also serves the web console under `/ui`
+//! ([`console`]): pages whose script reads that same `/v1` API with the user's token.
 
 mod api;
+mod console;
 mod json;
 mod openapi;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +29,16 @@ use tokio_util::sync::CancellationToken;
 use crate::api::Limits;
 use crate::auth::AuthConfig;
 use crate::coordinator::Coordinator;
+
+/// Whether [`serve`] mounts the console. Process-wide because the HTTP port is started by the
+/// gRPC server's setup, whose configuration does not carry console settings; `baton serve` sets
+/// it once before it starts (one coordinator per process there). On unless set off.
+static CONSOLE: AtomicBool = AtomicBool::new(true);
+
+/// Turns the console at `/ui` on or off for HTTP ports started after this call.
+pub fn set_console(enabled: bool) {
+    CONSOLE.store(enabled, Ordering::Relaxed);
+}
 
 /// Serves the HTTP endpoints on `listener` (a TCP listener, or [`crate::tls::TlsIncoming`] for
 /// HTTPS) until `stop` is cancelled. `limits` and `auth` are the gRPC server's, so the JSON API
@@ -39,12 +54,15 @@ where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
 {
     let api = api::router(coordinator.clone(), limits, auth, stop.clone());
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(coordinator)
-        .merge(api);
+        .with_state(coordinator);
+    if CONSOLE.load(Ordering::Relaxed) {
+        app = app.merge(console::router());
+    }
+    let app = app.merge(api);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
