@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         drain: Duration::from_secs(5),
         auth: AuthConfig::Disabled,
         tls: None,
+        console: false,
     })
     .await?;
     println!("coordinator on {}", coordinator.endpoint());

@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         // In-process on loopback: nothing else can reach it.
         auth: AuthConfig::Disabled,
         tls: None,
+        console: false,
     })
     .await?;
 

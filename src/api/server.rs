@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub auth: AuthConfig,
     /// TLS on the gRPC and HTTP ports (mutual TLS on gRPC with a client CA); `None` is plain text.
     pub tls: Option<ServerTls>,
+    /// Serve the web console at `/ui` on the HTTP port.
+    pub console: bool,
 }
 
 /// Why the server could not start.
@@ -191,15 +193,17 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
     };
     if let Some(listener) = http_listener {
         let (co, stop) = (coordinator.clone(), stop.clone());
-        let (limits, auth) = (config.limits.clone(), config.auth.clone());
+        let (limits, auth, console) = (config.limits.clone(), config.auth.clone(), config.console);
         let http_tls = tls.clone();
         tokio::spawn(async move {
             let result = match http_tls {
                 Some(tls) => match TlsIncoming::new(listener, move || tls.http_acceptor()) {
-                    Ok(incoming) => crate::http::serve(incoming, co, limits, auth, stop).await,
+                    Ok(incoming) => {
+                        crate::http::serve(incoming, co, limits, auth, console, stop).await
+                    }
                     Err(e) => Err(e),
                 },
-                None => crate::http::serve(listener, co, limits, auth, stop).await,
+                None => crate::http::serve(listener, co, limits, auth, console, stop).await,
             };
             if let Err(e) = result {
                 tracing::error!(error = %e, "http server failed");

@@ -369,6 +369,7 @@ impl ServeArgs {
             ),
         };
         Ok(ServeConfig {
+            console: args.console()?,
             listen,
             http_listen,
             database_url: database_url.clone(),
@@ -568,7 +569,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut args = args.merged()?;
     // Merged once: the file is not read a second time by to_config.
     args.config = None;
-    crate::http::set_console(args.console()?);
     let config = args.to_config()?;
     let no_auth = config.auth == AuthConfig::Disabled;
     let serving = api::serve(config).await?;

@@ -15,7 +15,6 @@ mod console;
 mod json;
 mod openapi;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,24 +29,15 @@ use crate::api::Limits;
 use crate::auth::AuthConfig;
 use crate::coordinator::Coordinator;
 
-/// Whether [`serve`] mounts the console. Process-wide because the HTTP port is started by the
-/// gRPC server's setup, whose configuration does not carry console settings; `baton serve` sets
-/// it once before it starts (one coordinator per process there). On unless set off.
-static CONSOLE: AtomicBool = AtomicBool::new(true);
-
-/// Turns the console at `/ui` on or off for HTTP ports started after this call.
-pub fn set_console(enabled: bool) {
-    CONSOLE.store(enabled, Ordering::Relaxed);
-}
-
 /// Serves the HTTP endpoints on `listener` (a TCP listener, or [`crate::tls::TlsIncoming`] for
 /// HTTPS) until `stop` is cancelled. `limits` and `auth` are the gRPC server's, so the JSON API
-/// accepts and refuses exactly what gRPC does.
+/// accepts and refuses exactly what gRPC does. With `console`, the web console is served at `/ui`.
 pub async fn serve<L>(
     listener: L,
     coordinator: Arc<Coordinator>,
     limits: Limits,
     auth: AuthConfig,
+    console: bool,
     stop: CancellationToken,
 ) -> std::io::Result<()>
 where
@@ -59,7 +49,7 @@ where
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(coordinator);
-    if CONSOLE.load(Ordering::Relaxed) {
+    if console {
         app = app.merge(console::router());
     }
     let app = app.merge(api);
