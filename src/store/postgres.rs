@@ -157,7 +157,7 @@ impl PgLog {
                         } else {
                             Err(sqlx::Error::Io(std::io::Error::new(
                                 std::io::ErrorKind::ConnectionRefused,
-                                "the host is a standby, not the primary",
+                                "the host is read-only (a standby), not the primary",
                             )))
                         }
                     })

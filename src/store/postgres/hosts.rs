@@ -140,12 +140,15 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Whether the server behind `conn` is a primary (not in recovery, so it takes writes).
+/// Whether the server behind `conn` takes writes: it is not in recovery (a standby), and it
+/// does not make transactions read-only, which is how libpq's `target_session_attrs=read-write`
+/// decides too. An old primary that comes back is read-only while its HA manager demotes it.
 pub async fn is_primary(conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
-    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-        .fetch_one(conn)
-        .await?;
-    Ok(!standby)
+    sqlx::query_scalar(
+        "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'",
+    )
+    .fetch_one(conn)
+    .await
 }
 
 /// The index of the first host, in order, that answers within `timeout` and is a primary.
@@ -161,7 +164,7 @@ pub async fn find_primary(targets: &Targets, timeout: Duration) -> Result<usize,
         };
         match tokio::time::timeout(timeout, probe).await {
             Ok(Ok(true)) => return Ok(i),
-            Ok(Ok(false)) => why.push(format!("{} is a standby", targets.names[i])),
+            Ok(Ok(false)) => why.push(format!("{} is read-only", targets.names[i])),
             Ok(Err(e)) => why.push(format!("{}: {e}", targets.names[i])),
             Err(_) => why.push(format!("{}: no answer in {timeout:?}", targets.names[i])),
         }
