@@ -312,16 +312,63 @@ impl Formation {
     }
 
     /// SIGKILLs node `i`'s postmaster (its pid is the first line of postmaster.pid); returns
-    /// the pid. Its pg_autoctl stays up and brings the node back as a standby.
-    fn kill_postmaster(&self, i: usize) -> u32 {
+    /// the postmaster's pid and the pid of the node's postgres controller, which is stopped
+    /// first (SIGSTOP): left alone it restarts the postmaster within a second or two, often
+    /// before the monitor has decided to fail over, and the same node comes back as the primary
+    /// after crash recovery. Holding the restart makes every kill a failover, as when a
+    /// primary's machine dies. [`Formation::release`] lets the controller go on.
+    fn kill_postmaster(&self, i: usize) -> (u32, u32) {
+        let controller = controller_pid(self.groups[i + 1])
+            .expect("the node's `pg_autoctl: start/stop postgres` process");
+        signal("STOP", controller);
         let pid = postmaster_pid(&self.nodes[i].1).expect("the primary's postmaster.pid");
-        let ok = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success(), "SIGKILL the postmaster {pid}");
-        pid
+        signal("KILL", pid);
+        (pid, controller)
     }
+
+    /// Lets a controller stopped by [`Formation::kill_postmaster`] go on: it starts the old
+    /// primary's PostgreSQL again, and the node rejoins as the new standby.
+    fn release(&self, controller: u32) {
+        signal("CONT", controller);
+    }
+}
+
+fn signal(name: &str, pid: u32) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "SIG{name} {pid}");
+}
+
+/// The pid of the `pg_autoctl: start/stop postgres` process in process group `group` (a group
+/// this test started), from /proc.
+fn controller_pid(group: u32) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...: the fields after the last ')'.
+        let pgrp = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|g| g.parse::<u32>().ok());
+        if pgrp != Some(group) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("start/stop postgres") {
+            return Some(pid);
+        }
+    }
+    None
 }
 
 fn postmaster_pid(pgdata: &Path) -> Option<u32> {
@@ -465,9 +512,9 @@ async fn primary_failovers_lose_no_acknowledged_transaction() {
     let stop = Arc::new(AtomicBool::new(false));
     let (seen, clients) = load(&addrs, &p, 4, stop.clone());
 
-    // (RTO, whether the standby took over): pg_auto_failover may also restart a dead primary
-    // in place when that is quicker; such a round counts as an outage, not as a failover, and
-    // the test goes on until `rounds()` failovers (bounded at three times as many kills).
+    // (RTO, whether the standby took over). Every kill should be a failover (see
+    // `kill_postmaster`); one where the old node is the primary again counts as an outage only,
+    // and the test goes on until `rounds()` failovers (bounded at three times as many kills).
     let mut rtos = Vec::new();
     let mut failovers = 0;
     for round in 1..=3 * rounds() {
@@ -486,8 +533,17 @@ async fn primary_failovers_lose_no_acknowledged_transaction() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let old = formation.primary().await.expect("a primary");
-        let pid = formation.kill_postmaster(old);
+        let (pid, controller) = formation.kill_postmaster(old);
         let killed = Instant::now();
+        // Held until the other node is the primary (or at most 60 s), then let go.
+        let held = Instant::now();
+        while held.elapsed() < Duration::from_secs(60) {
+            if formation.primary().await.is_some_and(|n| n != old) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        formation.release(controller);
         let mut ack = None;
         while killed.elapsed() < Duration::from_secs(90) {
             ack = seen.first_ack_after(killed);
