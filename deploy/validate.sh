@@ -32,10 +32,15 @@ fi
 [ "${#files[@]}" -gt 0 ] || { echo "validate: no manifests found" >&2; exit 1; }
 
 # kustomization.yaml is kustomize's own file, not an API object: the validator has no schema for
-# it, so it is checked for the files it names instead.
+# it, so it is checked for the files it names instead. Custom resources (CloudNativePG's Cluster)
+# have no schema in the validator either: they are checked below against the fields Baton's
+# manifests use, strictly (an unknown or misspelt field fails).
 manifests=()
+custom=()
 for f in "${files[@]}"; do
-  if [ "$(basename "$f")" = kustomization.yaml ]; then
+  if grep -q '^apiVersion: postgresql\.cnpg\.io/' "$f"; then
+    custom+=("$f")
+  elif [ "$(basename "$f")" = kustomization.yaml ]; then
     dir="$(dirname "$f")"
     for r in $(sed -n '/^resources:/,/^[^ -]/s/^  - //p' "$f"); do
       [ -f "$dir/$r" ] || { echo "validate: $f names $r, which does not exist" >&2; exit 1; }
@@ -86,4 +91,69 @@ for path in sys.argv[1:]:
                 bad += 1
 sys.exit(1 if bad else 0)
 PY
-echo "validate: ${#manifests[@]} manifests valid for Kubernetes $kubernetes_version"
+if [ "${#custom[@]}" -gt 0 ]; then
+"$venv/bin/python" - "${custom[@]}" <<'PY'
+import sys, yaml
+# The subset of CloudNativePG's Cluster (postgresql.cnpg.io/v1, operator 1.24+) that Baton's
+# manifests use: a dict maps each allowed key to its own spec, a type checks a leaf.
+SPEC = {
+    "apiVersion": str, "kind": str,
+    "metadata": {"name": str, "namespace": str, "labels": dict, "annotations": dict},
+    "spec": {
+        "instances": int, "imageName": str, "primaryUpdateStrategy": str,
+        "primaryUpdateMethod": str,
+        "postgresql": {
+            "synchronous": {"method": str, "number": int, "dataDurability": str},
+            "parameters": dict,
+            "pg_hba": list,
+        },
+        "bootstrap": {"initdb": {"database": str, "owner": str, "secret": {"name": str}}},
+        "storage": {"size": str, "storageClass": str},
+        "walStorage": {"size": str, "storageClass": str},
+        "resources": dict,
+        "affinity": {"enablePodAntiAffinity": bool, "topologyKey": str,
+                     "podAntiAffinityType": str, "nodeSelector": dict, "tolerations": list},
+        "monitoring": {"enablePodMonitor": bool},
+    },
+}
+def check(path, where, value, spec):
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return [f"{path}: {where}: expected a mapping"]
+        errs = []
+        for k, v in value.items():
+            if k not in spec:
+                errs.append(f"{path}: {where}.{k}: unknown field")
+            else:
+                errs += check(path, f"{where}.{k}", v, spec[k])
+        return errs
+    if spec is int and isinstance(value, bool) or not isinstance(value, spec):
+        return [f"{path}: {where}: expected {spec.__name__}"]
+    return []
+errs = []
+for path in sys.argv[1:]:
+    for doc in yaml.safe_load_all(open(path)):
+        if not doc:
+            continue
+        if doc.get("apiVersion") != "postgresql.cnpg.io/v1" or doc.get("kind") != "Cluster":
+            errs.append(f"{path}: only postgresql.cnpg.io/v1 Cluster is known")
+            continue
+        before = len(errs)
+        errs += check(path, "", doc, SPEC)
+        spec = doc.get("spec", {})
+        for required in ("instances", "storage"):
+            if required not in spec:
+                errs.append(f"{path}: spec.{required}: required")
+        sync = spec.get("postgresql", {}).get("synchronous", {})
+        if sync.get("method") not in ("any", "first"):
+            errs.append(f"{path}: spec.postgresql.synchronous.method: any or first (RPO 0 needs synchronous replication)")
+        if not 1 <= sync.get("number", 0) < spec.get("instances", 0):
+            errs.append(f"{path}: spec.postgresql.synchronous.number: between 1 and instances - 1")
+        if len(errs) == before:
+            print(f"INFO {path} passed the Cluster check")
+for e in errs:
+    print(f"validate: {e}", file=sys.stderr)
+sys.exit(1 if errs else 0)
+PY
+fi
+echo "validate: ${#manifests[@]} manifests and ${#custom[@]} custom resources valid for Kubernetes $kubernetes_version"

@@ -6,14 +6,16 @@
 //! `batch`); a batch the set form cannot express is applied one statement per write, in one
 //! database transaction.
 
-use std::str::FromStr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Connection, Postgres, QueryBuilder, Row};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
@@ -23,6 +25,7 @@ use super::{
 use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord};
 
 mod batch;
+pub mod hosts;
 
 /// The PostgreSQL log.
 pub struct PgLog {
@@ -34,8 +37,10 @@ pub struct PgLog {
     /// batch cost a round trip per batch, and the next batch waited for it when no other
     /// connection was idle. A connection whose batch failed is dropped instead, back to the pool,
     /// which tests it and replaces it if it is broken. Kept connections live as long as the
-    /// store; the pool's idle timeout and lifetime do not reach them.
-    idle_writes: std::sync::Mutex<Vec<PoolConnection<Postgres>>>,
+    /// store (or until the primary moves); the pool's idle timeout and lifetime do not reach them.
+    idle_writes: KeptWrites,
+    /// Following the primary of a multi-host URL; `None` for a single host.
+    failover: Option<Failover>,
 }
 
 /// The transaction columns every read selects, in the order [`raw_tx`] decodes them, from
@@ -53,44 +58,178 @@ const BRANCH_COLUMNS: &str = "tx_id, idx, name, state, attempts, output, last_er
 
 const PARTICIPANT_COLUMNS: &str = "service, endpoint, weight, zone, expires_at";
 
+type KeptWrites = Arc<std::sync::Mutex<Vec<PoolConnection<Postgres>>>>;
+
+/// The least time between two searches for the primary: a failover breaks every connection at
+/// once, and each broken one reports it.
+const RESOLVE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The longest a search waits for one host to answer: a host that hangs (a stopped machine)
+/// must not hold up trying the next one for the whole acquire timeout.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The resolver of a multi-host URL: a task, owned by the log (aborted when it is dropped), that
+/// searches the hosts for the primary whenever a statement fails for the connection's sake and
+/// points both pools at it.
+struct Failover {
+    wake: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// When the pools last moved to another host, as milliseconds since `base` (`u64::MAX`: never).
+/// A pooled connection older than the move still talks to the old host, which may be back as a
+/// standby serving stale reads: the pools drop such connections instead of handing them out.
+struct SwitchClock {
+    base: Instant,
+    switched_ms: AtomicU64,
+}
+
+impl SwitchClock {
+    /// Whether a connection `age` old was opened after the last move.
+    fn is_current(&self, age: Duration) -> bool {
+        let switched = self.switched_ms.load(Ordering::Acquire);
+        if switched == u64::MAX {
+            return true;
+        }
+        let since = self
+            .base
+            .elapsed()
+            .saturating_sub(Duration::from_millis(switched));
+        age < since
+    }
+
+    fn mark(&self) {
+        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.switched_ms.store(now, Ordering::Release);
+    }
+}
+
+/// Everything but log writes is planned for its own parameters on every execution.
+/// PostgreSQL's default switches a prepared statement to a generic plan after five runs, and on
+/// a new database that plan is made while the tables are nearly empty: a scan that was right for
+/// ten rows then stays cached while the table grows. Reads, claims and listings are few enough
+/// to pay a planning pass each. The log writers' statements run on every commit and keep their
+/// generic plans (a custom plan of the fenced update costs 0.13 ms, ten times its generic one);
+/// they are written so that plan is a key lookup at any table size (see `batch`).
+fn read_options(connect: PgConnectOptions) -> PgConnectOptions {
+    connect.options([("plan_cache_mode", "force_custom_plan")])
+}
+
 impl PgLog {
     /// Opens its two connection pools, one for the log writers and one for everything else;
-    /// the schema is left alone until [`TxLog::migrate`].
+    /// the schema is left alone until [`TxLog::migrate`]. A URL naming several hosts (libpq
+    /// syntax) connects to the first one that is a primary and follows the primary from then on.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
-        let connect = PgConnectOptions::from_str(url).map_err(db_err)?;
+        let targets = hosts::parse(url)?;
+        let probe_timeout = Duration::from_millis(options.acquire_timeout_ms)
+            .clamp(RESOLVE_INTERVAL, PROBE_TIMEOUT);
+        let first = if targets.hosts.len() > 1 {
+            hosts::find_primary(&targets, probe_timeout).await?
+        } else {
+            0
+        };
+        let connect = targets.hosts[first].clone();
+        let clock = Arc::new(SwitchClock {
+            base: Instant::now(),
+            switched_ms: AtomicU64::new(u64::MAX),
+        });
+        let need_primary = targets.need_primary;
         let pool = |size: u32, connect: PgConnectOptions| {
-            PgPoolOptions::new()
+            let clock = clock.clone();
+            let mut pool = PgPoolOptions::new()
                 .max_connections(size.max(1))
                 // No ping round trip before every use: a broken connection fails its statement,
                 // which callers already treat as transient (the pool then replaces it).
                 .test_before_acquire(false)
                 .acquire_timeout(Duration::from_millis(options.acquire_timeout_ms))
-                .connect_with(connect)
+                .before_acquire(move |_, meta| {
+                    let current = clock.is_current(meta.age);
+                    Box::pin(async move { Ok(current) })
+                });
+            if need_primary {
+                // A host that was the primary may come back as a standby: a new connection
+                // checks that it can write before it is used, and the pool retries until its
+                // acquire timeout (by then the search has found the new primary).
+                pool = pool.after_connect(|conn, _| {
+                    Box::pin(async move {
+                        if hosts::is_primary(conn).await? {
+                            Ok(())
+                        } else {
+                            Err(sqlx::Error::Io(std::io::Error::new(
+                                std::io::ErrorKind::ConnectionRefused,
+                                "the host is read-only (a standby), not the primary",
+                            )))
+                        }
+                    })
+                });
+            }
+            pool.connect_with(connect)
         };
-        // Everything but log writes is planned for its own parameters on every execution.
-        // PostgreSQL's default switches a prepared statement to a generic plan after five runs,
-        // and on a new database that plan is made while the tables are nearly empty: a scan
-        // that was right for ten rows then stays cached while the table grows. Reads, claims
-        // and listings are few enough to pay a planning pass each.
-        let reads = pool(
-            options.max_connections,
-            connect
-                .clone()
-                .options([("plan_cache_mode", "force_custom_plan")]),
-        )
-        .await
-        .map_err(db_err)?;
-        // The log writers' statements run on every commit and keep their generic plans (a
-        // custom plan of the fenced update costs 0.13 ms, ten times its generic one); they are
-        // written so that plan is a key lookup at any table size (see `batch`).
+        let reads = pool(options.max_connections, read_options(connect.clone()))
+            .await
+            .map_err(db_err)?;
         let writes = pool(options.write_connections, connect)
             .await
             .map_err(db_err)?;
+        let idle_writes: KeptWrites = Arc::default();
+        let failover = (targets.hosts.len() > 1).then(|| {
+            let wake = Arc::new(Notify::new());
+            let resolver = Resolver {
+                targets,
+                current: first,
+                probe_timeout,
+                reads: reads.clone(),
+                writes: writes.clone(),
+                idle_writes: idle_writes.clone(),
+                clock,
+                wake: wake.clone(),
+            };
+            Failover {
+                wake,
+                task: tokio::spawn(resolver.run()),
+            }
+        });
         Ok(PgLog {
             pool: reads,
             writes,
-            idle_writes: std::sync::Mutex::new(Vec::new()),
+            idle_writes,
+            failover,
         })
+    }
+
+    /// Notes a failed statement: one that failed for its connection's sake (broken, refused,
+    /// server shutting down, or a server that no longer takes writes) starts a search for the
+    /// primary. A write refused by a standby (SQLSTATE 25006) is reported unavailable: the same
+    /// write succeeds once the pools reach the new primary.
+    fn seen(&self, e: StoreError) -> StoreError {
+        let (connection, read_only) = match &e {
+            StoreError::Unavailable(_) => (true, false),
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                let code = db.code();
+                let code = code.as_deref().unwrap_or("");
+                let read_only = code == "25006";
+                (
+                    read_only || code.starts_with("08") || code.starts_with("57P"),
+                    read_only,
+                )
+            }
+            StoreError::Database(other) => (super::is_transient_sqlx(other), false),
+            _ => (false, false),
+        };
+        if connection {
+            if let Some(f) = &self.failover {
+                f.wake.notify_one();
+            }
+        }
+        if read_only {
+            return StoreError::Unavailable(e.to_string());
+        }
+        e
+    }
+
+    /// [`db_err`], then [`PgLog::seen`].
+    fn err(&self, e: sqlx::Error) -> StoreError {
+        self.seen(db_err(e))
     }
 
     /// A writer connection: one kept from an earlier batch, or a new one from the pool.
@@ -98,7 +237,7 @@ impl PgLog {
         let kept = self.idle_writes.lock().expect("writer connections").pop();
         match kept {
             Some(conn) => Ok(conn),
-            None => self.writes.acquire().await.map_err(db_err),
+            None => self.writes.acquire().await.map_err(|e| self.err(e)),
         }
     }
 
@@ -124,12 +263,76 @@ impl PgLog {
             .bind(&ids)
             .fetch_all(&self.pool)
             .await
-            .map_err(db_err)?
+            .map_err(|e| self.err(e))?
             .iter()
             .map(raw_branch)
             .collect::<Result<Vec<_>, _>>()?
         };
         assemble(txs, branches)
+    }
+}
+
+impl Drop for PgLog {
+    fn drop(&mut self) {
+        if let Some(f) = &self.failover {
+            f.task.abort();
+        }
+    }
+}
+
+/// The search for the primary (see [`Failover`]).
+struct Resolver {
+    targets: hosts::Targets,
+    /// The index of the host the pools point at.
+    current: usize,
+    probe_timeout: Duration,
+    reads: sqlx::PgPool,
+    writes: sqlx::PgPool,
+    idle_writes: KeptWrites,
+    clock: Arc<SwitchClock>,
+    wake: Arc<Notify>,
+}
+
+impl Resolver {
+    async fn run(mut self) {
+        loop {
+            self.wake.notified().await;
+            // Until some host is the primary (during a failover none is, for a few seconds):
+            // the statements failing meanwhile are reported unavailable, as in any outage.
+            loop {
+                match hosts::find_primary(&self.targets, self.probe_timeout).await {
+                    Ok(found) => {
+                        if found != self.current {
+                            self.switch(found);
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "looking for the database primary");
+                        tokio::time::sleep(RESOLVE_INTERVAL).await;
+                    }
+                }
+            }
+            tokio::time::sleep(RESOLVE_INTERVAL).await;
+        }
+    }
+
+    /// Points both pools at host `to`; connections to the old host are dropped as they come
+    /// back (see [`SwitchClock`]), and the kept writer connections at once.
+    fn switch(&mut self, to: usize) {
+        tracing::warn!(
+            from = %self.targets.names[self.current],
+            to = %self.targets.names[to],
+            "the database primary moved"
+        );
+        let connect = self.targets.hosts[to].clone();
+        self.reads
+            .set_connect_options(read_options(connect.clone()));
+        self.writes.set_connect_options(connect);
+        self.clock.mark();
+        self.current = to;
+        let kept = std::mem::take(&mut *self.idle_writes.lock().expect("writer connections"));
+        drop(kept);
     }
 }
 
@@ -200,7 +403,11 @@ impl TxLog for PgLog {
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("migrations/postgres")
             .run(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(e) => self.err(e),
+                other => StoreError::Migrate(other),
+            })?;
         Ok(())
     }
 
@@ -213,7 +420,9 @@ impl TxLog for PgLog {
             Some(plan) => {
                 let mut found = vec![None; batch.len()];
                 let mut conn = self.write_connection().await?;
-                batch::apply(&mut conn, plan, &mut found).await?;
+                batch::apply(&mut conn, plan, &mut found)
+                    .await
+                    .map_err(|e| self.seen(e))?;
                 self.keep_write_connection(conn);
                 outcomes_of(found)
             }
@@ -221,7 +430,7 @@ impl TxLog for PgLog {
             // one, which always plans.
             None => {
                 let mut conn = self.write_connection().await?;
-                let mut tx = conn.begin().await.map_err(db_err)?;
+                let mut tx = conn.begin().await.map_err(|e| self.err(e))?;
                 let mut found = vec![None; batch.len()];
                 for (i, write) in batch.iter().enumerate() {
                     let one = std::slice::from_ref(write);
@@ -229,9 +438,11 @@ impl TxLog for PgLog {
                         table: "baton_transactions",
                         detail: "a single write could not be planned".into(),
                     })?;
-                    batch::apply(&mut tx, plan, &mut found[i..=i]).await?;
+                    batch::apply(&mut tx, plan, &mut found[i..=i])
+                        .await
+                        .map_err(|e| self.seen(e))?;
                 }
-                tx.commit().await.map_err(db_err)?;
+                tx.commit().await.map_err(|e| self.err(e))?;
                 self.keep_write_connection(conn);
                 outcomes_of(found)
             }
@@ -245,7 +456,7 @@ impl TxLog for PgLog {
         .bind(id.0)
         .fetch_all(&self.pool)
         .await
-        .map_err(db_err)?;
+        .map_err(|e| self.err(e))?;
         Ok(self.with_branches(rows).await?.pop())
     }
 
@@ -275,7 +486,7 @@ impl TxLog for PgLog {
         q.build()
             .fetch_all(&self.pool)
             .await
-            .map_err(db_err)?
+            .map_err(|e| self.err(e))?
             .iter()
             .map(|row| raw_tx(row)?.into_record())
             .collect()
@@ -296,7 +507,7 @@ impl TxLog for PgLog {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
-        .map_err(db_err)?;
+        .map_err(|e| self.err(e))?;
         rows.iter()
             .map(|row| {
                 event_record(
@@ -340,7 +551,7 @@ impl TxLog for PgLog {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
-        .map_err(db_err)?;
+        .map_err(|e| self.err(e))?;
         let mut claimed = self.with_branches(rows).await?;
         claimed.sort_by_key(|r| r.id);
         Ok(claimed)
@@ -354,7 +565,7 @@ impl TxLog for PgLog {
         .bind(owner)
         .execute(&self.pool)
         .await
-        .map_err(db_err)?;
+        .map_err(|e| self.err(e))?;
         Ok(done.rows_affected())
     }
 
@@ -370,8 +581,8 @@ impl TxLog for PgLog {
         .bind(reason)
         .fetch_one(&self.pool)
         .await
-        .map_err(db_err)?;
-        let n: i64 = row.try_get("n").map_err(db_err)?;
+        .map_err(|e| self.err(e))?;
+        let n: i64 = row.try_get("n").map_err(|e| self.err(e))?;
         Ok(n > 0)
     }
 
@@ -390,11 +601,11 @@ impl TxLog for PgLog {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
-        .map_err(db_err)?;
+        .map_err(|e| self.err(e))?;
         rows.iter()
             .map(|row| Ok((TxId(row.try_get("tx_id")?), row.try_get("reason")?)))
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(db_err)
+            .map_err(|e| self.err(e))
     }
 
     async fn clear_cancel_request(&self, id: TxId) -> Result<(), StoreError> {
@@ -402,7 +613,7 @@ impl TxLog for PgLog {
             .bind(id.0)
             .execute(&self.pool)
             .await
-            .map_err(db_err)?;
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -422,7 +633,7 @@ impl TxLog for PgLog {
         .bind(expected_epoch)
         .fetch_all(&self.pool)
         .await
-        .map_err(db_err)?;
+        .map_err(|e| self.err(e))?;
         Ok(self.with_branches(rows).await?.pop())
     }
 
@@ -448,7 +659,7 @@ impl TxLog for PgLog {
         .bind(ttl_param(ttl_ms))
         .fetch_one(&self.pool)
         .await
-        .map_err(db_err)?;
+        .map_err(|e| self.err(e))?;
         participant(&row)
     }
 
@@ -468,7 +679,7 @@ impl TxLog for PgLog {
         .bind(ttl_param(ttl_ms))
         .fetch_optional(&self.pool)
         .await
-        .map_err(db_err)?;
+        .map_err(|e| self.err(e))?;
         row.as_ref().map(participant).transpose()
     }
 
@@ -483,7 +694,7 @@ impl TxLog for PgLog {
                 .bind(endpoint)
                 .execute(&self.pool)
                 .await
-                .map_err(db_err)?;
+                .map_err(|e| self.err(e))?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -500,7 +711,7 @@ impl TxLog for PgLog {
         .bind(service)
         .fetch_all(&self.pool)
         .await
-        .map_err(db_err)?;
+        .map_err(|e| self.err(e))?;
         rows.iter().map(participant).collect()
     }
 
@@ -521,7 +732,7 @@ impl TxLog for PgLog {
         .bind(version)
         .execute(&self.pool)
         .await
-        .map_err(db_err)?;
+        .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -530,7 +741,7 @@ impl TxLog for PgLog {
             .bind(id)
             .execute(&self.pool)
             .await
-            .map_err(db_err)?;
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -546,7 +757,7 @@ impl TxLog for PgLog {
         .bind(to_i64(lease_ms))
         .fetch_all(&self.pool)
         .await
-        .map_err(db_err)?;
+        .map_err(|e| self.err(e))?;
         rows.iter()
             .map(|row| {
                 let owned: i64 = row.try_get("owned")?;
@@ -566,7 +777,7 @@ impl TxLog for PgLog {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
-            .map_err(db_err)?;
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -604,7 +815,7 @@ impl TxLog for PgLog {
         .bind(i64::from(batch.min(MAX_PURGE_BATCH)))
         .fetch_one(&self.pool)
         .await
-        .map_err(db_err)?;
+        .map_err(|e| self.err(e))?;
         Ok(u64::try_from(done).unwrap_or(0))
     }
 

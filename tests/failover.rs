@@ -1,0 +1,680 @@
+//! The log survives a PostgreSQL primary failover: a pg_auto_failover formation on loopback (a
+//! monitor and two data nodes with synchronous replication, in a throwaway directory), two
+//! `baton serve` processes on its multi-host URL, clients starting sagas, and the primary's
+//! postmaster SIGKILLed again and again. pg_auto_failover promotes the standby and the old node
+//! rejoins as the new standby; the coordinators follow the primary.
+//!
+//! Checked at the end: every transaction whose Start was acknowledged exists and reaches its
+//! outcome (RPO 0), no step applied twice and none compensated that should not be, and no epoch
+//! written by two owners. Prints the RTO of each failover (kill to the first Start acknowledged
+//! after it).
+//!
+//! Takes minutes and needs `pg_autoctl` (Debian package `postgresql-15-auto-failover`), so it is
+//! ignored by default; `.ci/run` runs it once. `BATON_FAILOVER_ROUNDS` sets the number of
+//! failovers (default 10).
+
+mod support;
+
+use std::collections::HashSet;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton::client::{Client, Saga, Step, TxState};
+use sqlx::Connection;
+
+use support::participant::{participant, Ledger};
+use support::process::coordinator;
+
+fn rounds() -> usize {
+    std::env::var("BATON_FAILOVER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+}
+
+/// A free loopback port (free when asked; the formation binds it moments later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A pg_auto_failover formation of this test's own: everything lives under `dir`, and every
+/// process belongs to one of `groups`, the process groups of the `pg_autoctl run`s this test
+/// started. Dropping it (also on panic) kills those groups and deletes `dir`.
+struct Formation {
+    dir: PathBuf,
+    monitor_port: u16,
+    /// (port, data directory) of the two data nodes.
+    nodes: Vec<(u16, PathBuf)>,
+    groups: Vec<u32>,
+}
+
+impl Formation {
+    /// `pg_autoctl ARGS` as the postgres user (PostgreSQL refuses root), with its configuration
+    /// and state under `dir`, not the postgres user's home.
+    fn autoctl(&self, args: &[&str]) -> Command {
+        let xdg = [
+            ("XDG_CONFIG_HOME", self.dir.join("config")),
+            ("XDG_DATA_HOME", self.dir.join("share")),
+            ("XDG_RUNTIME_DIR", self.dir.join("run")),
+        ];
+        let mut c = if support::db::is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "env"]);
+            for (k, v) in &xdg {
+                c.arg(format!("{k}={}", v.display()));
+            }
+            c.arg("pg_autoctl");
+            c
+        } else {
+            let mut c = Command::new("pg_autoctl");
+            c.envs(xdg.iter().map(|(k, v)| (k, v)));
+            c
+        };
+        c.args(args);
+        c
+    }
+
+    /// Starts `pg_autoctl ARGS` (a `create ... --run`) in a process group of its own, logging
+    /// to `dir/NAME.log`.
+    fn spawn(&mut self, name: &str, args: &[&str]) {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("log file");
+        let child = self
+            .autoctl(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("run pg_autoctl (apt-get install postgresql-15-auto-failover)");
+        self.groups.push(child.id());
+        // The child is reaped by killing its group on drop; its exit status is not needed.
+        std::mem::forget(child);
+    }
+
+    async fn start() -> Formation {
+        let pg_ctl = support::db::pg_bin_dir()
+            .expect("this test needs the PostgreSQL server binaries")
+            .join("pg_ctl");
+        let pg_ctl = pg_ctl.to_str().expect("a UTF-8 path").to_string();
+        let dir = std::env::temp_dir().join(format!("baton-failover-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("formation dir");
+        if support::db::is_root() {
+            let ok = Command::new("chown")
+                .arg("postgres:")
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(ok.success(), "chown the formation dir to postgres");
+        }
+        let mut f = Formation {
+            monitor_port: free_port(),
+            nodes: Vec::new(),
+            groups: Vec::new(),
+            dir,
+        };
+        let common = |pgdata: &Path, port: u16| -> Vec<String> {
+            [
+                "--pgdata",
+                pgdata.to_str().expect("a UTF-8 path"),
+                "--pgport",
+                &port.to_string(),
+                "--hostname",
+                "127.0.0.1",
+                "--auth",
+                "trust",
+                "--no-ssl",
+                "--pgctl",
+                &pg_ctl,
+                "--run",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        };
+        let monitor = common(&f.dir.join("monitor"), f.monitor_port);
+        let mut args = vec!["create", "monitor"];
+        args.extend(monitor.iter().map(String::as_str));
+        f.spawn("monitor", &args);
+        f.wait_for("the monitor", Duration::from_secs(90), |f| async move {
+            f.monitor_state().await.is_ok()
+        })
+        .await;
+        // One node at a time: the first becomes the primary, the second its standby.
+        for i in 0..2 {
+            let port = free_port();
+            let pgdata = f.dir.join(format!("node{}", i + 1));
+            let monitor_url = format!(
+                "postgres://autoctl_node@127.0.0.1:{}/pg_auto_failover?sslmode=disable",
+                f.monitor_port
+            );
+            let node = common(&pgdata, port);
+            let mut args = vec!["create", "postgres", "--monitor", &monitor_url];
+            args.extend(node.iter().map(String::as_str));
+            f.spawn(&format!("node{}", i + 1), &args);
+            f.nodes.push((port, pgdata));
+            let want = if i == 0 { "single" } else { "secondary" };
+            f.wait_for(
+                &format!("node {} to reach {want}", i + 1),
+                Duration::from_secs(120),
+                |f| async move {
+                    f.monitor_state().await.is_ok_and(|s| {
+                        s.iter()
+                            .any(|(p, cur, goal, _)| *p == port && cur == want && goal == want)
+                    })
+                },
+            )
+            .await;
+        }
+        f.wait_healthy().await;
+        f
+    }
+
+    /// (port, reported state, assigned state, health: 1 good, 0 bad, -1 unknown) of every data
+    /// node, from the monitor.
+    async fn monitor_state(&self) -> Result<Vec<(u16, String, String, i32)>, sqlx::Error> {
+        let url = format!(
+            "postgres://autoctl_node@127.0.0.1:{}/pg_auto_failover",
+            self.monitor_port
+        );
+        let mut conn = sqlx::PgConnection::connect(&url).await?;
+        let rows: Vec<(i32, String, String, i32)> = sqlx::query_as(
+            "SELECT nodeport, current_group_state::text, assigned_group_state::text, health \
+             FROM pgautofailover.current_state('default')",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        let _ = conn.close().await;
+        Ok(rows
+            .into_iter()
+            .map(|(p, c, g, h)| (u16::try_from(p).unwrap_or(0), c, g, h))
+            .collect())
+    }
+
+    /// The URL of database `name` on node `i` alone.
+    fn node_url(&self, i: usize, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.nodes[i].0)
+    }
+
+    /// The multi-host URL of database `name`, as an application would be given it.
+    fn url(&self, name: &str) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        format!(
+            "postgres://postgres@{}/{name}?target_session_attrs=read-write",
+            hosts.join(",")
+        )
+    }
+
+    /// Which node is the primary, asked of the nodes themselves.
+    async fn primary(&self) -> Option<usize> {
+        for i in 0..self.nodes.len() {
+            let Ok(mut conn) = sqlx::PgConnection::connect(&self.node_url(i, "postgres")).await
+            else {
+                continue;
+            };
+            let standby: Result<bool, _> = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                .fetch_one(&mut conn)
+                .await;
+            let _ = conn.close().await;
+            if standby.is_ok_and(|s| !s) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Waits until the monitor reports one primary and one secondary, settled, and the primary
+    /// streams to the standby synchronously (`sync_state` quorum or sync): only then is an
+    /// acknowledged commit on both nodes, so only then may the primary be killed.
+    async fn wait_healthy(&self) {
+        self.wait_for(
+            "a primary with a synchronous standby",
+            Duration::from_secs(120),
+            |f| async move {
+                let Ok(state) = f.monitor_state().await else {
+                    return false;
+                };
+                // Both nodes checked healthy by the monitor too: without a healthy standby it
+                // restarts a dead primary in place instead of failing over.
+                let settled = |want: &str| {
+                    state
+                        .iter()
+                        .filter(|(_, cur, goal, health)| {
+                            cur == want && goal == want && *health == 1
+                        })
+                        .count()
+                        == 1
+                };
+                if !(settled("primary") && settled("secondary")) {
+                    return false;
+                }
+                let Some(p) = f.primary().await else {
+                    return false;
+                };
+                let Ok(mut conn) = sqlx::PgConnection::connect(&f.node_url(p, "postgres")).await
+                else {
+                    return false;
+                };
+                let sync: Result<i64, _> = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_replication \
+                     WHERE state = 'streaming' AND sync_state IN ('sync', 'quorum')",
+                )
+                .fetch_one(&mut conn)
+                .await;
+                let _ = conn.close().await;
+                sync.is_ok_and(|n| n >= 1)
+            },
+        )
+        .await;
+    }
+
+    /// Polls `check` every 200 ms until it holds; panics with the formation's logs after
+    /// `limit`.
+    async fn wait_for<'a, F, Fut>(&'a self, what: &str, limit: Duration, check: F)
+    where
+        F: Fn(&'a Formation) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if check(self).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("timed out waiting for {what}\n{}", self.logs());
+    }
+
+    /// The end of each pg_autoctl log, for a failure message.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for name in ["monitor", "node1", "node2"] {
+            let text =
+                std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!("--- {name}.log (last lines)\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// SIGKILLs node `i`'s postmaster (its pid is the first line of postmaster.pid); returns
+    /// the postmaster's pid and the pid of the node's postgres controller, which is stopped
+    /// first (SIGSTOP): left alone it restarts the postmaster within a second or two, often
+    /// before the monitor has decided to fail over, and the same node comes back as the primary
+    /// after crash recovery. Holding the restart makes every kill a failover, as when a
+    /// primary's machine dies. [`Formation::release`] lets the controller go on.
+    fn kill_postmaster(&self, i: usize) -> (u32, u32) {
+        let controller = controller_pid(self.groups[i + 1])
+            .expect("the node's `pg_autoctl: start/stop postgres` process");
+        signal("STOP", controller);
+        let pid = postmaster_pid(&self.nodes[i].1).expect("the primary's postmaster.pid");
+        signal("KILL", pid);
+        (pid, controller)
+    }
+
+    /// Lets a controller stopped by [`Formation::kill_postmaster`] go on: it starts the old
+    /// primary's PostgreSQL again, and the node rejoins as the new standby.
+    fn release(&self, controller: u32) {
+        signal("CONT", controller);
+    }
+}
+
+fn signal(name: &str, pid: u32) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "SIG{name} {pid}");
+}
+
+/// The pid of the `pg_autoctl: start/stop postgres` process in process group `group` (a group
+/// this test started), from /proc.
+fn controller_pid(group: u32) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...: the fields after the last ')'.
+        let pgrp = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|g| g.parse::<u32>().ok());
+        if pgrp != Some(group) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("start/stop postgres") {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn postmaster_pid(pgdata: &Path) -> Option<u32> {
+    std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl Drop for Formation {
+    fn drop(&mut self) {
+        // The groups hold pg_autoctl and every PostgreSQL it started (they do not leave it).
+        for group in &self.groups {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn order(endpoint: &str, key: &str, fail: bool) -> Saga {
+    let step = |name: &str, action: &str| {
+        Step::to_endpoint(name, endpoint)
+            .action(action)
+            .compensate("undo")
+            .json(&serde_json::json!({ "sleep_ms": 5 }))
+            .expect("json payload")
+    };
+    Saga::new()
+        .step(step("reserve", "ok"))
+        .step(step("charge", "ok"))
+        .step(step("ship", if fail { "fail" } else { "ok" }))
+        .idempotency_key(key)
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Seen {
+    /// (tx id, expected to fail at step 3, when the acknowledged attempt was sent, when its
+    /// acknowledgement arrived)
+    acked: Mutex<Vec<(String, bool, Instant, Instant)>>,
+    errors: AtomicU64,
+}
+
+impl Seen {
+    /// The first acknowledgement of a Start sent after `at`.
+    fn first_ack_after(&self, at: Instant) -> Option<Instant> {
+        let acked = self.acked.lock().unwrap();
+        acked
+            .iter()
+            .filter(|(_, _, sent, _)| *sent >= at)
+            .map(|(_, _, _, ack)| *ack)
+            .min()
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+}
+
+/// `clients` tasks starting sagas back to back (one in four fails at step 3 and compensates)
+/// through both coordinators until `stop` (or a bound on time), each Start retried with its
+/// idempotency key until it is acknowledged.
+fn load(
+    addrs: &[String],
+    participant: &str,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Seen>, Vec<tokio::task::JoinHandle<()>>) {
+    let seen = Arc::new(Seen::default());
+    let counter = Arc::new(AtomicU64::new(0));
+    let bound = Duration::from_secs(120 + 60 * rounds() as u64);
+    let mut handles = Vec::new();
+    for c in 0..clients {
+        let (seen, stop, counter) = (seen.clone(), stop.clone(), counter.clone());
+        let (addrs, p) = (addrs.to_vec(), participant.to_string());
+        handles.push(tokio::spawn(async move {
+            let client = Client::connect_many(&addrs).await.unwrap();
+            let deadline = Instant::now() + bound;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let fail = n % 4 == 3;
+                let key = format!("client{c}-saga{n}");
+                // Through an outage a Start fails (UNAVAILABLE) and is sent again with the same
+                // key; it is acknowledged once the log takes writes again.
+                loop {
+                    let sent = Instant::now();
+                    match client.start(order(&p, &key, fail)).await {
+                        Ok(started) => {
+                            seen.acked.lock().unwrap().push((
+                                started.tx_id,
+                                fail,
+                                sent,
+                                Instant::now(),
+                            ));
+                            break;
+                        }
+                        Err(_) if Instant::now() < deadline => {
+                            seen.errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => panic!("saga {key} was never acknowledged: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    (seen, handles)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "takes minutes and needs pg_autoctl; .ci/run runs it"]
+async fn primary_failovers_lose_no_acknowledged_transaction() {
+    let formation = Formation::start().await;
+    let first = formation.primary().await.expect("a primary");
+    let mut admin = sqlx::PgConnection::connect(&formation.node_url(first, "postgres"))
+        .await
+        .unwrap();
+    sqlx::Executor::execute(&mut admin, "CREATE DATABASE baton")
+        .await
+        .unwrap();
+    drop(admin);
+    let url = formation.url("baton");
+
+    let (p, ledger) = participant().await;
+    let flags = [
+        "--lease-ms",
+        "3000",
+        "--claim-interval-ms",
+        "100",
+        "--max-connections",
+        "4",
+    ];
+    let a = coordinator(&url, "a", &flags, &[]).await;
+    let b = coordinator(&url, "b", &flags, &[]).await;
+    let addrs = vec![a.endpoint.clone(), b.endpoint.clone()];
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, clients) = load(&addrs, &p, 4, stop.clone());
+
+    // (RTO, whether the standby took over). Every kill should be a failover (see
+    // `kill_postmaster`); one where the old node is the primary again counts as an outage only,
+    // and the test goes on until `rounds()` failovers (bounded at three times as many kills).
+    let mut rtos = Vec::new();
+    let mut failovers = 0;
+    for round in 1..=3 * rounds() {
+        if failovers == rounds() {
+            break;
+        }
+        formation.wait_healthy().await;
+        // Some load on this primary before it dies.
+        let before = seen.count();
+        let t = Instant::now();
+        while seen.count() < before + 20 {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the load stalled before failover {round}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let old = formation.primary().await.expect("a primary");
+        let (pid, controller) = formation.kill_postmaster(old);
+        let killed = Instant::now();
+        // Held until the other node is the primary (or at most 10 s), then let go.
+        let held = Instant::now();
+        while held.elapsed() < Duration::from_secs(10) {
+            if formation.primary().await.is_some_and(|n| n != old) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        formation.release(controller);
+        let mut ack = None;
+        while killed.elapsed() < Duration::from_secs(90) {
+            ack = seen.first_ack_after(killed);
+            if ack.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ack = ack.unwrap_or_else(|| {
+            panic!(
+                "no Start acknowledged within 90 s of failover {round}\n{}",
+                formation.logs()
+            )
+        });
+        let rto = ack - killed;
+        let new = formation.primary().await;
+        let moved = new.is_some_and(|n| n != old);
+        failovers += usize::from(moved);
+        eprintln!(
+            "kill {round}: killed node{} (postmaster {pid}), primary now node{} ({}), RTO {} ms",
+            old + 1,
+            new.map_or("?".into(), |n| (n + 1).to_string()),
+            if moved {
+                "failover"
+            } else {
+                "restarted in place"
+            },
+            rto.as_millis()
+        );
+        rtos.push((rto, moved));
+    }
+    assert_eq!(failovers, rounds(), "failovers in {} kills", rtos.len());
+    formation.wait_healthy().await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    // RPO: every acknowledged Start is in the log, and reaches its outcome.
+    let acked: Vec<(String, bool)> = seen
+        .acked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, fail, _, _)| (id.clone(), *fail))
+        .collect();
+    let ids: HashSet<&String> = acked.iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        ids.len(),
+        acked.len(),
+        "one transaction per idempotency key"
+    );
+    let client = Client::connect_many(&addrs).await.unwrap();
+    let mut lost = Vec::new();
+    for (id, fail) in &acked {
+        match client.wait(id, Duration::from_secs(60)).await {
+            Ok(tx) => check(&ledger, &tx, *fail),
+            Err(e) => lost.push(format!("{id}: {e}")),
+        }
+    }
+    let primary = formation.primary().await.expect("a primary");
+    check_event_writers(&formation.node_url(primary, "baton")).await;
+    let ms: Vec<u128> = rtos
+        .iter()
+        .filter(|(_, moved)| *moved)
+        .map(|(d, _)| d.as_millis())
+        .collect();
+    let mean = ms.iter().sum::<u128>() / ms.len().max(1) as u128;
+    eprintln!(
+        "failover summary: {} failovers in {} kills, {} Starts acknowledged, {} lost (RPO {}), \
+         {} client retries, failover RTO ms min {} mean {} max {}",
+        failovers,
+        rtos.len(),
+        acked.len(),
+        lost.len(),
+        lost.len(),
+        seen.errors.load(Ordering::Relaxed),
+        ms.iter().min().unwrap_or(&0),
+        mean,
+        ms.iter().max().unwrap_or(&0),
+    );
+    assert!(lost.is_empty(), "acknowledged transactions lost: {lost:?}");
+    drop((a, b));
+}
+
+/// The invariants for one saga, with the participant's ledger as the barrier (it applies each
+/// (transaction, step, phase) once and counts deliveries): committed → every step executed once,
+/// nothing compensated; compensated → the failing third step never applied, the first two
+/// executed and compensated once.
+fn check(ledger: &Ledger, tx: &baton::client::Transaction, fail: bool) {
+    let id = &tx.tx_id;
+    if fail {
+        assert_eq!(tx.state(), TxState::Compensated, "{tx:?}");
+        for b in 0..2 {
+            assert_eq!(ledger.times_applied(id, b, "execute"), 1, "{id} step {b}");
+            assert_eq!(
+                ledger.times_applied(id, b, "compensate"),
+                1,
+                "{id} step {b} undone"
+            );
+        }
+        assert_eq!(ledger.times_applied(id, 2, "execute"), 0);
+        assert_eq!(ledger.delivered(id, 2, "compensate"), 0, "{id}");
+    } else {
+        assert_eq!(tx.state(), TxState::Committed, "{tx:?}");
+        for b in 0..3 {
+            assert_eq!(ledger.times_applied(id, b, "execute"), 1, "{id} step {b}");
+            assert_eq!(ledger.delivered(id, b, "compensate"), 0, "{id} step {b}");
+        }
+    }
+}
+
+/// No epoch of any transaction has events written by two coordinators.
+async fn check_event_writers(url: &str) {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let shared: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT tx_id, epoch, count(DISTINCT owner) FROM baton_events \
+         GROUP BY tx_id, epoch HAVING count(DISTINCT owner) > 1 LIMIT 5",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        shared.is_empty(),
+        "epochs written by two owners: {shared:?}"
+    );
+    let unsigned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE owner IS NULL OR epoch IS NULL) FROM baton_events",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(unsigned, 0, "every event names its writer");
+}
