@@ -499,3 +499,42 @@ async fn https_participants_are_called_over_tls_with_the_participant_ca() {
     assert_eq!(state(&tx), TxState::Committed, "{tx:?}");
     assert_eq!(ledger.paths(&tx.tx_id), ["/secure/ok"]);
 }
+
+#[tokio::test]
+async fn a_dead_http_instance_is_ejected_like_a_grpc_one() {
+    let db = fresh_database().await;
+    let (live, ledger) = http_participant(None).await;
+    // A loopback port nothing listens on any more: connections are refused.
+    let dead = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let mut co = coordinator(&db, &[]).await;
+    for endpoint in [format!("{live}/inv"), format!("{dead}/inv")] {
+        co.client
+            .register_participant(proto::RegisterParticipantRequest {
+                service: "inv".into(),
+                endpoint,
+                weight: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("register");
+    }
+    // Round robin alone would send about every other first attempt to the dead instance; once
+    // ejected (after 3 refused calls, for 1 s doubling) it gets almost none.
+    let runs = 30;
+    let mut failed_attempts = 0;
+    for _ in 0..runs {
+        let mut s = step("s", "", "ok", "undo");
+        s.service = "inv".into();
+        let tx = run(&mut co, saga(vec![s])).await;
+        assert_eq!(state(&tx), TxState::Committed, "{tx:?}");
+        assert_eq!(ledger.paths(&tx.tx_id), ["/inv/ok"]);
+        failed_attempts += tx.branches[0].attempts - 1;
+    }
+    assert!(
+        failed_attempts <= 8,
+        "{failed_attempts} attempts of {runs} went to the dead instance"
+    );
+}
