@@ -139,6 +139,9 @@ async fn answer(
             Some((409, vec![], r#"{"message":"out of stock"}"#.into()))
         }
         ("bad", _, _) => Some((400, vec![], "unknown sku".into())),
+        ("moved", _, _) => Some((302, vec![("location", "/elsewhere".into())], String::new())),
+        ("huge", _, _) => Some((200, vec![], "x".repeat(5 << 20))),
+        ("text", _, _) => Some((200, vec![], "plain \u{1} bytes".into())),
         ("busy", _, 1) => Some((503, vec![("retry-after", "1".into())], "later".into())),
         ("throttled", _, 1) => Some((429, vec![], "slow down".into())),
         ("crash", _, 1) => Some((500, vec![], "boom".into())),
@@ -312,6 +315,37 @@ async fn statuses_map_to_ok_failed_transient_and_permanent() {
         tx.branches[0]
     );
     assert_eq!(ledger.paths(&tx.tx_id)[0], "/bad");
+
+    // Redirects are not followed: permanent too.
+    let tx = run(&mut co, one_step(&base, "moved", "undo")).await;
+    assert_eq!(state(&tx), TxState::Compensated, "{tx:?}");
+    assert_eq!(tx.branches[0].attempts, 1);
+    assert!(
+        tx.branches[0].last_error.contains("http 302"),
+        "{:?}",
+        tx.branches[0]
+    );
+
+    // A reply body over the 4 MiB limit is not buffered without bound; the call may have been
+    // applied, so once out of retries the step is compensated.
+    let mut s = step("s", &base, "huge", "undo");
+    s.retry = Some(proto::RetryPolicy {
+        max_attempts: 2,
+        ..Default::default()
+    });
+    let tx = run(&mut co, saga(vec![s])).await;
+    assert_eq!(state(&tx), TxState::Compensated, "{tx:?}");
+    assert!(
+        tx.branches[0].last_error.contains("exceeds"),
+        "{:?}",
+        tx.branches[0]
+    );
+    assert_eq!(ledger.paths(&tx.tx_id), ["/huge", "/huge", "/undo"]);
+
+    // Any 2xx body is the output, byte for byte, JSON or not.
+    let tx = run(&mut co, one_step(&base, "text", "undo")).await;
+    assert_eq!(state(&tx), TxState::Committed, "{tx:?}");
+    assert_eq!(tx.branches[0].output, "plain \u{1} bytes".as_bytes());
 
     // 409 is a business failure: not retried either, and compensated.
     let tx = run(&mut co, one_step(&base, "fail", "undo")).await;

@@ -477,9 +477,11 @@ async fn send_http(
             picked.report(false);
             return (CallResult::Transient(format!("{endpoint}: {e}")), None);
         }
+        // The participant answered, so it may well have applied the call: transient, so that
+        // once out of retries the step counts as possibly run and is compensated.
         Ok(Err(e @ HttpCallError::TooLarge)) => {
             picked.report(true);
-            return (CallResult::Permanent(format!("{endpoint}: {e}")), None);
+            return (CallResult::Transient(format!("{endpoint}: {e}")), None);
         }
         Ok(Err(e @ HttpCallError::Request(_))) => {
             return (CallResult::Permanent(format!("{endpoint}: {e}")), None)
