@@ -1,5 +1,6 @@
-//! One participant call: pick the endpoint, send the phase's RPC with a deadline, and classify the
-//! result for the engine. The status-code classification lives here and only here.
+//! One participant call: pick the endpoint, send the phase's RPC (gRPC) or POST (HTTP/JSON,
+//! docs/HTTP.md) with a deadline, and classify the result for the engine. The status-code
+//! classification of both kinds lives here and only here.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
