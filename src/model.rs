@@ -537,6 +537,17 @@ pub struct ParsedEndpoint {
     pub host: String,
     /// The port given, or 80 (`http`) / 443 (`https`) when none was.
     pub port: u16,
+    /// `Some` for an HTTP/JSON participant: the URL had a path (even just `/`), which is kept
+    /// without its trailing `/` (so `""` for `/`), and calls go to `POST {base}/{action}`.
+    /// `None` for a gRPC participant: gRPC has no base path, its method is the whole path.
+    pub http_base: Option<String>,
+}
+
+impl ParsedEndpoint {
+    /// Whether calls to this endpoint are HTTP/JSON (docs/HTTP.md) rather than gRPC.
+    pub fn is_http(&self) -> bool {
+        self.http_base.is_some()
+    }
 }
 
 /// Why a text is not a participant endpoint. The messages never repeat the text: the caller
@@ -559,7 +570,9 @@ pub enum BadEndpoint {
     Host,
     #[error("port must be a number from 1 to 65535")]
     Port,
-    #[error("must not have a path: the gRPC method is the path")]
+    #[error(
+        "path may only hold segments of letters, digits, '-', '.', '_' and '~' (no empty, '.' or '..' segment)"
+    )]
     Path,
     #[error("must not have a query or a fragment")]
     QueryOrFragment,
@@ -569,9 +582,13 @@ pub enum BadEndpoint {
 /// alone is limited to 253 by DNS.
 const MAX_ENDPOINT_LEN: usize = 512;
 
-/// Reads `scheme://host[:port][/]`, the only endpoint form a participant call can use: the
+/// Reads `scheme://host[:port][/base]`, the only endpoint form a participant call can use: the
 /// scheme `http` or `https`, a host, an optional port from 1 to 65535 (80 or 443 when none is
-/// given), no user information, no path beyond `/`, no query and no fragment.
+/// given), no user information, no query and no fragment.
+///
+/// Without a path the endpoint is a gRPC participant; with one (even just `/`) it is an
+/// HTTP/JSON participant whose actions are under that base path (docs/HTTP.md). The path is
+/// plain segments only, so that joining `{base}/{action}` can never form a different URL.
 ///
 /// Strict because the channel code reads what it understands and ignores the rest: a port of
 /// 99999 or -1 used to be dropped and the call made on port 80.
@@ -597,9 +614,10 @@ pub fn parse_endpoint(text: &str) -> Result<ParsedEndpoint, BadEndpoint> {
     if tail.contains(['?', '#']) {
         return Err(BadEndpoint::QueryOrFragment);
     }
-    if !tail.is_empty() && tail != "/" {
-        return Err(BadEndpoint::Path);
-    }
+    let http_base = match tail {
+        "" => None,
+        _ => Some(base_path(tail)?),
+    };
     if authority.contains('@') {
         return Err(BadEndpoint::UserInfo);
     }
@@ -644,7 +662,28 @@ pub fn parse_endpoint(text: &str) -> Result<ParsedEndpoint, BadEndpoint> {
         tls,
         host: host.to_string(),
         port,
+        http_base,
     })
+}
+
+/// The base path of an HTTP participant (`tail` starts with `/`), without a trailing `/`.
+fn base_path(tail: &str) -> Result<String, BadEndpoint> {
+    let trimmed = tail.strip_suffix('/').unwrap_or(tail);
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let segments_ok = trimmed[1..].split('/').all(|segment| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+    });
+    if !segments_ok {
+        return Err(BadEndpoint::Path);
+    }
+    Ok(trimmed.to_string())
 }
 
 /// A DNS host name: dot-separated labels of letters, digits, `-` and `_`, none empty, none
@@ -716,13 +755,13 @@ mod tests {
                 Ok(ParsedEndpoint {
                     tls,
                     host: host.into(),
-                    port
+                    port,
+                    http_base: None,
                 }),
                 "{text}"
             );
         };
         ok("http://127.0.0.1:9000", false, "127.0.0.1", 9000);
-        ok("http://127.0.0.1:9000/", false, "127.0.0.1", 9000);
         ok("https://inventory.svc:65535", true, "inventory.svc", 65535);
         ok("http://[::1]:1", false, "[::1]", 1);
         ok("http://localhost", false, "localhost", 80);
@@ -742,7 +781,12 @@ mod tests {
             ("http://host:000080", BadEndpoint::Port),
             ("http://[::1]x", BadEndpoint::Port),
             ("http://user:pw@host:1", BadEndpoint::UserInfo),
-            ("http://host:1/path", BadEndpoint::Path),
+            ("http://host:1//", BadEndpoint::Path),
+            ("http://host:1/a//b", BadEndpoint::Path),
+            ("http://host:1/a/../b", BadEndpoint::Path),
+            ("http://host:1/./b", BadEndpoint::Path),
+            ("http://host:1/a%2fb", BadEndpoint::Path),
+            ("http://host:1/a:b", BadEndpoint::Path),
             ("http://host:1?q=1", BadEndpoint::QueryOrFragment),
             ("http://host:1/#f", BadEndpoint::QueryOrFragment),
             ("http://", BadEndpoint::NoHost),
@@ -762,6 +806,19 @@ mod tests {
         }
         let long = format!("http://{}.example:80", "a".repeat(600));
         assert_eq!(parse_endpoint(&long), Err(BadEndpoint::TooLong));
+    }
+
+    #[test]
+    fn a_path_makes_an_http_participant() {
+        let base = |text: &str| parse_endpoint(text).map(|p| p.http_base);
+        assert_eq!(base("http://127.0.0.1:9000"), Ok(None));
+        assert_eq!(base("http://127.0.0.1:9000/"), Ok(Some(String::new())));
+        assert_eq!(base("https://h:1/api"), Ok(Some("/api".into())));
+        assert_eq!(base("https://h:1/api/v2/"), Ok(Some("/api/v2".into())));
+        assert_eq!(base("http://h/a-b_c.d~e"), Ok(Some("/a-b_c.d~e".into())));
+        let parsed = parse_endpoint("https://[::1]:8443/pay").unwrap();
+        assert!(parsed.is_http() && parsed.tls);
+        assert_eq!((parsed.host.as_str(), parsed.port), ("[::1]", 8443));
     }
 
     #[test]

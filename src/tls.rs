@@ -380,6 +380,36 @@ fn build_client(
     Ok(config)
 }
 
+/// The same client files as a rustls configuration, for HTTP/JSON participants
+/// (src/transport/http.rs), which speak HTTP/1.1 over rustls directly rather than through tonic.
+fn build_client_rustls(
+    paths: &[(Role, PathBuf)],
+    contents: &[Vec<u8>],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let ca_path = &paths[0].1;
+    let roots = roots(Role::Ca, ca_path, &contents[0])?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(Role::Ca, ca_path, e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match (paths.get(1), paths.get(2)) {
+        (Some((_, cert_path)), Some((_, key_path))) => {
+            let chain = certs(Role::Cert, cert_path, &contents[1])?;
+            let key = key(key_path, &contents[2])?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                invalid(
+                    Role::Key,
+                    key_path,
+                    format!("does not fit the certificate: {e}"),
+                )
+            })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reloading.
 
@@ -515,6 +545,11 @@ impl ClientTls {
     /// Reads and checks the files, and keeps re-reading them every [`ClientTls::reload`].
     pub async fn start(&self) -> Result<Arc<Reloading<ClientTlsConfig>>, TlsError> {
         Reloading::load(self.paths(), build_client, self.reload).await
+    }
+
+    /// Like [`ClientTls::start`], as a rustls configuration (for HTTP/JSON participants).
+    pub async fn start_rustls(&self) -> Result<Arc<Reloading<rustls::ClientConfig>>, TlsError> {
+        Reloading::load(self.paths(), build_client_rustls, self.reload).await
     }
 }
 

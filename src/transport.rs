@@ -10,6 +10,8 @@
 //! A connection is made on first use and again after it breaks (by the next call); calls that
 //! were in flight on a broken connection fail with `UNAVAILABLE`, which the engine retries.
 
+pub mod http;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};

@@ -53,6 +53,16 @@ pub enum Participants {
     InProcess,
 }
 
+/// How the coordinator talks to the participant services.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// gRPC (`baton.v1.Participant`), the default.
+    #[default]
+    Grpc,
+    /// HTTP/JSON participants (docs/HTTP.md): the endpoint has a base path.
+    Http,
+}
+
 /// What to run and how long.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -66,6 +76,8 @@ pub struct BenchConfig {
     pub duration: Duration,
     pub store: Store,
     pub participants: Participants,
+    /// gRPC or HTTP/JSON participants.
+    pub protocol: Protocol,
     /// Database connections of the coordinator's pool (PostgreSQL).
     pub max_connections: u32,
 }
@@ -110,7 +122,8 @@ async fn run_on(
     scratch: &scratch::Scratch,
     cancel: &CancellationToken,
 ) -> Result<Report, BenchError> {
-    let participants = workloads::ParticipantHost::start(&config.participants).await?;
+    let participants =
+        workloads::ParticipantHost::start(&config.participants, config.protocol).await?;
     let serving = match start_coordinator(&scratch.baton_url, config.max_connections).await {
         Ok(serving) => serving,
         Err(e) => {

@@ -193,6 +193,7 @@ fn short_run(workloads: Vec<Workload>) -> BenchConfig {
         duration: Duration::from_millis(400),
         store: Store::Sqlite,
         participants: Participants::InProcess,
+        protocol: super::Protocol::Grpc,
         max_connections: 4,
     }
 }
@@ -237,4 +238,22 @@ async fn w3_alone_commits_every_two_phase_transaction() {
     assert_eq!(doc["workload"], "w3");
     assert!(doc["ratio_to_baseline"].as_f64().is_some_and(|r| r > 0.0));
     assert_eq!(doc["cells"].as_array().map(Vec::len), Some(1));
+}
+
+/// `--participants http`: every workload runs against the HTTP/JSON bench participant with no
+/// errors (W2's declined step is a 409, so the saga compensates as with gRPC).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_participants_run_every_workload() {
+    let config = BenchConfig {
+        protocol: super::Protocol::Http,
+        ..short_run(Workload::ALL.to_vec())
+    };
+    let report = run(&config, CancellationToken::new())
+        .await
+        .expect("the bench runs with http participants");
+    assert_eq!(report.participants, "in process (http)");
+    assert_eq!(report.cells.len(), 3);
+    for c in &report.cells {
+        assert_measured(c);
+    }
 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::measure::{Recorder, Sample, Timing, Window, CALL_TIMEOUT};
-use super::{cpu, BenchError, Participants};
+use super::{cpu, BenchError, Participants, Protocol};
 use crate::client::{Client, Saga, StartRequest, Step, TwoPhase, TwoPhaseBranch, TxState};
 use crate::participant::{HandlerError, Participant, Reply, ServerHandle};
 
@@ -112,6 +112,65 @@ pub fn participant() -> Participant {
     participant
 }
 
+/// The bench participant as an HTTP/JSON participant (docs/HTTP.md): the same actions under
+/// the base path `/bench`, answering at once; `ship_declined` answers 409.
+pub struct HttpServer {
+    endpoint: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Serves on `listen` until [`HttpServer::shutdown`].
+    pub async fn serve(listen: std::net::SocketAddr) -> std::io::Result<HttpServer> {
+        use axum::http::StatusCode;
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        // Every saga action and 2PC phase answers 200 with an empty JSON object, but W2's
+        // declined step; the body is not read beyond what axum must.
+        let app = axum::Router::new().route(
+            "/bench/{*rest}",
+            axum::routing::post(
+                |axum::extract::Path(rest): axum::extract::Path<String>| async move {
+                    if rest == "ship_declined" {
+                        (
+                            StatusCode::CONFLICT,
+                            r#"{"message":"declined by the bench workload"}"#,
+                        )
+                    } else {
+                        (StatusCode::OK, "{}")
+                    }
+                },
+            ),
+        );
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let serve =
+                axum::serve(listener, app).with_graceful_shutdown(stopped.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "bench http participant stopped");
+            }
+        });
+        Ok(HttpServer {
+            endpoint: format!("http://{addr}/bench"),
+            stop,
+            task,
+        })
+    }
+
+    /// The endpoint URL (with its base path) steps name.
+    pub fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// The running participant service, in a child process or in this one.
 pub struct ParticipantHost {
     endpoint: String,
@@ -125,12 +184,25 @@ enum Host {
         _stdin: ChildStdin,
     },
     InProcess(ServerHandle),
+    InProcessHttp(HttpServer),
 }
 
 impl ParticipantHost {
     /// Starts the participant service where `how` says.
-    pub async fn start(how: &Participants) -> Result<ParticipantHost, BenchError> {
+    pub async fn start(
+        how: &Participants,
+        protocol: Protocol,
+    ) -> Result<ParticipantHost, BenchError> {
         match how {
+            Participants::InProcess if protocol == Protocol::Http => {
+                let server = HttpServer::serve(([127, 0, 0, 1], 0).into())
+                    .await
+                    .map_err(|e| BenchError::Participants(e.to_string()))?;
+                Ok(ParticipantHost {
+                    endpoint: server.endpoint(),
+                    host: Host::InProcessHttp(server),
+                })
+            }
             Participants::InProcess => {
                 let server = participant()
                     .serve("127.0.0.1:0")
@@ -141,7 +213,7 @@ impl ParticipantHost {
                     host: Host::InProcess(server),
                 })
             }
-            Participants::Process { exe } => spawn_process(exe).await,
+            Participants::Process { exe } => spawn_process(exe, protocol).await,
         }
     }
 
@@ -154,15 +226,20 @@ impl ParticipantHost {
     pub fn pid(&self) -> Option<u32> {
         match &self.host {
             Host::Process { child, .. } => child.id(),
-            Host::InProcess(_) => None,
+            Host::InProcess(_) | Host::InProcessHttp(_) => None,
         }
     }
 
     /// A short description for the report.
     pub fn describe(&self) -> String {
+        let http = if self.endpoint.trim_start_matches("http://").contains('/') {
+            " (http)"
+        } else {
+            ""
+        };
         match &self.host {
-            Host::Process { .. } => "separate process".to_string(),
-            Host::InProcess(_) => "in process".to_string(),
+            Host::Process { .. } => format!("separate process{http}"),
+            Host::InProcess(_) | Host::InProcessHttp(_) => format!("in process{http}"),
         }
     }
 
@@ -175,14 +252,20 @@ impl ParticipantHost {
                 }
             }
             Host::InProcess(server) => server.shutdown().await,
+            Host::InProcessHttp(server) => server.shutdown().await,
         }
     }
 }
 
 /// Runs `exe bench-participant` and reads the endpoint it prints.
-async fn spawn_process(exe: &Path) -> Result<ParticipantHost, BenchError> {
+async fn spawn_process(exe: &Path, protocol: Protocol) -> Result<ParticipantHost, BenchError> {
     let mut child = Command::new(exe)
         .args(["bench-participant", "--listen", "127.0.0.1:0"])
+        .args(if protocol == Protocol::Http {
+            &["--http"][..]
+        } else {
+            &[]
+        })
         .env("BATON_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::ValueEnum;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::{self, measure::parse_duration, BenchConfig, Participants, Store, Workload};
+use crate::bench::{
+    self, measure::parse_duration, BenchConfig, Participants, Protocol, Store, Workload,
+};
 
 /// Which workloads to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -20,6 +22,15 @@ pub enum WorkloadArg {
     W3,
     /// W1, W2 then W3.
     All,
+}
+
+/// How the coordinator calls the bench participants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    /// gRPC participants.
+    Grpc,
+    /// HTTP/JSON participants (docs/HTTP.md).
+    Http,
 }
 
 /// Options of `baton bench`.
@@ -47,6 +58,9 @@ pub struct BenchArgs {
     /// Run the participant services inside the bench process instead of a child process.
     #[arg(long)]
     pub in_process_participants: bool,
+    /// How the coordinator calls the participants: gRPC, or HTTP/JSON (the cost of that door).
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Grpc)]
+    pub participants: ProtocolArg,
     /// The coordinator's database connections.
     #[arg(long, default_value_t = 16)]
     pub max_connections: u32,
@@ -61,6 +75,9 @@ pub struct BenchParticipantArgs {
     /// Where to listen (loopback).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// Serve the HTTP/JSON participant protocol instead of gRPC.
+    #[arg(long)]
+    pub http: bool,
 }
 
 impl BenchArgs {
@@ -93,6 +110,10 @@ impl BenchArgs {
             duration: self.duration,
             store,
             participants,
+            protocol: match self.participants {
+                ProtocolArg::Grpc => Protocol::Grpc,
+                ProtocolArg::Http => Protocol::Http,
+            },
             max_connections: self.max_connections.max(1),
         })
     }
@@ -126,8 +147,15 @@ pub async fn participant(args: BenchParticipantArgs) -> anyhow::Result<()> {
         args.listen.ip().is_loopback(),
         "--listen must be a loopback address"
     );
-    let server = bench::workloads::participant().serve(args.listen).await?;
-    super::print_out(&format!("{}\n", server.endpoint()))?;
+    let server = if args.http {
+        let server = bench::workloads::HttpServer::serve(args.listen).await?;
+        super::print_out(&format!("{}\n", server.endpoint()))?;
+        Either::Http(server)
+    } else {
+        let server = bench::workloads::participant().serve(args.listen).await?;
+        super::print_out(&format!("{}\n", server.endpoint()))?;
+        Either::Grpc(server)
+    };
     let stdin_closed = CancellationToken::new();
     let closed = stdin_closed.clone();
     // A plain thread: a blocking read on the runtime's blocking pool would hold up its shutdown.
@@ -140,8 +168,17 @@ pub async fn participant(args: BenchParticipantArgs) -> anyhow::Result<()> {
         _ = stdin_closed.cancelled() => {}
         _ = terminated() => {}
     }
-    server.shutdown().await;
+    match server {
+        Either::Grpc(server) => server.shutdown().await,
+        Either::Http(server) => server.shutdown().await,
+    }
     Ok(())
+}
+
+/// The bench participant being served.
+enum Either {
+    Grpc(crate::participant::ServerHandle),
+    Http(bench::workloads::HttpServer),
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -107,7 +107,8 @@ pub struct ServeArgs {
     #[arg(long, env = "BATON_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
     /// A participant endpoint configured statically, as service=http://host:port (repeatable;
-    /// in the environment, comma-separated).
+    /// in the environment, comma-separated). A URL with a path (service=http://host:port/base)
+    /// is an HTTP/JSON participant (docs/HTTP.md).
     #[arg(long = "endpoint", env = "BATON_ENDPOINTS", value_delimiter = ',')]
     #[serde(default)]
     pub endpoints: Vec<String>,

@@ -1,5 +1,6 @@
 //! Participant services and their endpoints: which endpoint a call goes to, and the reused gRPC
-//! channel to it.
+//! channel or pooled HTTP client to it (an endpoint URL with a path is an HTTP/JSON participant,
+//! see [`crate::model::parse_endpoint`]; both kinds are balanced and ejected alike).
 //!
 //! Endpoints come from the registry table (`RegisterParticipant`, with expiry) and from static
 //! configuration. A service's endpoint list is cached for [`RegistryConfig::refresh`] so that a
@@ -16,11 +17,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use tokio_rustls::rustls;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::model::Target;
 use crate::store::{StoreError, TxLog};
 use crate::tls::{ClientTls, Reloading, TlsError};
+use crate::transport::http::HttpParticipant;
 use crate::transport::{GrpcChannel, H2Channel};
 
 pub use health::HealthConfig;
@@ -102,11 +105,27 @@ struct Service {
     balancer: Balancer,
 }
 
-/// What the registry keeps per endpoint URL: the channel and what the balancer needs to know.
-struct Conn {
+/// How calls reach one endpoint.
+#[derive(Clone, Debug)]
+pub enum ParticipantChannel {
+    /// A gRPC participant (an endpoint URL without a path).
+    Grpc(GrpcChannel),
+    /// An HTTP/JSON participant (an endpoint URL with a path): pooled HTTP/1.1 connections.
+    Http(HttpParticipant),
+}
+
+/// The connections of one endpoint.
+enum Door {
     /// Calls take these in turn: each channel is one HTTP/2 connection whose framing one task
     /// does, so a busy endpoint's calls are spread over several instead of queueing on one.
-    channels: Box<[GrpcChannel]>,
+    Grpc(Box<[GrpcChannel]>),
+    /// hyper-util's pool opens and reuses connections itself.
+    Http(HttpParticipant),
+}
+
+/// What the registry keeps per endpoint URL: the channel and what the balancer needs to know.
+struct Conn {
+    door: Door,
     next: AtomicUsize,
     /// The TLS files' generation the channel was made with (0 for plain text).
     tls_generation: u64,
@@ -116,9 +135,14 @@ struct Conn {
 
 impl Conn {
     /// The next channel in turn.
-    fn channel(&self) -> GrpcChannel {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        self.channels[i].clone()
+    fn channel(&self) -> ParticipantChannel {
+        match &self.door {
+            Door::Grpc(channels) => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % channels.len().max(1);
+                ParticipantChannel::Grpc(channels[i].clone())
+            }
+            Door::Http(client) => ParticipantChannel::Http(client.clone()),
+        }
     }
 }
 
@@ -136,6 +160,8 @@ pub struct Registry {
     conns: Mutex<HashMap<String, Arc<Conn>>>,
     /// Loaded from `config.tls` by [`Registry::start_tls`].
     tls: OnceLock<Arc<Reloading<ClientTlsConfig>>>,
+    /// The same files for HTTP/JSON participants (rustls directly).
+    http_tls: OnceLock<Arc<Reloading<rustls::ClientConfig>>>,
 }
 
 /// The endpoint chosen for one call, with its channel. While it lives the call counts as in
@@ -145,7 +171,7 @@ pub struct Picked {
     /// The endpoint URL.
     pub endpoint: String,
     /// The reused channel to it.
-    pub channel: GrpcChannel,
+    pub channel: ParticipantChannel,
     conn: Arc<Conn>,
     health: HealthConfig,
 }
@@ -205,6 +231,7 @@ impl Registry {
             services: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             tls: OnceLock::new(),
+            http_tls: OnceLock::new(),
         }
     }
 
@@ -214,6 +241,8 @@ impl Registry {
         if let Some(tls) = &self.config.tls {
             let loaded = tls.start().await?;
             let _ = self.tls.set(loaded);
+            let loaded = tls.start_rustls().await?;
+            let _ = self.http_tls.set(loaded);
         }
         Ok(())
     }
@@ -405,20 +434,25 @@ impl Registry {
 
     /// The channel to `endpoint`, created on first use and reused after (tonic multiplexes calls
     /// over it and reconnects when the connection breaks).
-    pub fn channel(&self, endpoint: &str) -> Result<GrpcChannel, ResolveError> {
+    pub fn channel(&self, endpoint: &str) -> Result<ParticipantChannel, ResolveError> {
         Ok(self.conn(endpoint)?.channel())
     }
 
     fn conn(&self, endpoint: &str) -> Result<Arc<Conn>, ResolveError> {
-        let tls = match endpoint.starts_with("https://") {
-            true => Some(
-                self.tls
-                    .get()
-                    .ok_or_else(|| ResolveError::NoTls(endpoint.to_string()))?,
+        let bad = || ResolveError::BadEndpoint(endpoint.to_string());
+        let parsed = crate::model::parse_endpoint(endpoint).map_err(|_| bad())?;
+        let no_tls = || ResolveError::NoTls(endpoint.to_string());
+        let (tls, http_tls) = match parsed.tls {
+            true => (
+                Some(self.tls.get().ok_or_else(no_tls)?),
+                Some(self.http_tls.get().ok_or_else(no_tls)?),
             ),
-            false => None,
+            false => (None, None),
         };
-        let tls_generation = tls.map_or(0, |t| t.generation() + 1);
+        let tls_generation = match parsed.is_http() {
+            true => http_tls.map_or(0, |t| t.generation() + 1),
+            false => tls.map_or(0, |t| t.generation() + 1),
+        };
         let mut conns = lock(&self.conns);
         if let Some(conn) = conns.get(endpoint) {
             // After the TLS files changed, new calls get a new channel with the new files;
@@ -428,33 +462,46 @@ impl Registry {
             }
         }
         // Lazy: no connection until the first call, and a new one after a connection breaks.
-        let bad = || ResolveError::BadEndpoint(endpoint.to_string());
-        let channels = match tls {
+        let door = match (&parsed.http_base, tls) {
+            (Some(base), _) => {
+                let scheme = if parsed.tls { "https" } else { "http" };
+                let origin = format!("{scheme}://{}:{}", parsed.host, parsed.port);
+                Door::Http(HttpParticipant::new(
+                    origin,
+                    base.clone(),
+                    http_tls.map(|t| t.current()),
+                    self.config.connect_timeout,
+                ))
+            }
             // Plain text: h2 directly, without tonic's buffer task (src/transport.rs).
-            None => {
+            (None, None) => {
                 let uri: ::http::Uri = endpoint.parse().map_err(|_| bad())?;
                 let channel = || H2Channel::lazy(&uri, self.config.connect_timeout).ok_or_else(bad);
-                (0..channels_per_endpoint())
-                    .map(|_| channel().map(GrpcChannel::H2))
-                    .collect::<Result<_, _>>()?
+                Door::Grpc(
+                    (0..channels_per_endpoint())
+                        .map(|_| channel().map(GrpcChannel::H2))
+                        .collect::<Result<_, _>>()?,
+                )
             }
-            Some(tls) => {
+            (None, Some(tls)) => {
                 let builder = Endpoint::from_shared(endpoint.to_string())
                     .map_err(|_| bad())?
                     .connect_timeout(self.config.connect_timeout)
                     .tcp_nodelay(true)
                     .tls_config(ClientTlsConfig::clone(&tls.current()))
                     .map_err(|_| bad())?;
-                (0..channels_per_endpoint())
-                    .map(|_| GrpcChannel::Tonic(builder.connect_lazy()))
-                    .collect()
+                Door::Grpc(
+                    (0..channels_per_endpoint())
+                        .map(|_| GrpcChannel::Tonic(builder.connect_lazy()))
+                        .collect(),
+                )
             }
         };
         if conns.len() >= MAX_CHANNELS {
             conns.clear();
         }
         let conn = Arc::new(Conn {
-            channels,
+            door,
             next: AtomicUsize::new(0),
             tls_generation,
             in_flight: AtomicUsize::new(0),
@@ -465,10 +512,10 @@ impl Registry {
     }
 }
 
-/// Whether `text` is an endpoint URL a step may name directly.
+/// Whether `text` is an endpoint URL a step may name directly (gRPC or HTTP/JSON): the same
+/// strict parser as steps and registrations.
 pub fn valid_endpoint(text: &str) -> bool {
-    (text.starts_with("http://") || text.starts_with("https://"))
-        && Endpoint::from_shared(text.to_string()).is_ok()
+    crate::model::parse_endpoint(text).is_ok()
 }
 
 #[cfg(test)]
