@@ -1,13 +1,15 @@
 //! The log survives a PostgreSQL primary failover: a pg_auto_failover formation on loopback (a
 //! monitor and two data nodes with synchronous replication, in a throwaway directory), two
-//! `baton serve` processes on its multi-host URL, clients starting sagas, and the primary's
-//! postmaster SIGKILLed again and again. pg_auto_failover promotes the standby and the old node
-//! rejoins as the new standby; the coordinators follow the primary.
+//! `baton serve` processes on its multi-host URL, clients starting sagas, and the primary's node
+//! crashed again and again (SIGKILL to its postmaster, the postmaster's children and its
+//! `pg_autoctl`). The monitor, tuned to act within seconds, promotes the standby; the test
+//! asserts that it did, then starts the old node's `pg_autoctl run` again and it rejoins as the
+//! new standby; the coordinators follow the primary.
 //!
 //! Checked at the end: every transaction whose Start was acknowledged exists and reaches its
 //! outcome (RPO 0), no step applied twice and none compensated that should not be, and no epoch
 //! written by two owners. Prints the RTO of each failover (kill to the first Start acknowledged
-//! after it).
+//! after it). The failovers are bounded to 60 s plus 30 s each.
 //!
 //! Takes minutes and needs `pg_autoctl` (Debian package `postgresql-15-auto-failover`), so it is
 //! ignored by default; `.ci/run` runs it once. `BATON_FAILOVER_ROUNDS` sets the number of
