@@ -619,3 +619,104 @@ async fn consistent_hash_keeps_a_transaction_on_one_instance() {
         server.shutdown().await;
     }
 }
+
+/// ListParticipants shows the answering coordinator's balancing state: the service's configured
+/// policy, a call in flight to an endpoint and none after it ends, and a statically configured
+/// endpoint (never called, not in the store) with the default policy and no expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_participants_shows_policy_and_calls_in_flight() {
+    const STATIC_SERVICE: &str = "billing";
+    const STATIC_URL: &str = "http://127.0.0.1:9";
+    let db = fresh_database().await;
+    let policy = format!("{SERVICE}=least_outstanding");
+    let fixed = format!("{STATIC_SERVICE}={STATIC_URL}");
+    let co = coordinator(&db, &["--policy", &policy, "--endpoint", &fixed]).await;
+    // The call is held in the participant until the test has seen it in flight.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = gate.clone();
+    let server = Participant::new()
+        .on_execute("work", move |_req: Request| {
+            let held = held.clone();
+            async move {
+                let _ = held.acquire().await;
+                Ok(Reply::ok())
+            }
+        })
+        .on_compensate("undo", |_req: Request| async { Ok(Reply::ok()) })
+        .serve("127.0.0.1:0")
+        .await
+        .expect("serve participant");
+    server
+        .register(Registration::new(co.endpoint.clone(), SERVICE).ttl(TTL))
+        .await
+        .unwrap();
+
+    let mut client = co.client.clone();
+    let tx_id = client
+        .start(StartRequest {
+            wait: false,
+            ..saga(&[SERVICE], HashMap::new())
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tx_id;
+
+    let mut released = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = client
+            .list_participants(proto::ListParticipantsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .participants;
+        let registered = listed
+            .iter()
+            .find(|p| p.endpoint == server.endpoint())
+            .unwrap_or_else(|| panic!("registered endpoint not listed: {listed:?}"));
+        assert_eq!(registered.service, SERVICE);
+        assert_eq!(registered.policy, "least_outstanding");
+        assert_eq!(registered.ejected_until_ms, 0, "{registered:?}");
+        assert!(registered.expires_at_ms > 0, "{registered:?}");
+        let fixed = listed
+            .iter()
+            .find(|p| p.endpoint == STATIC_URL)
+            .unwrap_or_else(|| panic!("static endpoint not listed: {listed:?}"));
+        assert_eq!(
+            (fixed.service.as_str(), fixed.policy.as_str()),
+            (STATIC_SERVICE, "round_robin")
+        );
+        assert_eq!(
+            (
+                fixed.outstanding,
+                fixed.ejected_until_ms,
+                fixed.expires_at_ms
+            ),
+            (0, 0, 0)
+        );
+        match (released, registered.outstanding) {
+            (false, 1) => {
+                gate.add_permits(1);
+                released = true;
+            }
+            (true, 0) => break,
+            (_, n) => assert!(n <= 1, "{n} calls in flight, one was started"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outstanding never went 1 then 0 (released: {released})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tx = client
+        .wait(proto::WaitRequest {
+            tx_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tx.state, TxState::Committed as i32, "{tx:?}");
+    server.shutdown().await;
+}

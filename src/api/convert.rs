@@ -642,6 +642,28 @@ pub fn participant(p: &ParticipantRecord) -> proto::ParticipantEndpoint {
         weight: p.weight,
         zone: p.zone.clone(),
         expires_at_ms: p.expires_at.map(ms).unwrap_or(0),
+        // Live balancing state: only ListParticipants fills it in (see [`live_participant`]).
+        policy: String::new(),
+        outstanding: 0,
+        ejected_until_ms: 0,
+    }
+}
+
+/// The wire form of an endpoint with this coordinator's balancing state for it: the service's
+/// policy, the calls in flight to it, and its ejection.
+pub fn live_participant(
+    p: &ParticipantRecord,
+    policy: &crate::registry::Policy,
+    state: &crate::registry::EndpointState,
+) -> proto::ParticipantEndpoint {
+    proto::ParticipantEndpoint {
+        policy: policy.to_string(),
+        outstanding: state.outstanding,
+        ejected_until_ms: state
+            .ejected_until
+            .map(|t| ms(chrono::DateTime::<chrono::Utc>::from(t)))
+            .unwrap_or(0),
+        ..participant(p)
     }
 }
 

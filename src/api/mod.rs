@@ -589,14 +589,47 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<proto::ListParticipantsResponse>, Status> {
         let service = request.into_inner().service;
         check_text("service", &service, self.limits.max_name_len)?;
-        let found = self
+        let mut found = self
             .co
             .store()
             .list_participants((!service.is_empty()).then_some(service.as_str()))
             .await
             .map_err(store_status)?;
+        let registry = self.co.registry();
+        // Statically configured endpoints take calls too, so they are listed (without expiry)
+        // unless a registration of the same endpoint already is.
+        let mut statics: Vec<crate::model::ParticipantRecord> = registry
+            .static_endpoints()
+            .iter()
+            .filter(|(name, _)| service.is_empty() || **name == service)
+            .flat_map(|(name, urls)| urls.iter().map(move |url| (name, url)))
+            .filter(|(name, url)| {
+                !found
+                    .iter()
+                    .any(|p| &p.service == *name && &p.endpoint == *url)
+            })
+            .map(|(name, url)| crate::model::ParticipantRecord {
+                service: name.clone(),
+                endpoint: url.clone(),
+                weight: 1,
+                zone: String::new(),
+                expires_at: None,
+            })
+            .collect();
+        if !statics.is_empty() {
+            found.append(&mut statics);
+            found.sort_by(|a, b| (&a.service, &a.endpoint).cmp(&(&b.service, &b.endpoint)));
+        }
+        let snapshot = registry.snapshot();
+        let participants = found
+            .iter()
+            .map(|p| {
+                let policy = registry.policy(&p.service);
+                convert::live_participant(p, &policy, &snapshot.endpoint(&p.endpoint))
+            })
+            .collect();
         Ok(Response::new(proto::ListParticipantsResponse {
-            participants: found.iter().map(convert::participant).collect(),
+            participants,
         }))
     }
 

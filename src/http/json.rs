@@ -444,6 +444,10 @@ pub fn participant(p: &proto::ParticipantEndpoint) -> Value {
         "zone": p.zone,
         "expires_at": time(p.expires_at_ms),
         "expires_at_ms": p.expires_at_ms,
+        "policy": text_or_null(&p.policy),
+        "outstanding": p.outstanding,
+        "ejected_until": time(p.ejected_until_ms),
+        "ejected_until_ms": p.ejected_until_ms,
     })
 }
 

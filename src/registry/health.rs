@@ -42,6 +42,11 @@ impl Health {
         self.ejected_until.is_some_and(|until| now < until)
     }
 
+    /// When the ejection in force at `now` ends; `None` when the endpoint is not ejected.
+    pub fn ejected_until(&self, now: Instant) -> Option<Instant> {
+        self.ejected_until.filter(|until| now < *until)
+    }
+
     /// A call reached the endpoint and it answered (whatever the answer): it is healthy again.
     pub fn succeeded(&mut self) {
         *self = Health::default();

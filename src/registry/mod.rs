@@ -331,12 +331,7 @@ impl Registry {
                 if services.len() >= MAX_SERVICES {
                     services.clear();
                 }
-                let policy = self
-                    .config
-                    .policies
-                    .get(service)
-                    .cloned()
-                    .unwrap_or_default();
+                let policy = self.policy(service);
                 services.insert(
                     service.to_string(),
                     Service {
@@ -432,6 +427,47 @@ impl Registry {
         ))
     }
 
+    /// The balancing policy of `service` on this coordinator (configured, or the default).
+    pub fn policy(&self, service: &str) -> Policy {
+        self.config
+            .policies
+            .get(service)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The statically configured endpoints (`--endpoint service=URL`), by service.
+    pub fn static_endpoints(&self) -> &HashMap<String, Vec<String>> {
+        &self.config.static_endpoints
+    }
+
+    /// Copies every known endpoint's calls in flight and ejection, for display. The copy is
+    /// bounded like the channel cache ([`MAX_CHANNELS`]); ejection instants become wall-clock
+    /// times so they can be shown and sent.
+    pub fn snapshot(&self) -> Snapshot {
+        let conns: Vec<(String, Arc<Conn>)> = lock(&self.conns)
+            .iter()
+            .map(|(url, conn)| (url.clone(), conn.clone()))
+            .collect();
+        let now = Instant::now();
+        let wall = std::time::SystemTime::now();
+        let endpoints = conns
+            .into_iter()
+            .map(|(url, conn)| {
+                let ejected_until = lock(&conn.health)
+                    .ejected_until(now)
+                    .map(|until| wall + until.duration_since(now));
+                let outstanding = conn.in_flight.load(Ordering::Relaxed);
+                let state = EndpointState {
+                    outstanding: u32::try_from(outstanding).unwrap_or(u32::MAX),
+                    ejected_until,
+                };
+                (url, state)
+            })
+            .collect();
+        Snapshot { endpoints }
+    }
+
     /// The channel to `endpoint`, created on first use and reused after (tonic multiplexes calls
     /// over it and reconnects when the connection breaks).
     pub fn channel(&self, endpoint: &str) -> Result<ParticipantChannel, ResolveError> {
@@ -509,6 +545,31 @@ impl Registry {
         });
         conns.insert(endpoint.to_string(), conn.clone());
         Ok(conn)
+    }
+}
+
+/// What one coordinator's registry knows about an endpoint right now, for display: the
+/// balancing state is per coordinator (each counts its own calls and ejects on its own failures),
+/// so another coordinator may see the same endpoint differently.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointState {
+    /// Calls in flight from this coordinator to the endpoint.
+    pub outstanding: u32,
+    /// Until when the endpoint is passed over; `None` when it is not ejected.
+    pub ejected_until: Option<std::time::SystemTime>,
+}
+
+/// A read-only copy of the registry's live balancing state (see [`Registry::snapshot`]).
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    endpoints: HashMap<String, EndpointState>,
+}
+
+impl Snapshot {
+    /// The state of `url`; an endpoint this coordinator has never called has no calls in flight
+    /// and is not ejected.
+    pub fn endpoint(&self, url: &str) -> EndpointState {
+        self.endpoints.get(url).cloned().unwrap_or_default()
     }
 }
 

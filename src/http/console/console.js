@@ -467,12 +467,27 @@ function setupOperate(refresh) {
 
 // ---- participants and coordinators ----
 
+// Policy, outstanding calls and ejection are as the coordinator serving this console sees them:
+// every coordinator balances and ejects on its own.
+const PARTICIPANT_COLUMNS = ["Service", "Endpoint", "Weight", "Zone", "Policy", "Outstanding",
+  "Ejected until", "Expires", "In"];
+
+function secondsLeft(ms) { return `${((ms - Date.now()) / 1000).toFixed(1)} s`; }
+
 async function participants() {
   const found = (await api("/v1/participants")).participants;
-  $("participants").tBodies[0].replaceChildren(...found.map((p) => el("tr", {},
+  const table = $("participants");
+  // The header follows the cells below, so that the two cannot disagree.
+  const head = table.tHead.rows[0];
+  if (head.cells.length !== PARTICIPANT_COLUMNS.length) {
+    head.replaceChildren(...PARTICIPANT_COLUMNS.map((c) => el("th", {}, c)));
+  }
+  table.tBodies[0].replaceChildren(...found.map((p) => el("tr", {},
     el("td", {}, p.service), el("td", { class: "mono" }, p.endpoint), el("td", {}, p.weight),
-    el("td", {}, p.zone || ""), el("td", {}, when(p.expires_at_ms)),
-    el("td", {}, p.expires_at_ms ? `${((p.expires_at_ms - Date.now()) / 1000).toFixed(1)} s` : "never"))));
+    el("td", {}, p.zone || ""), el("td", {}, p.policy || ""), el("td", {}, p.outstanding),
+    el("td", {}, p.ejected_until_ms ? `${when(p.ejected_until_ms)} (${secondsLeft(p.ejected_until_ms)})` : "no"),
+    el("td", {}, when(p.expires_at_ms)),
+    el("td", {}, p.expires_at_ms ? secondsLeft(p.expires_at_ms) : "never"))));
 }
 
 async function coordinators() {

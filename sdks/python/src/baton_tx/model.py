@@ -175,17 +175,34 @@ class Page:
 
 @dataclass(frozen=True)
 class ParticipantEndpoint:
-    """A registered participant endpoint; ``expires_at_ms`` is 0 when it never expires."""
+    """A participant endpoint; ``expires_at_ms`` is 0 when it never expires.
+
+    ``policy``, ``outstanding`` and ``ejected_until_ms`` (0 when not ejected) are the balancing
+    state as seen by the coordinator that answered :meth:`Client.list_participants`; other
+    replies leave them empty.
+    """
 
     service: str
     endpoint: str
     weight: int
     zone: str
     expires_at_ms: int
+    policy: str = ""
+    outstanding: int = 0
+    ejected_until_ms: int = 0
 
     @classmethod
     def _from(cls, p: Any) -> "ParticipantEndpoint":
-        return cls(p.service, p.endpoint, p.weight, p.zone, p.expires_at_ms)
+        return cls(
+            p.service,
+            p.endpoint,
+            p.weight,
+            p.zone,
+            p.expires_at_ms,
+            p.policy,
+            p.outstanding,
+            p.ejected_until_ms,
+        )
 
 
 @dataclass(frozen=True)

@@ -311,18 +311,24 @@ class CancelRequest(_message.Message):
     def __init__(self, tx_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ParticipantEndpoint(_message.Message):
-    __slots__ = ("service", "endpoint", "weight", "zone", "expires_at_ms")
+    __slots__ = ("service", "endpoint", "weight", "zone", "expires_at_ms", "policy", "outstanding", "ejected_until_ms")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
     service: str
     endpoint: str
     weight: int
     zone: str
     expires_at_ms: int
-    def __init__(self, service: _Optional[str] = ..., endpoint: _Optional[str] = ..., weight: _Optional[int] = ..., zone: _Optional[str] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
+    policy: str
+    outstanding: int
+    ejected_until_ms: int
+    def __init__(self, service: _Optional[str] = ..., endpoint: _Optional[str] = ..., weight: _Optional[int] = ..., zone: _Optional[str] = ..., expires_at_ms: _Optional[int] = ..., policy: _Optional[str] = ..., outstanding: _Optional[int] = ..., ejected_until_ms: _Optional[int] = ...) -> None: ...
 
 class RegisterParticipantRequest(_message.Message):
     __slots__ = ("service", "endpoint", "weight", "zone", "ttl_ms")
