@@ -573,7 +573,7 @@ async fn release_clears_owner(log: &dyn TxLog) {
 }
 
 async fn claim_takes_unowned_and_stale_work(log: &dyn TxLog) {
-    log.heartbeat_coordinator("stale", "10.0.0.2:7600", "0.1.0")
+    log.heartbeat_coordinator("stale", "127.0.0.2:7600", "0.1.0")
         .await
         .expect("heartbeat");
     let live_tx = create(log, new_tx("live", TxState::Running)).await;
@@ -588,7 +588,7 @@ async fn claim_takes_unowned_and_stale_work(log: &dyn TxLog) {
 
     // Leases are generous against a loaded machine: 500 ms, with the stale heartbeat 600 ms old.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    log.heartbeat_coordinator("live", "10.0.0.1:7600", "0.1.0")
+    log.heartbeat_coordinator("live", "127.0.0.1:7600", "0.1.0")
         .await
         .expect("heartbeat");
     let claimed = log.claim("me", 500, 100).await.expect("claim");
@@ -607,7 +607,7 @@ async fn claim_takes_unowned_and_stale_work(log: &dyn TxLog) {
     assert_eq!(get(log, live_tx.id).await, live_tx);
     assert_eq!(get(log, mine.id).await, mine);
     assert_eq!(get(log, resting.id).await, resting);
-    log.heartbeat_coordinator("live", "10.0.0.1:7600", "0.1.0")
+    log.heartbeat_coordinator("live", "127.0.0.1:7600", "0.1.0")
         .await
         .expect("heartbeat");
     assert!(log.claim("me", 500, 100).await.expect("claim").is_empty());
@@ -1024,12 +1024,12 @@ async fn events_page_by_seq(log: &dyn TxLog) {
 async fn participants_register_expire_deregister(log: &dyn TxLog) {
     let before = Utc::now() - chrono::Duration::seconds(5);
     let forever = log
-        .register_participant("payments", "http://10.0.0.2:9000", 1, "", 0)
+        .register_participant("payments", "http://127.0.0.2:9000", 1, "", 0)
         .await
         .expect("register");
     assert_eq!(forever.expires_at, None);
     let leased = log
-        .register_participant("payments", "http://10.0.0.1:9000", 3, "eu-1", 60_000)
+        .register_participant("payments", "http://127.0.0.1:9000", 3, "eu-1", 60_000)
         .await
         .expect("register");
     assert_eq!((leased.weight, leased.zone.as_str()), (3, "eu-1"));
@@ -1037,7 +1037,7 @@ async fn participants_register_expire_deregister(log: &dyn TxLog) {
     assert!(expires > before + chrono::Duration::seconds(55));
     let short = log
         // Long enough to still be listed below on a loaded machine.
-        .register_participant("inventory", "http://10.0.0.3:9000", 1, "", 400)
+        .register_participant("inventory", "http://127.0.0.3:9000", 1, "", 400)
         .await
         .expect("register");
     assert!(short.expires_at.is_some());
@@ -1050,9 +1050,9 @@ async fn participants_register_expire_deregister(log: &dyn TxLog) {
     assert_eq!(
         keys,
         [
-            ("inventory", "http://10.0.0.3:9000"),
-            ("payments", "http://10.0.0.1:9000"),
-            ("payments", "http://10.0.0.2:9000"),
+            ("inventory", "http://127.0.0.3:9000"),
+            ("payments", "http://127.0.0.1:9000"),
+            ("payments", "http://127.0.0.2:9000"),
         ]
     );
     assert_eq!(all[1], leased);
@@ -1071,14 +1071,14 @@ async fn participants_register_expire_deregister(log: &dyn TxLog) {
         .expect("list")
         .is_empty());
     assert!(
-        log.heartbeat_participant("inventory", "http://10.0.0.3:9000", 60_000)
+        log.heartbeat_participant("inventory", "http://127.0.0.3:9000", 60_000)
             .await
             .expect("heartbeat")
             .is_none(),
         "an expired registration cannot be revived by a heartbeat"
     );
     let renewed = log
-        .heartbeat_participant("payments", "http://10.0.0.1:9000", 120_000)
+        .heartbeat_participant("payments", "http://127.0.0.1:9000", 120_000)
         .await
         .expect("heartbeat")
         .expect("registered");
@@ -1091,7 +1091,7 @@ async fn participants_register_expire_deregister(log: &dyn TxLog) {
 
     // Registering again replaces the row, including its expiry.
     let replaced = log
-        .register_participant("payments", "http://10.0.0.1:9000", 7, "eu-2", 0)
+        .register_participant("payments", "http://127.0.0.1:9000", 7, "eu-2", 0)
         .await
         .expect("register");
     assert_eq!(
@@ -1099,17 +1099,17 @@ async fn participants_register_expire_deregister(log: &dyn TxLog) {
         (7, "eu-2", None)
     );
     // And an expired one comes back on registration.
-    log.register_participant("inventory", "http://10.0.0.3:9000", 1, "", 0)
+    log.register_participant("inventory", "http://127.0.0.3:9000", 1, "", 0)
         .await
         .expect("register");
     assert_eq!(log.list_participants(None).await.expect("list").len(), 3);
 
     assert!(log
-        .deregister_participant("payments", "http://10.0.0.1:9000")
+        .deregister_participant("payments", "http://127.0.0.1:9000")
         .await
         .expect("deregister"));
     assert!(!log
-        .deregister_participant("payments", "http://10.0.0.1:9000")
+        .deregister_participant("payments", "http://127.0.0.1:9000")
         .await
         .expect("deregister"));
     let left = log.list_participants(Some("payments")).await.expect("list");
@@ -1117,10 +1117,10 @@ async fn participants_register_expire_deregister(log: &dyn TxLog) {
 }
 
 async fn coordinators_heartbeat_and_count_owned(log: &dyn TxLog) {
-    log.heartbeat_coordinator("c1", "10.0.0.1:7600", "0.1.0")
+    log.heartbeat_coordinator("c1", "127.0.0.1:7600", "0.1.0")
         .await
         .expect("heartbeat");
-    log.heartbeat_coordinator("c2", "10.0.0.2:7600", "0.1.0")
+    log.heartbeat_coordinator("c2", "127.0.0.2:7600", "0.1.0")
         .await
         .expect("heartbeat");
     create(log, new_tx("c1", TxState::Running)).await;
@@ -1134,13 +1134,13 @@ async fn coordinators_heartbeat_and_count_owned(log: &dyn TxLog) {
         .collect();
     assert_eq!(
         summary,
-        [("c1", "10.0.0.1:7600", 2), ("c2", "10.0.0.2:7600", 0)]
+        [("c1", "127.0.0.1:7600", 2), ("c2", "127.0.0.2:7600", 0)]
     );
     let first = listed[0].clone();
     assert_eq!(first.version, "0.1.0");
 
     tokio::time::sleep(Duration::from_millis(20)).await;
-    log.heartbeat_coordinator("c1", "10.0.0.9:7600", "0.2.0")
+    log.heartbeat_coordinator("c1", "127.0.0.9:7600", "0.2.0")
         .await
         .expect("heartbeat");
     let listed = log.list_coordinators(60_000).await.expect("list");
@@ -1151,7 +1151,7 @@ async fn coordinators_heartbeat_and_count_owned(log: &dyn TxLog) {
     assert!(listed[0].heartbeat_at > first.heartbeat_at);
     assert_eq!(
         (listed[0].address.as_str(), listed[0].version.as_str()),
-        ("10.0.0.9:7600", "0.2.0")
+        ("127.0.0.9:7600", "0.2.0")
     );
 
     log.remove_coordinator("c2").await.expect("remove");

@@ -469,19 +469,11 @@ function setupOperate(refresh) {
 
 // Policy, outstanding calls and ejection are as the coordinator serving this console sees them:
 // every coordinator balances and ejects on its own.
-const PARTICIPANT_COLUMNS = ["Service", "Endpoint", "Weight", "Zone", "Policy", "Outstanding",
-  "Ejected until", "Expires", "In"];
-
 function secondsLeft(ms) { return `${((ms - Date.now()) / 1000).toFixed(1)} s`; }
 
 async function participants() {
   const found = (await api("/v1/participants")).participants;
   const table = $("participants");
-  // The header follows the cells below, so that the two cannot disagree.
-  const head = table.tHead.rows[0];
-  if (head.cells.length !== PARTICIPANT_COLUMNS.length) {
-    head.replaceChildren(...PARTICIPANT_COLUMNS.map((c) => el("th", {}, c)));
-  }
   table.tBodies[0].replaceChildren(...found.map((p) => el("tr", {},
     el("td", {}, p.service), el("td", { class: "mono" }, p.endpoint), el("td", {}, p.weight),
     el("td", {}, p.zone || ""), el("td", {}, p.policy || ""), el("td", {}, p.outstanding),
