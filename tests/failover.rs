@@ -25,10 +25,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton::client::{Client, Saga, Step, TxState};
+use baton::client::Client;
 use sqlx::Connection;
 
-use support::participant::{participant, Ledger};
+use support::chaos::{check_event_writers, check_saga, order_saga};
+use support::participant::participant;
 use support::process::coordinator;
 
 fn rounds() -> usize {
@@ -478,21 +479,6 @@ impl Drop for Formation {
     }
 }
 
-fn order(endpoint: &str, key: &str, fail: bool) -> Saga {
-    let step = |name: &str, action: &str| {
-        Step::to_endpoint(name, endpoint)
-            .action(action)
-            .compensate("undo")
-            .json(&serde_json::json!({ "sleep_ms": 5 }))
-            .expect("json payload")
-    };
-    Saga::new()
-        .step(step("reserve", "ok"))
-        .step(step("charge", "ok"))
-        .step(step("ship", if fail { "fail" } else { "ok" }))
-        .idempotency_key(key)
-}
-
 /// What the clients saw.
 #[derive(Default)]
 struct Seen {
@@ -545,7 +531,7 @@ fn load(
                 // key; it is acknowledged once the log takes writes again.
                 loop {
                     let sent = Instant::now();
-                    match client.start(order(&p, &key, fail)).await {
+                    match client.start(order_saga(&p, &key, fail, 5)).await {
                         Ok(started) => {
                             seen.acked.lock().unwrap().push((
                                 started.tx_id,
@@ -679,7 +665,7 @@ async fn primary_failovers_lose_no_acknowledged_transaction() {
     let mut lost = Vec::new();
     for (id, fail) in &acked {
         match client.wait(id, Duration::from_secs(60)).await {
-            Ok(tx) => check(&ledger, &tx, *fail),
+            Ok(tx) => check_saga(&ledger, &tx, *fail),
             Err(e) => lost.push(format!("{id}: {e}")),
         }
     }
@@ -701,54 +687,4 @@ async fn primary_failovers_lose_no_acknowledged_transaction() {
     );
     assert!(lost.is_empty(), "acknowledged transactions lost: {lost:?}");
     drop((a, b));
-}
-
-/// The invariants for one saga, with the participant's ledger as the barrier (it applies each
-/// (transaction, step, phase) once and counts deliveries): committed → every step executed once,
-/// nothing compensated; compensated → the failing third step never applied, the first two
-/// executed and compensated once.
-fn check(ledger: &Ledger, tx: &baton::client::Transaction, fail: bool) {
-    let id = &tx.tx_id;
-    if fail {
-        assert_eq!(tx.state(), TxState::Compensated, "{tx:?}");
-        for b in 0..2 {
-            assert_eq!(ledger.times_applied(id, b, "execute"), 1, "{id} step {b}");
-            assert_eq!(
-                ledger.times_applied(id, b, "compensate"),
-                1,
-                "{id} step {b} undone"
-            );
-        }
-        assert_eq!(ledger.times_applied(id, 2, "execute"), 0);
-        assert_eq!(ledger.delivered(id, 2, "compensate"), 0, "{id}");
-    } else {
-        assert_eq!(tx.state(), TxState::Committed, "{tx:?}");
-        for b in 0..3 {
-            assert_eq!(ledger.times_applied(id, b, "execute"), 1, "{id} step {b}");
-            assert_eq!(ledger.delivered(id, b, "compensate"), 0, "{id} step {b}");
-        }
-    }
-}
-
-/// No epoch of any transaction has events written by two coordinators.
-async fn check_event_writers(url: &str) {
-    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-    let shared: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
-        "SELECT tx_id, epoch, count(DISTINCT owner) FROM baton_events \
-         GROUP BY tx_id, epoch HAVING count(DISTINCT owner) > 1 LIMIT 5",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    assert!(
-        shared.is_empty(),
-        "epochs written by two owners: {shared:?}"
-    );
-    let unsigned: i64 = sqlx::query_scalar(
-        "SELECT count(*) FILTER (WHERE owner IS NULL OR epoch IS NULL) FROM baton_events",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(unsigned, 0, "every event names its writer");
 }

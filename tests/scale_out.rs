@@ -16,6 +16,7 @@ use baton::client::{Client, Saga, Step, TxState};
 use rand::Rng;
 use sqlx::Connection;
 
+use support::chaos::{check_event_writers, check_saga, order_saga};
 use support::db::private_database;
 use support::participant::{participant, Ledger};
 use support::process::{coordinator, Coordinator};
@@ -28,21 +29,6 @@ fn cycles() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6)
-}
-
-fn order(endpoint: &str, key: &str, fail: bool) -> Saga {
-    let step = |name: &str, action: &str| {
-        Step::to_endpoint(name, endpoint)
-            .action(action)
-            .compensate("undo")
-            .json(&serde_json::json!({ "sleep_ms": 15 }))
-            .expect("json payload")
-    };
-    Saga::new()
-        .step(step("reserve", "ok"))
-        .step(step("charge", "ok"))
-        .step(step("ship", if fail { "fail" } else { "ok" }))
-        .idempotency_key(key)
 }
 
 /// What the clients saw.
@@ -117,33 +103,6 @@ async fn coordinators_die_join_and_leave_under_load_and_nothing_is_lost() {
     eprintln!("chaos: {} cycles", cycles());
 }
 
-/// No epoch of any transaction has events written by two coordinators, and every event names the
-/// coordinator and epoch it was written under: each epoch had one owner, and fencing kept every
-/// other coordinator's writes out.
-async fn check_event_writers(url: &str) {
-    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-    let shared: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
-        "SELECT tx_id, epoch, count(DISTINCT owner) FROM baton_events \
-         GROUP BY tx_id, epoch HAVING count(DISTINCT owner) > 1 LIMIT 5",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    assert!(
-        shared.is_empty(),
-        "epochs written by two owners: {shared:?}"
-    );
-    let (events, unsigned, epochs): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE owner IS NULL OR epoch IS NULL), \
-                count(DISTINCT (tx_id, epoch)) FROM baton_events",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(unsigned, 0, "every event names its writer");
-    eprintln!("{events} events in {epochs} (transaction, epoch) pairs, each with one writer");
-}
-
 /// Starts `clients` tasks that each run sagas back to back (one in four fails at step 3) until
 /// `stop` is set (or a bound that grows with the chaos cycles passes), retrying through any coordinator with the same key.
 async fn load(
@@ -169,7 +128,7 @@ async fn load(
                 // A start that fails over may be retried: the idempotency key keeps it one.
                 let mut outcome = None;
                 for _ in 0..100 {
-                    match client.run(order(&p, &key, fail)).await {
+                    match client.run(order_saga(&p, &key, fail, 15)).await {
                         Ok(tx) => {
                             outcome = Some(tx);
                             break;
@@ -207,7 +166,7 @@ async fn check_all(addrs: &[String], ledger: &Ledger, seen: &Seen) {
     );
     for (id, fail) in &accepted {
         let tx = client.wait(id, Duration::from_secs(30)).await.unwrap();
-        check(ledger, &tx, *fail);
+        check_saga(ledger, &tx, *fail);
         let events = client.events(id, 0, 10_000).await.unwrap();
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
         assert_eq!(
@@ -226,35 +185,6 @@ async fn check_all(addrs: &[String], ledger: &Ledger, seen: &Seen) {
             .map(|e| format!(" (first: {e})"))
             .unwrap_or_default()
     );
-}
-
-/// The invariants for one saga: committed → every step executed, nothing compensated;
-/// compensated → the failing third step never applied, the first two executed and compensated.
-fn check(ledger: &Ledger, tx: &baton::client::Transaction, fail: bool) {
-    let id = &tx.tx_id;
-    if fail {
-        assert_eq!(tx.state(), TxState::Compensated, "{tx:?}");
-        for b in 0..2 {
-            assert_eq!(ledger.times_applied(id, b, "execute"), 1, "{id} step {b}");
-            assert_eq!(
-                ledger.times_applied(id, b, "compensate"),
-                1,
-                "{id} step {b} undone"
-            );
-        }
-        assert_eq!(ledger.times_applied(id, 2, "execute"), 0);
-        assert_eq!(
-            ledger.delivered(id, 2, "compensate"),
-            0,
-            "{id}: a failed step is not undone"
-        );
-    } else {
-        assert_eq!(tx.state(), TxState::Committed, "{tx:?}");
-        for b in 0..3 {
-            assert_eq!(ledger.times_applied(id, b, "execute"), 1, "{id} step {b}");
-            assert_eq!(ledger.delivered(id, b, "compensate"), 0, "{id} step {b}");
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
