@@ -16,9 +16,9 @@
 
 use std::time::Duration;
 
-use baton::cli::output;
-use baton::client::{Client, Saga, Step};
-use baton::participant::{HandlerError, Participant, Registration, Reply, Request};
+use baton_cli::cli::output;
+use baton_tx::client::{Client, Saga, Step};
+use baton_tx::participant::{HandlerError, Participant, Registration, Reply, Request};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -10,14 +10,14 @@
 
 use std::time::Duration;
 
-use baton::api::{self, Limits, ServeConfig};
-use baton::auth::AuthConfig;
-use baton::cli::output;
-use baton::client::{Client, Saga, Step, TxState};
-use baton::coordinator::Config;
-use baton::participant::{HandlerError, Participant, Registration, Reply, Request};
-use baton::registry::RegistryConfig;
-use baton::store::StoreOptions;
+use baton_cli::cli::output;
+use baton_server::api::auth::AuthConfig;
+use baton_server::api::{self, Limits, ServeConfig};
+use baton_server::coordinator::Config;
+use baton_server::registry::RegistryConfig;
+use baton_server::store::StoreOptions;
+use baton_tx::client::{Client, Saga, Step, TxState};
+use baton_tx::participant::{HandlerError, Participant, Registration, Reply, Request};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -16,8 +16,8 @@
 //!
 //! Prints `<name> <endpoint>` per participant, then `ready`, and serves until SIGTERM or Ctrl-C.
 
-use baton::participant::barrier::PgBarrier;
-use baton::participant::{HandlerError, Participant, Registration, Reply, Request};
+use baton_tx::participant::barrier::PgBarrier;
+use baton_tx::participant::{HandlerError, Participant, Registration, Reply, Request};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -89,11 +89,11 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         let mut ledger = Participant::new();
         for (phase, action) in [
-            (baton::participant::Phase::Execute, "credit"),
-            (baton::participant::Phase::Compensate, "credit"),
-            (baton::participant::Phase::Prepare, "hold"),
-            (baton::participant::Phase::Commit, "hold"),
-            (baton::participant::Phase::Abort, "hold"),
+            (baton_tx::participant::Phase::Execute, "credit"),
+            (baton_tx::participant::Phase::Compensate, "credit"),
+            (baton_tx::participant::Phase::Prepare, "hold"),
+            (baton_tx::participant::Phase::Commit, "hold"),
+            (baton_tx::participant::Phase::Abort, "hold"),
         ] {
             let barrier = barrier.clone();
             ledger = ledger.on(phase, action, move |req: Request| {
@@ -123,7 +123,7 @@ async fn ledger_entry(barrier: &PgBarrier, req: Request) -> Result<Reply, Handle
     let Amount { amount } = req.json()?;
     let phase = req.phase;
     let delta = match phase {
-        baton::participant::Phase::Compensate | baton::participant::Phase::Abort => -amount,
+        baton_tx::participant::Phase::Compensate | baton_tx::participant::Phase::Abort => -amount,
         _ => amount,
     };
     let (tx_id, branch) = (req.tx_id.clone(), i64::from(req.branch_index));

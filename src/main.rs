@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use baton::cli::{Cli, Command, LogFormat};
+use baton_cli::cli::{Cli, Command, LogFormat};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         let _in_runtime = runtime.enter();
         init_tracing(cli.log_format)
     };
-    match runtime.block_on(baton::cli::run(cli)) {
+    match runtime.block_on(baton_cli::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -71,7 +71,7 @@ fn init_tracing(format: LogFormat) -> Option<Box<dyn std::any::Any>> {
     let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
     #[cfg(feature = "otlp")]
     {
-        match baton::telemetry::otlp::tracer() {
+        match baton_server::telemetry::otlp::tracer() {
             Ok(Some((tracer, guard))) => {
                 let export = tracing_opentelemetry::layer()
                     .with_tracer(tracer)

@@ -9,11 +9,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 
-use baton::auth::{TokenHash, NAMESPACE_LABEL};
-use baton::client::Client;
-use baton::participant::{Participant, Registration, Reply};
-use baton::proto::coordinator_client::CoordinatorClient;
-use baton::proto::{self, Saga, SagaStep, StartRequest, TxState};
+use baton_server::api::auth::{TokenHash, NAMESPACE_LABEL};
+use baton_tx::client::Client;
+use baton_tx::participant::{Participant, Registration, Reply};
+use baton_tx_proto as proto;
+use baton_tx_proto::coordinator_client::CoordinatorClient;
+use baton_tx_proto::{Saga, SagaStep, StartRequest, TxState};
 use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -511,7 +512,7 @@ async fn client_tokens_see_only_their_namespace() {
     );
 
     // Another namespace's transaction answers exactly like an unknown one.
-    let unknown = baton::model::TxId::new().to_string();
+    let unknown = baton_server::model::TxId::new().to_string();
     for (token, theirs) in [(SHOP, &bank_tx), (BANK, &shop_tx)] {
         let known = c
             .get(req(

@@ -9,8 +9,9 @@ mod support;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use baton::proto::coordinator_client::CoordinatorClient;
-use baton::proto::{self, start_request::Definition, StartRequest, TxState};
+use baton_tx_proto as proto;
+use baton_tx_proto::coordinator_client::CoordinatorClient;
+use baton_tx_proto::{start_request::Definition, StartRequest, TxState};
 use bytes::{Buf, BufMut};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};

@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton::participant::{Participant, Registration, Reply, Request, ServerHandle};
-use baton::proto::coordinator_client::CoordinatorClient;
-use baton::proto::{
-    self, DeregisterParticipantRequest, HeartbeatParticipantRequest, RegisterParticipantRequest,
-    Saga, SagaStep, StartRequest, TxState,
+use baton_tx::participant::{Participant, Registration, Reply, Request, ServerHandle};
+use baton_tx_proto as proto;
+use baton_tx_proto::coordinator_client::CoordinatorClient;
+use baton_tx_proto::{
+    DeregisterParticipantRequest, HeartbeatParticipantRequest, RegisterParticipantRequest, Saga,
+    SagaStep, StartRequest, TxState,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};

@@ -14,8 +14,8 @@ macro_rules! suite {
         mod $module {
             use std::sync::Arc;
 
-            use baton::participant::barrier::{Barrier, Entry};
-            use baton::participant::{HandlerError, Phase, Reply, Request};
+            use baton_tx::participant::barrier::{Barrier, Entry};
+            use baton_tx::participant::{HandlerError, Phase, Reply, Request};
 
             type Db = $db;
             type Conn = <Db as sqlx::Database>::Connection;

@@ -42,7 +42,7 @@ async fn coordinator_with_transactions(dir: &tempfile::TempDir) -> (Coordinator,
             .expect("start a saga")
             .into_inner();
         let tx = wait(&mut co.client, &started.tx_id).await;
-        assert_eq!(state(&tx), baton::proto::TxState::Committed, "{tx:?}");
+        assert_eq!(state(&tx), baton_tx_proto::TxState::Committed, "{tx:?}");
         ids.push(started.tx_id);
     }
     (co, ids)

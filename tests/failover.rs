@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton::client::Client;
+use baton_tx::client::Client;
 use sqlx::Connection;
 
 use support::chaos::{check_event_writers, check_saga, order_saga};

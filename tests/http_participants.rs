@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton::proto::{self, start_request::Definition, StartRequest, TxState};
+use baton_tx_proto as proto;
+use baton_tx_proto::{start_request::Definition, StartRequest, TxState};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::rustls;

@@ -41,7 +41,7 @@ async fn settle(url: &str, within: Duration) -> Vec<(String, String)> {
 }
 
 /// The `i`th order: a two-step saga with its own idempotency key.
-fn order(participant: &str, i: usize) -> baton::proto::StartRequest {
+fn order(participant: &str, i: usize) -> baton_tx_proto::StartRequest {
     let mut req = saga(vec![
         step("reserve", participant, "ok", "undo"),
         step("charge", participant, "ok", "undo"),
@@ -88,7 +88,7 @@ async fn starts_whose_callers_give_up_are_still_driven_to_an_outcome() {
     let mut clients = Vec::new();
     for _ in 0..STARTS / PER_CONNECTION {
         clients.push(
-            baton::proto::coordinator_client::CoordinatorClient::connect(co.endpoint.clone())
+            baton_tx_proto::coordinator_client::CoordinatorClient::connect(co.endpoint.clone())
                 .await
                 .expect("connect"),
         );
@@ -153,7 +153,7 @@ async fn starts_whose_callers_give_up_are_still_driven_to_an_outcome() {
         let tx = support::process::wait(&mut client, id).await;
         assert_eq!(
             support::process::state(&tx),
-            baton::proto::TxState::Committed,
+            baton_tx_proto::TxState::Committed,
             "order-{i}: {tx:?}"
         );
     }
@@ -305,7 +305,7 @@ async fn a_coordinator_resumed_after_losing_its_lease_calls_no_participant() {
         let tx = support::process::wait(&mut a.client, id).await;
         assert_eq!(
             support::process::state(&tx),
-            baton::proto::TxState::Committed
+            baton_tx_proto::TxState::Committed
         );
     }
     let mut req = saga(vec![step("reserve", &p, "ok", "undo")]);
@@ -320,7 +320,7 @@ async fn a_coordinator_resumed_after_losing_its_lease_calls_no_participant() {
     let tx = done.transaction.expect("waited");
     assert_eq!(
         support::process::state(&tx),
-        baton::proto::TxState::Committed
+        baton_tx_proto::TxState::Committed
     );
     drop(b);
 }

@@ -14,19 +14,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::coordinator::metrics::Metrics;
-use baton::coordinator::writer::{LogWriter, WriterOptions};
-use baton::coordinator::{Config, CoordError, Coordinator, Started};
-use baton::model::{
+use baton_server::coordinator::metrics::Metrics;
+use baton_server::coordinator::writer::{LogWriter, WriterOptions};
+use baton_server::coordinator::{Config, CoordError, Coordinator, Started};
+use baton_server::model::{
     Definition, RetryPolicy, SagaDef, StepDef, StepKind, StepStatus, Target, TxId, TxRecord,
     TxState,
 };
-use baton::proto::participant_server::{Participant, ParticipantServer};
-use baton::proto::{BranchReply, BranchRequest, Outcome};
-use baton::registry::{Registry, RegistryConfig};
-use baton::store::postgres::PgLog;
-use baton::store::sqlite::SqliteLog;
-use baton::store::{LogWrite, NewEvent, NewTx, StoreOptions, TxLog, TxUpdate, WriteOutcome};
+use baton_server::registry::{Registry, RegistryConfig};
+use baton_server::store::postgres::PgLog;
+use baton_server::store::sqlite::SqliteLog;
+use baton_server::store::{LogWrite, NewEvent, NewTx, StoreOptions, TxLog, TxUpdate, WriteOutcome};
+use baton_tx_proto::participant_server::{Participant, ParticipantServer};
+use baton_tx_proto::{BranchReply, BranchRequest, Outcome};
 use chrono::{DateTime, Utc};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -421,7 +421,7 @@ async fn nul_text_reads_back_the_same_from_both_stores() {
             &[],
         );
         let id = new.id;
-        let mut branch = baton::model::BranchRecord {
+        let mut branch = baton_server::model::BranchRecord {
             index: 0,
             name: "re\0serve".into(),
             status: StepStatus::Failed,

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use baton::client::{Client, Saga, Step, TraceParent, TxState};
-use baton::participant::{HandlerError, Participant, Phase, Reply, Request, ServerHandle};
-use baton::trace::{TraceId, TRACE_LABEL};
+use baton_tx::client::{Client, Saga, Step, TraceParent, TxState};
+use baton_tx::participant::{HandlerError, Participant, Phase, Reply, Request, ServerHandle};
+use baton_tx::trace::{TraceId, TRACE_LABEL};
 use tokio::sync::Notify;
 
 use support::db::fresh_database;
@@ -525,7 +525,7 @@ async fn a_participant_receives_the_callers_trace_id() {
         .await
         .unwrap();
     let mut raw = c1.client.clone();
-    let mut bad = tonic::Request::new(baton::proto::StartRequest::from(
+    let mut bad = tonic::Request::new(baton_tx_proto::StartRequest::from(
         Saga::new().step(Step::to_endpoint("a", &p).action("ok")),
     ));
     bad.metadata_mut().insert(
@@ -571,7 +571,7 @@ async fn a_participant_receives_the_callers_trace_id() {
     let c2 = process::coordinator(&db.url, "obs-2", &[], &[]).await;
     let mut c2_client = c2.client.clone();
     let done = process::wait(&mut c2_client, &started.tx_id).await;
-    assert_eq!(process::state(&done), baton::proto::TxState::Committed);
+    assert_eq!(process::state(&done), baton_tx_proto::TxState::Committed);
     release.notify_waiters();
     // The first delivery came from c1, the later ones from c2, which read the trace from the log.
     let calls = seen_for(&seen, &started.tx_id);

@@ -7,10 +7,11 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use baton::participant::barrier::{Barrier, BarrierDb, Entry};
-use baton::participant::{Phase, Reply, Request};
-use baton::proto::coordinator_client::CoordinatorClient;
-use baton::proto::{self, StartRequest, TxState};
+use baton_tx::participant::barrier::{Barrier, BarrierDb, Entry};
+use baton_tx::participant::{Phase, Reply, Request};
+use baton_tx_proto as proto;
+use baton_tx_proto::coordinator_client::CoordinatorClient;
+use baton_tx_proto::{StartRequest, TxState};
 use sqlx::Connection;
 use tonic::transport::Channel;
 use tonic::Code;

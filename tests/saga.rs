@@ -6,8 +6,9 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use baton::proto::coordinator_client::CoordinatorClient;
-use baton::proto::{self, SagaStep, StartRequest, TxState};
+use baton_tx_proto as proto;
+use baton_tx_proto::coordinator_client::CoordinatorClient;
+use baton_tx_proto::{SagaStep, StartRequest, TxState};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -426,7 +427,7 @@ async fn bad_input_gets_a_clear_status_and_writes_nothing() {
         "nothing was written: {listed:?}"
     );
 
-    let unknown = baton::model::TxId::new().to_string();
+    let unknown = baton_server::model::TxId::new().to_string();
     let err = co
         .client
         .get(proto::GetRequest {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton::client::{Client, Saga, Step, TxState};
+use baton_tx::client::{Client, Saga, Step, TxState};
 use rand::Rng;
 use sqlx::Connection;
 

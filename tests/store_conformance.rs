@@ -6,13 +6,13 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use baton::model::{
+use baton_server::model::{
     BranchRecord, Definition, RetryPolicy, SagaDef, StepDef, StepKind, StepStatus, Target, TxId,
     TxRecord, TxState,
 };
-use baton::store::postgres::PgLog;
-use baton::store::sqlite::SqliteLog;
-use baton::store::{
+use baton_server::store::postgres::PgLog;
+use baton_server::store::sqlite::SqliteLog;
+use baton_server::store::{
     ListFilter, LogWrite, NewEvent, NewTx, StoreError, StoreOptions, TxLog, TxUpdate, WriteOutcome,
 };
 use chrono::{DateTime, Utc};
@@ -177,7 +177,7 @@ async fn create_then_get_round_trips(log: &dyn TxLog) {
     let rec = create(log, tx).await;
 
     assert_eq!(rec.id, expected.id);
-    assert_eq!(rec.kind, baton::model::TxKind::Saga);
+    assert_eq!(rec.kind, baton_server::model::TxKind::Saga);
     assert_eq!(rec.state, TxState::Running);
     assert_eq!(rec.definition, expected.definition);
     assert_eq!(rec.labels, expected.labels);
@@ -997,8 +997,9 @@ async fn events_page_by_seq(log: &dyn TxLog) {
         .map(|seq| event(seq, "step", Some(seq as u32 % 2)))
         .collect();
     assert_eq!(apply_one(log, up).await, WriteOutcome::Updated);
-    let seqs =
-        |events: Vec<baton::model::EventRecord>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let seqs = |events: Vec<baton_server::model::EventRecord>| {
+        events.iter().map(|e| e.seq).collect::<Vec<_>>()
+    };
     assert_eq!(
         seqs(log.events(rec.id, 2, 2).await.expect("events")),
         [3, 4]
@@ -1321,9 +1322,9 @@ async fn pg_unknown_state_text_is_corrupt() {
 async fn pg_writer_keeps_each_transactions_writes_in_order() {
     use std::sync::Arc;
 
-    use baton::coordinator::metrics::Metrics;
-    use baton::coordinator::writer::WriterOptions;
-    use baton::coordinator::LogWriter;
+    use baton_server::coordinator::metrics::Metrics;
+    use baton_server::coordinator::writer::WriterOptions;
+    use baton_server::coordinator::LogWriter;
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
 
@@ -1528,7 +1529,7 @@ async fn sqlite_data_survives_reopening() {
 #[tokio::test]
 async fn open_dispatches_on_the_url_scheme() {
     let options = StoreOptions::default();
-    let memory = baton::store::open("sqlite::memory:", &options)
+    let memory = baton_server::store::open("sqlite::memory:", &options)
         .await
         .expect("open memory");
     memory.migrate().await.expect("migrate");
@@ -1548,20 +1549,20 @@ async fn open_dispatches_on_the_url_scheme() {
     assert_eq!(get(&*memory, rec.id).await.id, rec.id);
 
     let db = support::db::fresh_database().await;
-    let pg = baton::store::open(&db.url, &options)
+    let pg = baton_server::store::open(&db.url, &options)
         .await
         .expect("open postgres");
     pg.migrate().await.expect("migrate");
     pg.ping().await.expect("ping");
     let pg_alias = db.url.replacen("postgres://", "postgresql://", 1);
-    baton::store::open(&pg_alias, &options)
+    baton_server::store::open(&pg_alias, &options)
         .await
         .expect("open postgresql")
         .ping()
         .await
         .expect("ping");
 
-    match baton::store::open("mysql://localhost/baton", &options).await {
+    match baton_server::store::open("mysql://localhost/baton", &options).await {
         Err(StoreError::UnsupportedUrl(url)) => assert_eq!(url, "mysql://localhost/baton"),
         Err(other) => panic!("expected UnsupportedUrl, got {other}"),
         Ok(_) => panic!("mysql url accepted"),

@@ -9,11 +9,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::api::{self, ServeConfig, Serving};
-use baton::cli::serve::ServeArgs;
-use baton::client::{Client, ListQuery, Saga, Step, TxState};
-use baton::participant::{Participant, Registration, Reply, Request};
-use baton::tls::{ClientTls, ServerTls};
+use baton_cli::cli::serve::ServeArgs;
+use baton_server::api::{self, ServeConfig, Serving};
+use baton_tx::client::{Client, ListQuery, Saga, Step, TxState};
+use baton_tx::participant::{Participant, Registration, Reply, Request};
+use baton_tx::tls::{ClientTls, ServerTls};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_rustls::rustls;

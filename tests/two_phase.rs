@@ -5,8 +5,9 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
-use baton::proto::coordinator_client::CoordinatorClient;
-use baton::proto::{self, StartRequest, TwoPhase, TwoPhaseBranch, TxState};
+use baton_tx_proto as proto;
+use baton_tx_proto::coordinator_client::CoordinatorClient;
+use baton_tx_proto::{StartRequest, TwoPhase, TwoPhaseBranch, TxState};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -357,7 +358,7 @@ mod bank;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_transfers_keep_the_total_constant() {
     use bank::{Bank, Faults};
-    use baton::client::{Client, Saga, Step, TwoPhase, TwoPhaseBranch};
+    use baton_tx::client::{Client, Saga, Step, TwoPhase, TwoPhaseBranch};
     use rand::Rng;
     use std::sync::Arc;
     use std::time::Duration;
@@ -417,7 +418,7 @@ async fn randomized_transfers_keep_the_total_constant() {
                 };
                 let body = |acc: &str| serde_json::json!({ "account": acc, "amount": amount });
                 let timeout = Duration::from_millis(200);
-                let request: baton::proto::StartRequest = if n % 2 == 0 {
+                let request: baton_tx_proto::StartRequest = if n % 2 == 0 {
                     TwoPhase::new()
                         .branch(
                             TwoPhaseBranch::to_endpoint("debit", &src.0)

@@ -11,8 +11,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::participant::barrier::{Business, SqliteBarrier};
-use baton::participant::{HandlerError, Participant, Reply, Request};
+use baton_tx::participant::barrier::{Business, SqliteBarrier};
+use baton_tx::participant::{HandlerError, Participant, Reply, Request};
 use serde::Deserialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{SqliteConnection, SqlitePool};

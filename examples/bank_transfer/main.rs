@@ -13,14 +13,14 @@ mod bank;
 
 use std::time::Duration;
 
-use baton::api::{self, Limits, ServeConfig};
-use baton::auth::AuthConfig;
-use baton::cli::output;
-use baton::client::{Client, Saga, Step, TwoPhase, TwoPhaseBranch};
-use baton::coordinator::Config;
-use baton::participant::Registration;
-use baton::registry::RegistryConfig;
-use baton::store::StoreOptions;
+use baton_cli::cli::output;
+use baton_server::api::auth::AuthConfig;
+use baton_server::api::{self, Limits, ServeConfig};
+use baton_server::coordinator::Config;
+use baton_server::registry::RegistryConfig;
+use baton_server::store::StoreOptions;
+use baton_tx::client::{Client, Saga, Step, TwoPhase, TwoPhaseBranch};
+use baton_tx::participant::Registration;
 use serde_json::json;
 
 use bank::{Bank, Faults};
@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
             ))
     };
 
-    let runs: Vec<(&str, baton::client::StartRequest)> = vec![
+    let runs: Vec<(&str, baton_tx::client::StartRequest)> = vec![
         ("2PC: alice pays bob 30", two_phase(30)?.into()),
         (
             "2PC: alice pays bob 500 (insufficient funds: aborts)",

@@ -139,7 +139,7 @@ enum Backend {
 impl Baseline {
     /// Connects to `url` (`postgres://…` or `sqlite://…`) and creates the tables.
     pub async fn prepare(url: &str) -> Result<Baseline, BenchError> {
-        let backend = if crate::store::is_sqlite_url(url) {
+        let backend = if baton_server::store::is_sqlite_url(url) {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(fail)?
                 .create_if_missing(true)

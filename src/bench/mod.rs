@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::report::{CellReport, Report};
 pub use self::workloads::Workload;
-use crate::api::{self, ServeConfig, Serving};
 use crate::cli::serve::ServeArgs;
+use baton_server::api::{self, ServeConfig, Serving};
 
 /// The local server used when no database URL is given: a fresh database is created on it for the
 /// run and dropped afterwards.

@@ -118,7 +118,7 @@ impl Report {
             .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
             .collect();
         let mut doc = json!({
-            "baton_version": crate::VERSION,
+            "baton_version": baton_server::VERSION,
             "store": self.store,
             "participants": self.participants,
             "warmup_ms": self.warmup.as_millis() as u64,

@@ -175,9 +175,12 @@ fn all_runs_every_workload_and_w3_expects_a_commit() {
         Workload::ALL.to_vec(),
         vec![Workload::W1, Workload::W2, Workload::W3]
     );
-    assert_eq!(Workload::W3.expected(), crate::client::TxState::Committed);
+    assert_eq!(
+        Workload::W3.expected(),
+        baton_tx::client::TxState::Committed
+    );
     let request = Workload::W3.request("http://127.0.0.1:1");
-    let Some(crate::proto::start_request::Definition::TwoPhase(tp)) = request.definition else {
+    let Some(baton_tx_proto::start_request::Definition::TwoPhase(tp)) = request.definition else {
         panic!("w3 starts a two-phase commit: {request:?}");
     };
     let names: Vec<&str> = tp.branches.iter().map(|b| b.name.as_str()).collect();

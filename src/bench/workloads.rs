@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::measure::{Recorder, Sample, Timing, Window, CALL_TIMEOUT};
 use super::{cpu, BenchError, Participants, Protocol};
-use crate::client::{Client, Saga, StartRequest, Step, TwoPhase, TwoPhaseBranch, TxState};
-use crate::participant::{HandlerError, Participant, Reply, ServerHandle};
+use baton_tx::client::{Client, Saga, StartRequest, Step, TwoPhase, TwoPhaseBranch, TxState};
+use baton_tx::participant::{HandlerError, Participant, Reply, ServerHandle};
 
 /// How long a participant process may take to print its endpoint.
 const PARTICIPANT_START_TIMEOUT: Duration = Duration::from_secs(10);

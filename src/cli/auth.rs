@@ -6,7 +6,7 @@ use std::io::Read as _;
 use anyhow::Context as _;
 use clap::Subcommand;
 
-use crate::auth::{self, TokenHash};
+use baton_server::api::auth::{self, TokenHash};
 
 /// The `baton auth` subcommands.
 #[derive(Debug, Subcommand)]

@@ -177,7 +177,7 @@ pub async fn participant(args: BenchParticipantArgs) -> anyhow::Result<()> {
 
 /// The bench participant being served.
 enum Either {
-    Grpc(crate::participant::ServerHandle),
+    Grpc(baton_tx::participant::ServerHandle),
     Http(bench::workloads::HttpServer),
 }
 

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use self::auth::AuthCommand;
 pub use self::participants::ParticipantsCommand;
 pub use self::tx::TxCommand;
-use crate::client::{Client, ClientError};
+use baton_tx::client::{Client, ClientError};
 
 /// Baton: a distributed-transaction coordinator for sagas and two-phase commits.
 #[derive(Debug, Parser)]
@@ -147,7 +147,7 @@ impl Remote {
     }
 
     /// The TLS settings of the flags, used when the address is https://.
-    fn tls(&self) -> anyhow::Result<Option<crate::tls::ClientTls>> {
+    fn tls(&self) -> anyhow::Result<Option<baton_tx::tls::ClientTls>> {
         let identity = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
@@ -160,7 +160,7 @@ impl Remote {
         let Some(ca) = &self.ca_cert else {
             anyhow::bail!("--addr {} is https: give --ca-cert (the CA that signed the coordinator's certificate)", self.addr);
         };
-        let mut tls = crate::tls::ClientTls::new(ca);
+        let mut tls = baton_tx::tls::ClientTls::new(ca);
         if let Some((cert, key)) = identity {
             tls = tls.identity(cert, key);
         }

@@ -9,7 +9,9 @@ use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::client::{Branch, ParticipantEndpoint, StepKind, Transaction, TxEvent, TxKind, TxState};
+use baton_tx::client::{
+    Branch, ParticipantEndpoint, StepKind, Transaction, TxEvent, TxKind, TxState,
+};
 
 /// A table with a header row; columns are as wide as their widest cell.
 #[derive(Debug, Clone, Default)]

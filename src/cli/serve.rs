@@ -11,13 +11,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use crate::api::{self, Limits, ServeConfig};
-use crate::auth::{self, AuthConfig, TokenSpec, Tokens};
-use crate::coordinator::Config;
-use crate::model::RetryPolicy;
-use crate::registry::{Policy, RegistryConfig};
-use crate::store::{self, StoreOptions};
-use crate::tls::{self, ClientTls, Role, ServerTls};
+use baton_server::api::auth::{self, AuthConfig, TokenSpec, Tokens};
+use baton_server::api::{self, Limits, ServeConfig};
+use baton_server::coordinator::Config;
+use baton_server::model::RetryPolicy;
+use baton_server::registry::{Policy, RegistryConfig};
+use baton_server::store::{self, StoreOptions};
+use baton_tx::tls::{self, ClientTls, Role, ServerTls};
 
 /// Default store: an SQLite file in the working directory (no setup).
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://baton.db";
@@ -304,7 +304,7 @@ impl ServeArgs {
             let (service, url) = entry.split_once('=').with_context(|| {
                 format!("endpoint {entry:?}: expected service=http://host:port")
             })?;
-            if service.is_empty() || !crate::registry::valid_endpoint(url) {
+            if service.is_empty() || !baton_server::registry::valid_endpoint(url) {
                 anyhow::bail!("endpoint {entry:?}: expected service=http://host:port");
             }
             static_endpoints

@@ -3,7 +3,7 @@
 use clap::Parser;
 
 use super::*;
-use crate::client::TxState;
+use baton_tx::client::TxState;
 
 fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
     Cli::try_parse_from(std::iter::once("baton").chain(args.iter().copied()))

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::{output, print_json, print_out, Remote};
-use crate::client::{Client, ListQuery, Transaction, TxEvent, TxState};
+use baton_tx::client::{Client, ListQuery, Transaction, TxEvent, TxState};
 
 /// Events fetched per `Events` call; the coordinator's default page size.
 const EVENTS_PAGE: u32 = 1000;

@@ -1,7 +1,7 @@
 //! What the crash and failover tests share: the order saga they run under load and the
 //! invariants checked afterwards against the participant's ledger and the log.
 
-use baton::client::{Saga, Step, TxState};
+use baton_tx::client::{Saga, Step, TxState};
 use sqlx::Connection;
 
 use super::participant::Ledger;
@@ -25,7 +25,7 @@ pub fn order_saga(endpoint: &str, key: &str, fail: bool, sleep_ms: u64) -> Saga 
 
 /// The invariants for one saga: committed → every step executed, nothing compensated;
 /// compensated → the failing third step never applied, the first two executed and compensated.
-pub fn check_saga(ledger: &Ledger, tx: &baton::client::Transaction, fail: bool) {
+pub fn check_saga(ledger: &Ledger, tx: &baton_tx::client::Transaction, fail: bool) {
     let id = &tx.tx_id;
     if fail {
         assert_eq!(tx.state(), TxState::Compensated, "{tx:?}");

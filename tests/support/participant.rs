@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton::proto::participant_server::{Participant, ParticipantServer};
-use baton::proto::{BranchReply, BranchRequest, Outcome};
+use baton_tx_proto::participant_server::{Participant, ParticipantServer};
+use baton_tx_proto::{BranchReply, BranchRequest, Outcome};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 

@@ -3,7 +3,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use baton::proto::coordinator_client::CoordinatorClient;
+use baton_tx_proto::coordinator_client::CoordinatorClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
@@ -118,8 +118,8 @@ impl Coordinator {
 }
 
 /// Waits (up to 30 s, on the server) until the transaction rests; returns it.
-pub async fn wait(c: &mut CoordinatorClient<Channel>, id: &str) -> baton::proto::Transaction {
-    c.wait(baton::proto::WaitRequest {
+pub async fn wait(c: &mut CoordinatorClient<Channel>, id: &str) -> baton_tx_proto::Transaction {
+    c.wait(baton_tx_proto::WaitRequest {
         tx_id: id.into(),
         timeout_ms: 30_000,
     })
@@ -129,8 +129,8 @@ pub async fn wait(c: &mut CoordinatorClient<Channel>, id: &str) -> baton::proto:
 }
 
 /// The transaction's state as the enum.
-pub fn state(tx: &baton::proto::Transaction) -> baton::proto::TxState {
-    baton::proto::TxState::try_from(tx.state).expect("a known state")
+pub fn state(tx: &baton_tx_proto::Transaction) -> baton_tx_proto::TxState {
+    baton_tx_proto::TxState::try_from(tx.state).expect("a known state")
 }
 
 /// `GET path` on `addr` over plain HTTP/1.0; returns the status code and the body.
@@ -169,8 +169,13 @@ pub async fn until(what: &str, mut pred: impl FnMut() -> bool) {
 }
 
 /// A saga step calling `endpoint` directly (stage 0; [`saga`] spreads steps over stages).
-pub fn step(name: &str, endpoint: &str, action: &str, compensate: &str) -> baton::proto::SagaStep {
-    baton::proto::SagaStep {
+pub fn step(
+    name: &str,
+    endpoint: &str,
+    action: &str,
+    compensate: &str,
+) -> baton_tx_proto::SagaStep {
+    baton_tx_proto::SagaStep {
         name: name.into(),
         endpoint: endpoint.into(),
         action: action.into(),
@@ -180,18 +185,18 @@ pub fn step(name: &str, endpoint: &str, action: &str, compensate: &str) -> baton
 }
 
 /// A `Start` of a saga with `steps` in consecutive stages.
-pub fn saga(steps: Vec<baton::proto::SagaStep>) -> baton::proto::StartRequest {
+pub fn saga(steps: Vec<baton_tx_proto::SagaStep>) -> baton_tx_proto::StartRequest {
     let steps = steps
         .into_iter()
         .enumerate()
-        .map(|(i, s)| baton::proto::SagaStep {
+        .map(|(i, s)| baton_tx_proto::SagaStep {
             stage: i as u32,
             ..s
         })
         .collect();
-    baton::proto::StartRequest {
-        definition: Some(baton::proto::start_request::Definition::Saga(
-            baton::proto::Saga { steps },
+    baton_tx_proto::StartRequest {
+        definition: Some(baton_tx_proto::start_request::Definition::Saga(
+            baton_tx_proto::Saga { steps },
         )),
         ..Default::default()
     }

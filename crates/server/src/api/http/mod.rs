@@ -1,0 +1,103 @@
+//! The coordinator's HTTP port: `/healthz` (the process runs), `/readyz` (it takes new work: its
+//! lease is current, it is not draining, and the database answers) and `/metrics` (Prometheus
+//! text). HTTP/1 on its own listener, next to the gRPC port; HTTPS when the
+//! coordinator has TLS (never with client certificates, so probes and scrapers reach it).
+//!
+//! The same port serves the HTTP/JSON client API under `/v1` ([`api`]): each route turns its JSON
+//! into the gRPC request message and calls the gRPC service itself, so validation, limits and
+//! roles are the gRPC ones, not a second copy.
+//!
+//! Unless turned off (`baton serve --ui off`), the port also serves the web console under `/ui`
+//! ([`console`]): pages whose script reads that same `/v1` API with the user's token.
+
+mod api;
+mod console;
+mod json;
+mod openapi;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::auth::AuthConfig;
+use crate::api::Limits;
+use crate::coordinator::Coordinator;
+
+/// Serves the HTTP endpoints on `listener` (a TCP listener, or [`HttpsListener`] for HTTPS) until `stop` is cancelled. `limits` and `auth` are the gRPC server's, so the JSON API
+/// accepts and refuses exactly what gRPC does. With `console`, the web console is served at `/ui`.
+pub async fn serve<L>(
+    listener: L,
+    coordinator: Arc<Coordinator>,
+    limits: Limits,
+    auth: AuthConfig,
+    console: bool,
+    stop: CancellationToken,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
+    let api = api::router(coordinator.clone(), limits, auth, stop.clone());
+    let mut app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(coordinator);
+    if console {
+        app = app.merge(console::router());
+    }
+    let app = app.merge(api);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+async fn ready(State(co): State<Arc<Coordinator>>) -> (StatusCode, String) {
+    if co.is_stopping() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
+    }
+    if !co.is_ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "lease lost: the database does not answer\n".into(),
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(2), co.store().ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n".into()),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database: no answer within 2 s\n".into(),
+        ),
+    }
+}
+
+async fn metrics(State(co): State<Arc<Coordinator>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        co.metrics().render(co.in_flight(), co.is_ready())
+            + &crate::coordinator::metrics::render_pool(co.store().pool_stats()),
+    )
+}
+
+/// TLS connections for the HTTP port: the SDK's [`TlsIncoming`](baton_tx::tls::TlsIncoming) as an
+/// axum listener.
+pub struct HttpsListener(pub baton_tx::tls::TlsIncoming);
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        self.0.accept().await
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.0.local_addr())
+    }
+}

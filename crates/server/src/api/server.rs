@@ -1,0 +1,231 @@
+//! Hosting the coordinator: open the store, migrate, recover, serve gRPC, shut down cleanly.
+//! `baton serve` and the in-process quickstart both use [`serve`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::grpc::codec::generated::coordinator_server::CoordinatorServer;
+use super::grpc::codec::SizeLimited;
+use super::{CoordinatorService, Limits};
+use crate::api::auth::{AuthConfig, Authenticated};
+use crate::coordinator::{Config, Coordinator};
+use crate::registry::{Registry, RegistryConfig};
+use crate::store::{self, StoreError, StoreOptions};
+use crate::tls::{ServerTls, TlsError, TlsIncoming};
+
+/// Everything `serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Where to listen for gRPC; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics`; `None` serves no HTTP.
+    pub http_listen: Option<SocketAddr>,
+    /// `postgres://...` or `sqlite://path`.
+    pub database_url: String,
+    pub store: StoreOptions,
+    /// Apply the schema migrations at start-up.
+    pub migrate: bool,
+    pub coordinator: Config,
+    pub registry: RegistryConfig,
+    pub limits: Limits,
+    /// At shutdown, how long open requests may take to finish before they are cut off.
+    pub drain: std::time::Duration,
+    /// Who may call what; [`AuthConfig::Disabled`] must be chosen explicitly.
+    pub auth: AuthConfig,
+    /// TLS on the gRPC and HTTP ports (mutual TLS on gRPC with a client CA); `None` is plain text.
+    pub tls: Option<ServerTls>,
+    /// Serve the web console at `/ui` on the HTTP port.
+    pub console: bool,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("recovery failed: {0}")]
+    Recover(String),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// A running coordinator server.
+pub struct Serving {
+    /// The bound gRPC address.
+    pub addr: SocketAddr,
+    /// The bound HTTP address, if any.
+    pub http_addr: Option<SocketAddr>,
+    coordinator: Arc<Coordinator>,
+    stop: CancellationToken,
+    drain: std::time::Duration,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    tls: bool,
+}
+
+impl Serving {
+    /// `http://addr` (`https://` with TLS), for clients.
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    pub fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.coordinator
+    }
+
+    /// Stops accepting requests, stops the drivers (their progress is in the log), hands back
+    /// unfinished transactions and returns.
+    ///
+    /// Requests in flight (a `Wait`, a `Start` with `wait`) get the drain time to finish while the
+    /// drivers keep running; past it they are cut off.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        let drain = self.drain;
+        match tokio::time::timeout(drain, &mut self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "grpc server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "grpc server task failed"),
+            Err(_) => {
+                tracing::warn!(
+                    ?drain,
+                    "requests still open after the drain time; cutting them off"
+                );
+                self.server.abort();
+            }
+        }
+        self.coordinator.shutdown().await;
+    }
+}
+
+/// Opens the store, migrates if asked, resumes unfinished transactions and serves gRPC.
+pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
+    // Certificates first: a bad file is a start-up error before anything is opened or bound.
+    let tls = match &config.tls {
+        Some(tls) => Some(tls.start().await?),
+        None => None,
+    };
+    let log = store::open(&config.database_url, &config.store).await?;
+    if config.migrate {
+        log.migrate().await?;
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    if config.coordinator.address.is_empty() {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        config.coordinator.address = format!("{scheme}://{addr}");
+    }
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let registry = Arc::new(Registry::new(log.clone(), config.registry.clone()));
+    registry.start_tls().await?;
+    let coordinator = Coordinator::new(config.coordinator.clone(), log, registry);
+    let resumed = coordinator
+        .recover()
+        .await
+        .map_err(|e| ServeError::Recover(e.to_string()))?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed unfinished transactions");
+    }
+    coordinator.run_background();
+
+    let stop = CancellationToken::new();
+    let max_message = config
+        .limits
+        .max_payload_bytes
+        .saturating_mul(4)
+        .max(4 << 20);
+    let service = CoordinatorServer::new(CoordinatorService::new(
+        coordinator.clone(),
+        config.limits.clone(),
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
+    match &config.auth {
+        AuthConfig::Disabled => {
+            tracing::info!("authentication disabled: every caller may call every method")
+        }
+        AuthConfig::Tokens(tokens) => {
+            let names: Vec<&str> = tokens.specs().iter().map(|t| t.name.as_str()).collect();
+            tracing::info!(tokens = ?names, "bearer-token authentication");
+        }
+    }
+    let service = Authenticated::new(SizeLimited::new(service, max_message), config.auth.clone());
+    let shutdown = stop.clone();
+    let router = tonic::transport::Server::builder().add_service(service);
+    let shutdown = async move { shutdown.cancelled().await };
+    let server = match &tls {
+        // Each connection gets the certificate current when it arrives (see `crate::tls`).
+        Some(tls) => {
+            let tls = tls.clone();
+            let incoming = TlsIncoming::new(listener, move || tls.grpc_acceptor())
+                .map_err(|source| ServeError::Listen { addr, source })?;
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
+        }
+        // No Nagle on accepted sockets: a small response would otherwise wait for the
+        // client's delayed ACK (40 ms on Linux).
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )),
+    };
+    if let Some(listener) = http_listener {
+        let (co, stop) = (coordinator.clone(), stop.clone());
+        let (limits, auth, console) = (config.limits.clone(), config.auth.clone(), config.console);
+        let http_tls = tls.clone();
+        tokio::spawn(async move {
+            let result = match http_tls {
+                Some(tls) => match TlsIncoming::new(listener, move || tls.http_acceptor()) {
+                    Ok(incoming) => {
+                        crate::api::http::serve(
+                            crate::api::http::HttpsListener(incoming),
+                            co,
+                            limits,
+                            auth,
+                            console,
+                            stop,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                },
+                None => crate::api::http::serve(listener, co, limits, auth, console, stop).await,
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+    }
+    tracing::info!(%addr, ?http_addr, id = %config.coordinator.id, "coordinator serving");
+    Ok(Serving {
+        addr,
+        http_addr,
+        coordinator,
+        stop,
+        drain: config.drain,
+        server,
+        tls: tls.is_some(),
+    })
+}

@@ -1,0 +1,839 @@
+//! PostgreSQL implementation of [`TxLog`](super::TxLog): the store several coordinators share.
+//!
+//! Every time that matters to leases and expiry comes from the database's `now()`, so the
+//! coordinators' clocks never have to agree. A group-commit batch is one statement (a CTE that
+//! inserts the new transactions and applies the fenced updates, with rows bound as arrays; see
+//! `batch`); a batch the set form cannot express is applied one statement per write, in one
+//! database transaction.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{Connection, Postgres, QueryBuilder, Row};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::{
+    age_ms, assemble, clamp_limit, db_err, event_record, to_i64, ListFilter, LogWrite, RawBranch,
+    RawTx, StoreError, StoreOptions, TxLog, WriteOutcome, FINAL_SQL, MAX_PURGE_BATCH, RESTING_SQL,
+};
+use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord};
+
+mod batch;
+pub mod hosts;
+
+/// The PostgreSQL log.
+pub struct PgLog {
+    pub(crate) pool: sqlx::PgPool,
+    /// The log writers' connections, used by [`TxLog::apply`] only.
+    writes: sqlx::PgPool,
+    /// Writer connections between batches, kept out of `writes`: sqlx tests a connection with a
+    /// round trip to the server each time it goes back to its pool, so returning one after every
+    /// batch cost a round trip per batch, and the next batch waited for it when no other
+    /// connection was idle. A connection whose batch failed is dropped instead, back to the pool,
+    /// which tests it and replaces it if it is broken. Kept connections live as long as the
+    /// store (or until the primary moves); the pool's idle timeout and lifetime do not reach them.
+    idle_writes: KeptWrites,
+    /// Following the primary of a multi-host URL; `None` for a single host.
+    failover: Option<Failover>,
+}
+
+/// The transaction columns every read selects, in the order [`raw_tx`] decodes them, from
+/// [`TX_TABLES`] (or an UPDATE of `baton_transactions` joined to `baton_definitions`). The two
+/// tables share no column name, so none needs its table's name.
+const TX_COLUMNS: &str = "id, kind, state, definition, \
+     labels::text AS labels, idempotency_key, owner, epoch, stage, last_error, cancel_requested, \
+     deadline_at, created_at, updated_at, last_seq";
+
+/// A transaction's row and its definition, kept apart because only the row is ever updated
+/// (migration 0007).
+const TX_TABLES: &str = "baton_transactions JOIN baton_definitions ON tx_id = id";
+
+const BRANCH_COLUMNS: &str = "tx_id, idx, name, state, attempts, output, last_error, done_order";
+
+const PARTICIPANT_COLUMNS: &str = "service, endpoint, weight, zone, expires_at";
+
+type KeptWrites = Arc<std::sync::Mutex<Vec<PoolConnection<Postgres>>>>;
+
+/// The least time between two searches for the primary: a failover breaks every connection at
+/// once, and each broken one reports it.
+const RESOLVE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The longest a search waits for one host to answer: a host that hangs (a stopped machine)
+/// must not hold up trying the next one for the whole acquire timeout.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The resolver of a multi-host URL: a task, owned by the log (aborted when it is dropped), that
+/// searches the hosts for the primary whenever a statement fails for the connection's sake and
+/// points both pools at it.
+struct Failover {
+    wake: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// When the pools last moved to another host, as milliseconds since `base` (`u64::MAX`: never).
+/// A pooled connection older than the move still talks to the old host, which may be back as a
+/// standby serving stale reads: the pools drop such connections instead of handing them out.
+struct SwitchClock {
+    base: Instant,
+    switched_ms: AtomicU64,
+}
+
+impl SwitchClock {
+    /// Whether a connection `age` old was opened after the last move.
+    fn is_current(&self, age: Duration) -> bool {
+        let switched = self.switched_ms.load(Ordering::Acquire);
+        if switched == u64::MAX {
+            return true;
+        }
+        let since = self
+            .base
+            .elapsed()
+            .saturating_sub(Duration::from_millis(switched));
+        age < since
+    }
+
+    fn mark(&self) {
+        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.switched_ms.store(now, Ordering::Release);
+    }
+}
+
+/// Everything but log writes is planned for its own parameters on every execution.
+/// PostgreSQL's default switches a prepared statement to a generic plan after five runs, and on
+/// a new database that plan is made while the tables are nearly empty: a scan that was right for
+/// ten rows then stays cached while the table grows. Reads, claims and listings are few enough
+/// to pay a planning pass each. The log writers' statements run on every commit and keep their
+/// generic plans (a custom plan of the fenced update costs 0.13 ms, ten times its generic one);
+/// they are written so that plan is a key lookup at any table size (see `batch`).
+fn read_options(connect: PgConnectOptions) -> PgConnectOptions {
+    connect.options([("plan_cache_mode", "force_custom_plan")])
+}
+
+impl PgLog {
+    /// Opens its two connection pools, one for the log writers and one for everything else;
+    /// the schema is left alone until [`TxLog::migrate`]. A URL naming several hosts (libpq
+    /// syntax) connects to the first one that is a primary and follows the primary from then on.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let targets = hosts::parse(url)?;
+        let probe_timeout = Duration::from_millis(options.acquire_timeout_ms)
+            .clamp(RESOLVE_INTERVAL, PROBE_TIMEOUT);
+        let first = if targets.hosts.len() > 1 {
+            hosts::find_primary(&targets, probe_timeout).await?
+        } else {
+            0
+        };
+        let connect = targets.hosts[first].clone();
+        let clock = Arc::new(SwitchClock {
+            base: Instant::now(),
+            switched_ms: AtomicU64::new(u64::MAX),
+        });
+        let need_primary = targets.need_primary;
+        let pool = |size: u32, connect: PgConnectOptions| {
+            let clock = clock.clone();
+            let mut pool = PgPoolOptions::new()
+                .max_connections(size.max(1))
+                // No ping round trip before every use: a broken connection fails its statement,
+                // which callers already treat as transient (the pool then replaces it).
+                .test_before_acquire(false)
+                .acquire_timeout(Duration::from_millis(options.acquire_timeout_ms))
+                .before_acquire(move |_, meta| {
+                    let current = clock.is_current(meta.age);
+                    Box::pin(async move { Ok(current) })
+                });
+            if need_primary {
+                // A host that was the primary may come back as a standby: a new connection
+                // checks that it can write before it is used, and the pool retries until its
+                // acquire timeout (by then the search has found the new primary).
+                pool = pool.after_connect(|conn, _| {
+                    Box::pin(async move {
+                        if hosts::is_primary(conn).await? {
+                            Ok(())
+                        } else {
+                            Err(sqlx::Error::Io(std::io::Error::new(
+                                std::io::ErrorKind::ConnectionRefused,
+                                "the host is read-only (a standby), not the primary",
+                            )))
+                        }
+                    })
+                });
+            }
+            pool.connect_with(connect)
+        };
+        let reads = pool(options.max_connections, read_options(connect.clone()))
+            .await
+            .map_err(db_err)?;
+        let writes = pool(options.write_connections, connect)
+            .await
+            .map_err(db_err)?;
+        let idle_writes: KeptWrites = Arc::default();
+        let failover = (targets.hosts.len() > 1).then(|| {
+            let wake = Arc::new(Notify::new());
+            let resolver = Resolver {
+                targets,
+                current: first,
+                probe_timeout,
+                reads: reads.clone(),
+                writes: writes.clone(),
+                idle_writes: idle_writes.clone(),
+                clock,
+                wake: wake.clone(),
+            };
+            Failover {
+                wake,
+                task: tokio::spawn(resolver.run()),
+            }
+        });
+        Ok(PgLog {
+            pool: reads,
+            writes,
+            idle_writes,
+            failover,
+        })
+    }
+
+    /// Notes a failed statement: one that failed for its connection's sake (broken, refused,
+    /// server shutting down, or a server that no longer takes writes) starts a search for the
+    /// primary. A write refused by a standby (SQLSTATE 25006) is reported unavailable: the same
+    /// write succeeds once the pools reach the new primary.
+    fn seen(&self, e: StoreError) -> StoreError {
+        let (connection, read_only) = match &e {
+            StoreError::Unavailable(_) => (true, false),
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                let code = db.code();
+                let code = code.as_deref().unwrap_or("");
+                let read_only = code == "25006";
+                (
+                    read_only || code.starts_with("08") || code.starts_with("57P"),
+                    read_only,
+                )
+            }
+            StoreError::Database(other) => (super::is_transient_sqlx(other), false),
+            _ => (false, false),
+        };
+        if connection {
+            if let Some(f) = &self.failover {
+                f.wake.notify_one();
+            }
+        }
+        if read_only {
+            return StoreError::Unavailable(e.to_string());
+        }
+        e
+    }
+
+    /// [`db_err`], then [`PgLog::seen`].
+    fn err(&self, e: sqlx::Error) -> StoreError {
+        self.seen(db_err(e))
+    }
+
+    /// A writer connection: one kept from an earlier batch, or a new one from the pool.
+    async fn write_connection(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        let kept = self.idle_writes.lock().expect("writer connections").pop();
+        match kept {
+            Some(conn) => Ok(conn),
+            None => self.writes.acquire().await.map_err(|e| self.err(e)),
+        }
+    }
+
+    /// Keeps a writer connection whose batch succeeded for the next batch.
+    fn keep_write_connection(&self, conn: PoolConnection<Postgres>) {
+        self.idle_writes
+            .lock()
+            .expect("writer connections")
+            .push(conn);
+    }
+
+    /// Attaches the branches of `rows` (read in one query) to them.
+    async fn with_branches(&self, rows: Vec<PgRow>) -> Result<Vec<TxRecord>, StoreError> {
+        let txs = rows.iter().map(raw_tx).collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<Uuid> = txs.iter().map(|t| t.id.0).collect();
+        let branches = if ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query(&format!(
+                "SELECT {BRANCH_COLUMNS} FROM baton_branches WHERE tx_id = ANY($1) \
+                 ORDER BY tx_id, idx"
+            ))
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?
+            .iter()
+            .map(raw_branch)
+            .collect::<Result<Vec<_>, _>>()?
+        };
+        assemble(txs, branches)
+    }
+}
+
+impl Drop for PgLog {
+    fn drop(&mut self) {
+        if let Some(f) = &self.failover {
+            f.task.abort();
+        }
+    }
+}
+
+/// The search for the primary (see [`Failover`]).
+struct Resolver {
+    targets: hosts::Targets,
+    /// The index of the host the pools point at.
+    current: usize,
+    probe_timeout: Duration,
+    reads: sqlx::PgPool,
+    writes: sqlx::PgPool,
+    idle_writes: KeptWrites,
+    clock: Arc<SwitchClock>,
+    wake: Arc<Notify>,
+}
+
+impl Resolver {
+    async fn run(mut self) {
+        loop {
+            self.wake.notified().await;
+            // Until some host is the primary (during a failover none is, for a few seconds):
+            // the statements failing meanwhile are reported unavailable, as in any outage.
+            loop {
+                match hosts::find_primary(&self.targets, self.probe_timeout).await {
+                    Ok(found) => {
+                        if found != self.current {
+                            self.switch(found);
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "looking for the database primary");
+                        tokio::time::sleep(RESOLVE_INTERVAL).await;
+                    }
+                }
+            }
+            tokio::time::sleep(RESOLVE_INTERVAL).await;
+        }
+    }
+
+    /// Points both pools at host `to`; connections to the old host are dropped as they come
+    /// back (see [`SwitchClock`]), and the kept writer connections at once.
+    fn switch(&mut self, to: usize) {
+        tracing::warn!(
+            from = %self.targets.names[self.current],
+            to = %self.targets.names[to],
+            "the database primary moved"
+        );
+        let connect = self.targets.hosts[to].clone();
+        self.reads
+            .set_connect_options(read_options(connect.clone()));
+        self.writes.set_connect_options(connect);
+        self.clock.mark();
+        self.current = to;
+        let kept = std::mem::take(&mut *self.idle_writes.lock().expect("writer connections"));
+        drop(kept);
+    }
+}
+
+/// The outcome of every write of a batch, or an error if one got none.
+fn outcomes_of(found: Vec<Option<WriteOutcome>>) -> Result<Vec<WriteOutcome>, StoreError> {
+    found
+        .into_iter()
+        .map(|o| {
+            o.ok_or_else(|| StoreError::Corrupt {
+                table: "baton_transactions",
+                detail: "a batched write got no outcome".into(),
+            })
+        })
+        .collect()
+}
+
+fn raw_tx(row: &PgRow) -> Result<RawTx, StoreError> {
+    Ok(RawTx {
+        id: TxId(row.try_get("id")?),
+        kind: row.try_get("kind")?,
+        state: row.try_get("state")?,
+        definition: row.try_get("definition")?,
+        labels: row.try_get("labels")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        owner: row.try_get("owner")?,
+        epoch: row.try_get("epoch")?,
+        stage: row.try_get("stage")?,
+        last_error: row.try_get("last_error")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        deadline_at: row.try_get("deadline_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_seq: row.try_get("last_seq")?,
+    })
+}
+
+fn raw_branch(row: &PgRow) -> Result<RawBranch, StoreError> {
+    Ok(RawBranch {
+        tx_id: TxId(row.try_get("tx_id")?),
+        index: row.try_get("idx")?,
+        name: row.try_get("name")?,
+        state: row.try_get("state")?,
+        attempts: row.try_get("attempts")?,
+        output: row.try_get("output")?,
+        last_error: row.try_get("last_error")?,
+        done_order: row.try_get("done_order")?,
+    })
+}
+
+fn participant(row: &PgRow) -> Result<ParticipantRecord, StoreError> {
+    let weight: i64 = row.try_get("weight")?;
+    Ok(ParticipantRecord {
+        service: row.try_get("service")?,
+        endpoint: row.try_get("endpoint")?,
+        weight: super::to_u32("baton_participants", "weight", weight)?,
+        zone: row.try_get("zone")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+/// `ttl_ms` as a nullable interval in milliseconds: 0 means the registration never expires.
+fn ttl_param(ttl_ms: u64) -> Option<i64> {
+    (ttl_ms > 0).then(|| to_i64(ttl_ms))
+}
+
+#[async_trait]
+impl TxLog for PgLog {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("../../migrations/postgres")
+            .run(&self.pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(e) => self.err(e),
+                other => StoreError::Migrate(other),
+            })?;
+        Ok(())
+    }
+
+    async fn apply(&self, batch: &[LogWrite]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let cleaned = super::clean_batch(batch);
+        let batch: &[LogWrite] = &cleaned;
+        match batch::plan(batch) {
+            // One statement for the whole batch, atomic by itself: no BEGIN and COMMIT round
+            // trips around it.
+            Some(plan) => {
+                let mut found = vec![None; batch.len()];
+                let mut conn = self.write_connection().await?;
+                batch::apply(&mut conn, plan, &mut found)
+                    .await
+                    .map_err(|e| self.seen(e))?;
+                self.keep_write_connection(conn);
+                outcomes_of(found)
+            }
+            // One write at a time, in order, in one database transaction: each is a batch of
+            // one, which always plans.
+            None => {
+                let mut conn = self.write_connection().await?;
+                let mut tx = conn.begin().await.map_err(|e| self.err(e))?;
+                let mut found = vec![None; batch.len()];
+                for (i, write) in batch.iter().enumerate() {
+                    let one = std::slice::from_ref(write);
+                    let plan = batch::plan(one).ok_or_else(|| StoreError::Corrupt {
+                        table: "baton_transactions",
+                        detail: "a single write could not be planned".into(),
+                    })?;
+                    batch::apply(&mut tx, plan, &mut found[i..=i])
+                        .await
+                        .map_err(|e| self.seen(e))?;
+                }
+                tx.commit().await.map_err(|e| self.err(e))?;
+                self.keep_write_connection(conn);
+                outcomes_of(found)
+            }
+        }
+    }
+
+    async fn get(&self, id: TxId) -> Result<Option<TxRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TX_COLUMNS} FROM {TX_TABLES} WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(self.with_branches(rows).await?.pop())
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<TxRecord>, StoreError> {
+        let mut q = QueryBuilder::new(format!("SELECT {TX_COLUMNS} FROM {TX_TABLES} WHERE TRUE"));
+        if !filter.states.is_empty() {
+            let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
+            q.push(" AND state = ANY(").push_bind(states).push(")");
+        }
+        if !filter.labels.is_empty() {
+            // Implied by a non-empty filter; lets the partial GIN index serve it (migration 0006).
+            q.push(" AND labels <> '{}'::jsonb AND labels @> ")
+                .push_bind(Json(&filter.labels))
+                .push("::jsonb");
+        }
+        if let Some(after) = filter.created_after {
+            q.push(" AND created_at >= ").push_bind(after);
+        }
+        if let Some(before) = filter.created_before {
+            q.push(" AND created_at < ").push_bind(before);
+        }
+        if let Some(before_id) = filter.before_id {
+            q.push(" AND id < ").push_bind(before_id.0);
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(clamp_limit(filter.limit));
+        q.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?
+            .iter()
+            .map(|row| raw_tx(row)?.into_record())
+            .collect()
+    }
+
+    async fn events(
+        &self,
+        id: TxId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, branch, detail FROM baton_events \
+             WHERE tx_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id.0)
+        .bind(to_i64(after_seq))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|row| {
+                event_record(
+                    id,
+                    row.try_get("seq")?,
+                    row.try_get("at")?,
+                    row.try_get("kind")?,
+                    row.try_get("branch")?,
+                    row.try_get("detail")?,
+                )
+            })
+            .collect()
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        lease_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<TxRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "UPDATE baton_transactions SET owner = $1, epoch = epoch + 1, updated_at = now()
+             FROM baton_definitions
+             WHERE tx_id = id AND id IN (
+                SELECT id FROM baton_transactions t
+                WHERE state NOT IN {RESTING_SQL}
+                  AND (owner IS NULL OR (owner <> $1 AND NOT EXISTS (
+                        SELECT 1 FROM baton_coordinators c
+                        WHERE c.id = t.owner
+                          AND c.heartbeat_at > now() - $2 * interval '1 millisecond')))
+                ORDER BY id
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED)
+             RETURNING {TX_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(to_i64(lease_ms))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let mut claimed = self.with_branches(rows).await?;
+        claimed.sort_by_key(|r| r.id);
+        Ok(claimed)
+    }
+
+    async fn release_owned(&self, owner: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE baton_transactions SET owner = NULL, epoch = epoch + 1, updated_at = now() \
+             WHERE owner = $1 AND state NOT IN {RESTING_SQL}"
+        ))
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn request_cancel(&self, id: TxId, reason: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(&format!(
+            "WITH target AS (SELECT id FROM baton_transactions \
+                             WHERE id = $1 AND state NOT IN {RESTING_SQL}), \
+                  added AS (INSERT INTO baton_cancel_requests (tx_id, reason) \
+                            SELECT id, $2 FROM target ON CONFLICT (tx_id) DO NOTHING) \
+             SELECT count(*) AS n FROM target"
+        ))
+        .bind(id.0)
+        .bind(reason)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let n: i64 = row.try_get("n").map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    async fn cancel_requests(
+        &self,
+        owner: &str,
+        limit: u32,
+    ) -> Result<Vec<(TxId, String)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT r.tx_id, r.reason FROM baton_cancel_requests r \
+             JOIN baton_transactions t ON t.id = r.tx_id \
+             WHERE t.owner = $1 AND t.state NOT IN {RESTING_SQL} \
+             ORDER BY r.requested_at LIMIT $2"
+        ))
+        .bind(owner)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|row| Ok((TxId(row.try_get("tx_id")?), row.try_get("reason")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| self.err(e))
+    }
+
+    async fn clear_cancel_request(&self, id: TxId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM baton_cancel_requests WHERE tx_id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn claim_one(
+        &self,
+        id: TxId,
+        owner: &str,
+        expected_epoch: i64,
+    ) -> Result<Option<TxRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE baton_transactions SET owner = $2, epoch = epoch + 1, updated_at = now() \
+             FROM baton_definitions \
+             WHERE tx_id = id AND id = $1 AND epoch = $3 RETURNING {TX_COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(owner)
+        .bind(expected_epoch)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(self.with_branches(rows).await?.pop())
+    }
+
+    async fn register_participant(
+        &self,
+        service: &str,
+        endpoint: &str,
+        weight: u32,
+        zone: &str,
+        ttl_ms: u64,
+    ) -> Result<ParticipantRecord, StoreError> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO baton_participants (service, endpoint, weight, zone, expires_at)
+             VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')
+             ON CONFLICT (service, endpoint) DO UPDATE SET
+                weight = excluded.weight, zone = excluded.zone, expires_at = excluded.expires_at
+             RETURNING {PARTICIPANT_COLUMNS}"
+        ))
+        .bind(service)
+        .bind(endpoint)
+        .bind(i64::from(weight))
+        .bind(zone)
+        .bind(ttl_param(ttl_ms))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        participant(&row)
+    }
+
+    async fn heartbeat_participant(
+        &self,
+        service: &str,
+        endpoint: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<ParticipantRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE baton_participants SET expires_at = now() + $3 * interval '1 millisecond'
+             WHERE service = $1 AND endpoint = $2 AND (expires_at IS NULL OR expires_at > now())
+             RETURNING {PARTICIPANT_COLUMNS}"
+        ))
+        .bind(service)
+        .bind(endpoint)
+        .bind(ttl_param(ttl_ms))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        row.as_ref().map(participant).transpose()
+    }
+
+    async fn deregister_participant(
+        &self,
+        service: &str,
+        endpoint: &str,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM baton_participants WHERE service = $1 AND endpoint = $2")
+                .bind(service)
+                .bind(endpoint)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_participants(
+        &self,
+        service: Option<&str>,
+    ) -> Result<Vec<ParticipantRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PARTICIPANT_COLUMNS} FROM baton_participants
+             WHERE ($1::text IS NULL OR service = $1)
+               AND (expires_at IS NULL OR expires_at > now())
+             ORDER BY service, endpoint"
+        ))
+        .bind(service)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter().map(participant).collect()
+    }
+
+    async fn heartbeat_coordinator(
+        &self,
+        id: &str,
+        address: &str,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO baton_coordinators (id, address, started_at, heartbeat_at, version)
+             VALUES ($1, $2, now(), now(), $3)
+             ON CONFLICT (id) DO UPDATE SET
+                address = excluded.address, heartbeat_at = now(), version = excluded.version",
+        )
+        .bind(id)
+        .bind(address)
+        .bind(version)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn remove_coordinator(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM baton_coordinators WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn list_coordinators(&self, lease_ms: u64) -> Result<Vec<CoordinatorRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT c.id, c.address, c.started_at, c.heartbeat_at, c.version,
+                (SELECT count(*) FROM baton_transactions t
+                 WHERE t.owner = c.id AND t.state NOT IN {RESTING_SQL}) AS owned
+             FROM baton_coordinators c
+             WHERE c.heartbeat_at > now() - $1 * interval '1 millisecond'
+             ORDER BY c.id"
+        ))
+        .bind(to_i64(lease_ms))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|row| {
+                let owned: i64 = row.try_get("owned")?;
+                Ok(CoordinatorRecord {
+                    id: row.try_get("id")?,
+                    address: row.try_get("address")?,
+                    started_at: row.try_get("started_at")?,
+                    heartbeat_at: row.try_get("heartbeat_at")?,
+                    version: row.try_get("version")?,
+                    owned: owned.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn purge_finished(&self, older_than: Duration, batch: u32) -> Result<u64, StoreError> {
+        if batch == 0 {
+            return Ok(0);
+        }
+        // One statement, one transaction. SKIP LOCKED keeps concurrent sweepers (other
+        // coordinators, `baton tx purge`) from queueing behind each other; final rows are never
+        // written by the hot path, so nothing there waits on these locks. Definitions, branches
+        // and events have no foreign keys (migrations 0005, 0007) and are deleted with their
+        // transaction in the same statement; cancel requests go with the row (ON DELETE CASCADE).
+        let done: i64 = sqlx::query_scalar(&format!(
+            "WITH gone AS (
+                DELETE FROM baton_transactions
+                WHERE id IN (
+                    SELECT id FROM baton_transactions
+                    WHERE state IN {FINAL_SQL}
+                      AND updated_at < now() - $1 * interval '1 millisecond'
+                    ORDER BY updated_at
+                    LIMIT $2
+                    FOR UPDATE SKIP LOCKED)
+                  AND state IN {FINAL_SQL}
+                RETURNING id
+            ), definitions AS (
+                DELETE FROM baton_definitions WHERE tx_id IN (SELECT id FROM gone)
+            ), branches AS (
+                DELETE FROM baton_branches WHERE tx_id IN (SELECT id FROM gone)
+            ), events AS (
+                DELETE FROM baton_events WHERE tx_id IN (SELECT id FROM gone)
+            )
+            SELECT count(*) FROM gone"
+        ))
+        .bind(age_ms(older_than))
+        .bind(i64::from(batch.min(MAX_PURGE_BATCH)))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(done).unwrap_or(0))
+    }
+
+    fn pool_stats(&self) -> Option<super::PoolStats> {
+        let pools = [&self.pool, &self.writes];
+        Some(super::PoolStats {
+            size: pools.iter().map(|p| p.size()).sum(),
+            // A kept writer connection is idle between batches, though its pool counts it in use.
+            idle: pools
+                .iter()
+                .map(|p| p.num_idle())
+                .chain([self.idle_writes.lock().expect("writer connections").len()])
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                .fold(0, u32::saturating_add),
+            max: pools
+                .iter()
+                .map(|p| p.options().get_max_connections())
+                .sum(),
+        })
+    }
+}
