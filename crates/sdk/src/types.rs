@@ -509,6 +509,207 @@ fn dns_name(host: &str) -> bool {
             .is_some_and(|l| !l.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// What an entry of a transaction's history records. Stored as the text of
+/// [`EventKind::as_str`] (`execute_sent`, `commit_decided`, ...) in the log's `kind` column and
+/// sent as that text on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The coordinator accepted the transaction (the first event).
+    Accepted,
+    /// A saga step's `Execute` call was sent.
+    ExecuteSent,
+    /// A saga step succeeded.
+    ExecuteOk,
+    /// A saga step failed definitely (it did not run).
+    ExecuteFailed,
+    /// A saga step's call failed transiently (retried, or out of retries: it may have run).
+    ExecuteError,
+    /// The saga started undoing its steps (a step failed or it was cancelled).
+    Compensating,
+    /// A step's `Compensate` call was sent.
+    CompensateSent,
+    /// A step was undone.
+    CompensateOk,
+    /// A step's `Compensate` call failed; it is retried.
+    CompensateError,
+    /// A step had nothing to undo.
+    CompensateSkipped,
+    /// Every step that may have run was undone (the saga's outcome).
+    Compensated,
+    /// A compensation exhausted its retries, or the log refused a write: waits for an operator.
+    Failed,
+    /// An operator or application asked to cancel the transaction.
+    CancelRequested,
+    /// An operator retried a failed transaction.
+    Retried,
+    /// Every step or branch is done (the outcome).
+    Committed,
+    /// A 2PC branch's `Prepare` call was sent.
+    PrepareSent,
+    /// A 2PC branch voted yes.
+    PrepareOk,
+    /// A 2PC branch voted no.
+    PrepareFailed,
+    /// A 2PC branch's `Prepare` call failed transiently.
+    PrepareError,
+    /// Every branch voted yes; commit is decided (durably).
+    CommitDecided,
+    /// Abort is decided (a branch voted no, timed out, or a cancel).
+    AbortDecided,
+    /// A branch that never prepared needs no `Abort`.
+    AbortSkipped,
+    /// A branch's `Commit` call was sent.
+    CommitSent,
+    /// A branch committed.
+    CommitOk,
+    /// A branch's `Commit` call failed; it is retried until it succeeds.
+    CommitError,
+    /// A branch's `Abort` call was sent.
+    AbortSent,
+    /// A branch aborted.
+    AbortOk,
+    /// A branch's `Abort` call failed; it is retried until it succeeds.
+    AbortError,
+    /// Every branch that may have prepared was aborted (the outcome).
+    Aborted,
+}
+
+/// What an event says about one participant call ([`EventKind::call`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallMark {
+    /// The call was sent: until an answer is recorded, it may be in flight.
+    Sent,
+    /// The participant answered OK.
+    Ok,
+    /// The participant answered FAILED (a definite no).
+    Failed,
+    /// The call failed transiently (no answer, or a retryable status).
+    Error,
+    /// No call was needed.
+    Skipped,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 29] = [
+        EventKind::Accepted,
+        EventKind::ExecuteSent,
+        EventKind::ExecuteOk,
+        EventKind::ExecuteFailed,
+        EventKind::ExecuteError,
+        EventKind::Compensating,
+        EventKind::CompensateSent,
+        EventKind::CompensateOk,
+        EventKind::CompensateError,
+        EventKind::CompensateSkipped,
+        EventKind::Compensated,
+        EventKind::Failed,
+        EventKind::CancelRequested,
+        EventKind::Retried,
+        EventKind::Committed,
+        EventKind::PrepareSent,
+        EventKind::PrepareOk,
+        EventKind::PrepareFailed,
+        EventKind::PrepareError,
+        EventKind::CommitDecided,
+        EventKind::AbortDecided,
+        EventKind::AbortSkipped,
+        EventKind::CommitSent,
+        EventKind::CommitOk,
+        EventKind::CommitError,
+        EventKind::AbortSent,
+        EventKind::AbortOk,
+        EventKind::AbortError,
+        EventKind::Aborted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Accepted => "accepted",
+            EventKind::ExecuteSent => "execute_sent",
+            EventKind::ExecuteOk => "execute_ok",
+            EventKind::ExecuteFailed => "execute_failed",
+            EventKind::ExecuteError => "execute_error",
+            EventKind::Compensating => "compensating",
+            EventKind::CompensateSent => "compensate_sent",
+            EventKind::CompensateOk => "compensate_ok",
+            EventKind::CompensateError => "compensate_error",
+            EventKind::CompensateSkipped => "compensate_skipped",
+            EventKind::Compensated => "compensated",
+            EventKind::Failed => "failed",
+            EventKind::CancelRequested => "cancel_requested",
+            EventKind::Retried => "retried",
+            EventKind::Committed => "committed",
+            EventKind::PrepareSent => "prepare_sent",
+            EventKind::PrepareOk => "prepare_ok",
+            EventKind::PrepareFailed => "prepare_failed",
+            EventKind::PrepareError => "prepare_error",
+            EventKind::CommitDecided => "commit_decided",
+            EventKind::AbortDecided => "abort_decided",
+            EventKind::AbortSkipped => "abort_skipped",
+            EventKind::CommitSent => "commit_sent",
+            EventKind::CommitOk => "commit_ok",
+            EventKind::CommitError => "commit_error",
+            EventKind::AbortSent => "abort_sent",
+            EventKind::AbortOk => "abort_ok",
+            EventKind::AbortError => "abort_error",
+            EventKind::Aborted => "aborted",
+        }
+    }
+
+    /// The participant call this event is about, if any: its phase and what happened to it.
+    pub fn call(self) -> Option<(Phase, CallMark)> {
+        match self {
+            EventKind::ExecuteSent => Some((Phase::Execute, CallMark::Sent)),
+            EventKind::ExecuteOk => Some((Phase::Execute, CallMark::Ok)),
+            EventKind::ExecuteFailed => Some((Phase::Execute, CallMark::Failed)),
+            EventKind::ExecuteError => Some((Phase::Execute, CallMark::Error)),
+            EventKind::CompensateSent => Some((Phase::Compensate, CallMark::Sent)),
+            EventKind::CompensateOk => Some((Phase::Compensate, CallMark::Ok)),
+            EventKind::CompensateError => Some((Phase::Compensate, CallMark::Error)),
+            EventKind::CompensateSkipped => Some((Phase::Compensate, CallMark::Skipped)),
+            EventKind::PrepareSent => Some((Phase::Prepare, CallMark::Sent)),
+            EventKind::PrepareOk => Some((Phase::Prepare, CallMark::Ok)),
+            EventKind::PrepareFailed => Some((Phase::Prepare, CallMark::Failed)),
+            EventKind::PrepareError => Some((Phase::Prepare, CallMark::Error)),
+            EventKind::CommitDecided => Some((Phase::Commit, CallMark::Decided)),
+            EventKind::AbortDecided => Some((Phase::Abort, CallMark::Decided)),
+            EventKind::AbortSkipped => Some((Phase::Abort, CallMark::Skipped)),
+            EventKind::CommitSent => Some((Phase::Commit, CallMark::Sent)),
+            EventKind::CommitOk => Some((Phase::Commit, CallMark::Ok)),
+            EventKind::CommitError => Some((Phase::Commit, CallMark::Error)),
+            EventKind::AbortSent => Some((Phase::Abort, CallMark::Sent)),
+            EventKind::AbortOk => Some((Phase::Abort, CallMark::Ok)),
+            EventKind::AbortError => Some((Phase::Abort, CallMark::Error)),
+            _ => None,
+        }
+    }
+
+    /// Whether the event records the transaction's outcome.
+    pub fn is_outcome(self) -> bool {
+        matches!(
+            self,
+            EventKind::Committed | EventKind::Compensated | EventKind::Aborted
+        )
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+            .ok_or_else(|| format!("unknown event kind {s:?}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -589,6 +790,9 @@ mod tests {
 
     #[test]
     fn states_round_trip_as_text() {
+        for kind in EventKind::ALL {
+            assert_eq!(kind.as_str().parse::<EventKind>().unwrap(), kind);
+        }
         for state in TxState::ALL {
             assert_eq!(state.as_str().parse::<TxState>().unwrap(), state);
         }
