@@ -672,8 +672,6 @@ impl EventKind {
             EventKind::PrepareOk => Some((Phase::Prepare, CallMark::Ok)),
             EventKind::PrepareFailed => Some((Phase::Prepare, CallMark::Failed)),
             EventKind::PrepareError => Some((Phase::Prepare, CallMark::Error)),
-            EventKind::CommitDecided => Some((Phase::Commit, CallMark::Decided)),
-            EventKind::AbortDecided => Some((Phase::Abort, CallMark::Decided)),
             EventKind::AbortSkipped => Some((Phase::Abort, CallMark::Skipped)),
             EventKind::CommitSent => Some((Phase::Commit, CallMark::Sent)),
             EventKind::CommitOk => Some((Phase::Commit, CallMark::Ok)),
