@@ -425,6 +425,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_in_the_operations_guide_is_valid() {
+        let guide = include_str!("../../../docs/OPERATIONS.md");
+        let example: String = guide
+            .lines()
+            .skip_while(|line| *line != "    # baton.toml")
+            .take_while(|line| !line.is_empty())
+            .map(|line| format!("{}\n", line.trim_start()))
+            .collect();
+        assert!(example.contains("lease = \"15s\""), "{example}");
+        let file: ServeArgs = toml::from_str(&example).unwrap();
+        assert_eq!(file.drain_timeout, Some(Duration::from_secs(20).into()));
+    }
+
+    #[test]
     fn a_misspelt_or_mistyped_file_key_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("baton.toml");
