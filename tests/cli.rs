@@ -245,3 +245,45 @@ async fn serve_help_writes_durations_one_way() {
         assert!(!line.contains("in ms"), "{line}");
     }
 }
+
+#[tokio::test]
+async fn serve_drains_on_a_sigterm_sent_as_soon_as_it_listens() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    let mut child = serve_command(
+        &[
+            "--database-url",
+            &url,
+            "--no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+        ],
+        &[],
+    )
+    .spawn()
+    .expect("spawn baton serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("baton serve said nothing within 60 s")
+        .expect("read stdout")
+        .expect("baton serve exited before listening");
+    assert!(listening.starts_with("baton coordinator listening on"));
+    // At once: the signal handlers must already be in place when it says it listens.
+    let pid = child.id().expect("a running child").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .expect("a SIGTERMed coordinator exits within the drain time")
+        .unwrap();
+    assert!(exit.success(), "not a clean exit: {exit:?}");
+}

@@ -306,6 +306,9 @@ fn hostname() -> String {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
     let no_auth = config.auth == AuthConfig::Disabled;
+    // Listened for before the coordinator starts, so that a SIGTERM sent as soon as it says it
+    // listens (a scale-in right after a restart) drains it instead of killing it.
+    let stop = stop_signal();
     let serving = api::serve(config).await?;
     announce(&format!(
         "baton coordinator listening on {}",
@@ -322,31 +325,39 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if no_auth {
         announce("authentication disabled (--no-auth): every caller may call every method");
     }
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     serving.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Completes on SIGTERM or Ctrl-C. On Unix both handlers are installed when this is called, not
+/// when the future is first polled: a signal in between is kept for it.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
