@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::config::HumanDuration;
 
-/// Options of `baton serve`. Each has a `BATON_*` variable and a key of the same name (with `_`)
-/// in the TOML file.
+/// Options of `baton serve`. Each field is a flag, a `BATON_<FIELD>` variable and the file key
+/// `<field>` (a test checks all three).
 #[derive(Debug, Default, Clone, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct ServeArgs {

@@ -24,10 +24,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7600";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7601";
 
 /// After the flags in `baton serve --help`: how values are written and where they come from.
-pub const AFTER_HELP: &str = "Every setting is a flag, a BATON_* environment variable (named \
-after the flag) and a key of the --config file (the flag's name with _), in that order of \
-precedence. Durations are written 10s, 500ms, 2m, 1h30m or 7d; a bare number is milliseconds. \
-The former *_ms spellings (--lease-ms, BATON_LEASE_MS, lease_ms) still work.";
+pub const AFTER_HELP: &str = "Every setting is a flag, a BATON_* environment variable and a key \
+of the --config file, in that order of precedence: --lease is BATON_LEASE and lease; the \
+repeatable --endpoint, --policy and --auth-token are BATON_ENDPOINTS, BATON_POLICIES and \
+BATON_AUTH_TOKENS, and the lists endpoints, policies and auth_tokens. Durations are written 10s, \
+500ms, 2m, 1h30m or 7d; a bare number is milliseconds. The former *_ms spellings (--lease-ms, \
+BATON_LEASE_MS, lease_ms) still work.";
 
 /// Why `baton serve` refuses to start without an auth choice, and what to do.
 pub const NO_AUTH_CONFIGURED: &str = "no authentication configured: give bearer tokens with \
