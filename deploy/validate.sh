@@ -65,11 +65,25 @@ fi
 
 # The schemas cannot see that the grace period covers the drain: check that here. Kubernetes
 # kills the pod terminationGracePeriodSeconds after it starts stopping it; by then the preStop
-# pause, the gRPC drain (BATON_DRAIN_TIMEOUT_MS) and up to 10 s of stopping drivers and committing
-# the log writer's last batch must be over.
+# pause, the gRPC drain (BATON_DRAIN_TIMEOUT) and up to 10 s of stopping drivers and committing
+# the log writer's last batch must be over. Every duration variable is also checked to be one that
+# `baton serve` reads: 20s, 500ms, 2m, 1h30m, 7d, or a bare number of milliseconds.
 "$venv/bin/python" - "${manifests[@]}" <<'PY'
-import sys, yaml
+import re, sys, yaml
 bad = 0
+DURATIONS = ["DEFAULT_TIMEOUT", "DEFAULT_INITIAL_BACKOFF", "DEFAULT_MAX_BACKOFF", "LEASE",
+             "CLAIM_INTERVAL", "DRAIN_TIMEOUT", "PROGRESS_FLUSH", "REGISTRY_REFRESH",
+             "CONNECT_TIMEOUT", "RETENTION_SWEEP", "TLS_RELOAD"]
+UNIT_MS = {"ms": 1, "s": 1000, "m": 60000, "h": 3600000, "d": 86400000}
+def duration_ms(text):
+    """Milliseconds of a duration as baton serve parses it, or None if it would refuse it."""
+    text = str(text).strip()
+    if text.isdigit():
+        return int(text)
+    parts = re.findall(r"(\d+)([a-z]+)", text)
+    if not parts or "".join(n + u for n, u in parts) != text or any(u not in UNIT_MS for _, u in parts):
+        return None
+    return sum(int(n) * UNIT_MS[u] for n, u in parts)
 for path in sys.argv[1:]:
     for doc in yaml.safe_load_all(open(path)):
         if not doc or doc.get("kind") != "Deployment":
@@ -78,7 +92,15 @@ for path in sys.argv[1:]:
         grace_ms = pod.get("terminationGracePeriodSeconds", 30) * 1000
         for c in pod["containers"]:
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
-            drain_ms = int(env.get("BATON_DRAIN_TIMEOUT_MS") or 10000)
+            for name in DURATIONS:
+                for var in (f"BATON_{name}", f"BATON_{name}_MS"):
+                    if env.get(var) is not None and duration_ms(env[var]) is None:
+                        print(f"validate: {path}: {var}={env[var]!r} is not a duration such as "
+                              "20s, 500ms or 2m", file=sys.stderr)
+                        bad += 1
+            # As baton serve layers them: BATON_DRAIN_TIMEOUT over the older *_MS spelling.
+            drain = env.get("BATON_DRAIN_TIMEOUT") or env.get("BATON_DRAIN_TIMEOUT_MS") or "10s"
+            drain_ms = duration_ms(drain) or 0
             pause_ms = 0
             cmd = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
             if len(cmd) == 2 and cmd[0] == "sleep":

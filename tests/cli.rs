@@ -104,3 +104,186 @@ async fn an_unreachable_coordinator_is_reported_plainly() {
         );
     }
 }
+
+/// `baton serve` with these flags and variables (and no `BATON_*` settings of the test's own
+/// environment), its stdout piped.
+fn serve_command(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"));
+    command.arg("serve").args(args);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("BATON_")) {
+        command.env_remove(key);
+    }
+    command
+        .env("BATON_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test]
+async fn serve_takes_flags_over_environment_over_the_config_file() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("baton.toml");
+    let db = dir.path().join("baton.db");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = \"sqlite://{}\"\nid = \"layered\"\nno_auth = true\n\
+             listen = \"127.0.0.1:1\"\nhttp_listen = \"off\"\n\
+             lease = \"3s\"\nclaim_interval_ms = 200\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    // The file turns HTTP off and the environment on again; the environment's listen address is
+    // not one, and the flag's wins over it (clap does not even read it).
+    let mut child = serve_command(
+        &["--config", config, "--listen", "127.0.0.1:0"],
+        &[
+            ("BATON_LISTEN", "not-an-address"),
+            ("BATON_HTTP_LISTEN", "127.0.0.1:0"),
+        ],
+    )
+    .spawn()
+    .expect("spawn baton serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("baton serve said nothing within 60 s")
+            .expect("read stdout")
+    };
+    let Some(listening) = next().await else {
+        let out = child.wait_with_output().await.unwrap();
+        panic!(
+            "baton serve exited: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let grpc = listening.rsplit_once(':').expect("an address").1;
+    assert!(
+        listening.starts_with("baton coordinator listening on http://127.0.0.1:") && grpc != "1",
+        "{listening}"
+    );
+    let health = next().await.expect("a second line");
+    let http = health
+        .strip_prefix("health and metrics on http://")
+        .unwrap_or_else(|| panic!("{health}"));
+    let (status, body) = process::http_get(http, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // no_auth from the file.
+    let open = next().await.expect("a third line");
+    assert!(open.starts_with("authentication disabled"), "{open}");
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn serve_names_a_bad_setting_and_where_it_came_from() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("baton.toml");
+    let config_arg = config.to_str().unwrap().to_string();
+    let fails = async |file: &str, args: &[&str], env: &[(&str, &str)]| {
+        std::fs::write(&config, file).unwrap();
+        let mut all = vec!["--config", config_arg.as_str(), "--no-auth"];
+        all.extend_from_slice(args);
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            serve_command(&all, env).output(),
+        )
+        .await
+        .expect("baton serve should have refused to start")
+        .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = fails("leese = \"15s\"\n", &[], &[]).await;
+    assert!(
+        err.contains(&format!("config file {config_arg} is not valid"))
+            && err.contains("unknown field `leese`"),
+        "{err}"
+    );
+    let err = fails("lease = \"soon\"\n", &[], &[]).await;
+    assert!(err.contains("lease") && err.contains("\"soon\""), "{err}");
+    let err = fails("", &[], &[("BATON_LEASE_MS", "soon")]).await;
+    assert!(err.starts_with("error: BATON_LEASE_MS: "), "{err}");
+    let err = fails("", &["--lease", "soon"], &[]).await;
+    assert!(err.contains("--lease <DURATION>"), "{err}");
+    let err = fails("", &[], &[("BATON_DRAIN_TIMEOUT", "10 parsecs")]).await;
+    assert!(err.contains("--drain-timeout <DURATION>"), "{err}");
+    let err = fails("progress_flush = \"11s\"\n", &[], &[]).await;
+    assert!(
+        err.contains("progress_flush: 11s is more than the limit of 10s"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn serve_help_writes_durations_one_way() {
+    let out = serve_command(&["--help"], &[]).output().await.unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for text in [
+        "--lease <DURATION>",
+        "--drain-timeout <DURATION>",
+        "[default: 15s]",
+        "Durations are written 10s, 500ms, 2m",
+    ] {
+        assert!(help.contains(text), "{text:?} missing from:\n{help}");
+    }
+    // The old spellings are hidden aliases (named once, in the closing note), and no flag's help
+    // speaks of milliseconds any more.
+    assert!(help.contains("(--lease-ms, BATON_LEASE_MS, lease_ms) still work"));
+    for line in help.lines().map(str::trim_start) {
+        let old_flag = line.starts_with("--") && line.contains("-ms");
+        assert!(!old_flag, "{line}");
+        assert!(!line.contains("in ms"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn serve_drains_on_a_sigterm_sent_as_soon_as_it_listens() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    let mut child = serve_command(
+        &[
+            "--database-url",
+            &url,
+            "--no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+        ],
+        &[],
+    )
+    .spawn()
+    .expect("spawn baton serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("baton serve said nothing within 60 s")
+        .expect("read stdout")
+        .expect("baton serve exited before listening");
+    assert!(listening.starts_with("baton coordinator listening on"));
+    // At once: the signal handlers must already be in place when it says it listens.
+    let pid = child.id().expect("a running child").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .expect("a SIGTERMed coordinator exits within the drain time")
+        .unwrap();
+    assert!(exit.success(), "not a clean exit: {exit:?}");
+}

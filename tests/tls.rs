@@ -90,10 +90,10 @@ async fn coordinator(db: &TestDb, flags: ServeArgs) -> Serving {
         http_listen: Some("127.0.0.1:0".into()),
         database_url: Some(db.url.clone()),
         id: Some("tls".into()),
-        default_initial_backoff_ms: Some(20),
-        default_max_backoff_ms: Some(100),
+        default_initial_backoff: Some(Duration::from_millis(20).into()),
+        default_max_backoff: Some(Duration::from_millis(100).into()),
         default_max_attempts: Some(2),
-        default_timeout_ms: Some(2000),
+        default_timeout: Some(Duration::from_secs(2).into()),
         no_auth: Some(true),
         ..flags
     }
@@ -106,7 +106,7 @@ fn server_flags(cert: &Path, key: &Path) -> ServeArgs {
     ServeArgs {
         tls_cert: Some(cert.into()),
         tls_key: Some(key.into()),
-        tls_reload_ms: Some(50),
+        tls_reload: Some(Duration::from_millis(50).into()),
         ..ServeArgs::default()
     }
 }

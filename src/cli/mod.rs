@@ -43,6 +43,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a coordinator.
+    #[command(after_help = serve::AFTER_HELP)]
     Serve(serve::ServeArgs),
     /// Apply the database migrations and exit.
     Migrate(serve::MigrateArgs),

@@ -1,12 +1,26 @@
-//! Counters a coordinator keeps about itself, rendered as Prometheus text by `crate::api::http`.
-//! Plain atomics: incrementing one is a single relaxed add on the hot path.
+//! Counters a coordinator keeps about itself, exposed on `/metrics` by `crate::api::http` in the
+//! Prometheus text format through the `prometheus-client` crate.
+//!
+//! Every labelled series is created once, when the coordinator starts, and kept by index: the hot
+//! path (a participant call, a log batch) increments a counter with one relaxed atomic add, or
+//! observes a histogram under that series' own uncontended lock, and never builds, hashes or
+//! allocates a label set.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::engine::CallResult;
 use crate::model::{Phase, TxKind, TxState};
 use crate::store::PoolStats;
+
+/// The `Content-Type` of [`Metrics::render`]'s text: the Prometheus text format, version 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 const KINDS: [TxKind; 2] = [TxKind::Saga, TxKind::TwoPhase];
 
@@ -23,25 +37,6 @@ fn outcomes(kind: TxKind) -> &'static [TxState] {
     }
 }
 
-/// The coordinator's counters and histograms.
-pub struct Metrics {
-    started: [AtomicU64; 2],
-    /// By kind, then outcome as indexed in [`outcomes`] (room for the longest list).
-    finished: [[AtomicU64; 3]; 2],
-    claimed: AtomicU64,
-    fenced: AtomicU64,
-    batches: AtomicU64,
-    batch_writes: AtomicU64,
-    batch_micros: AtomicU64,
-    calls: AtomicU64,
-    retries: AtomicU64,
-    purged: AtomicU64,
-    /// Participant call latency, by phase, then outcome class (see [`OUTCOME_CLASSES`]).
-    steps: [[Histogram; 4]; 5],
-    batch_size: Histogram,
-    batch_latency: Histogram,
-}
-
 const PHASES: [Phase; 5] = [
     Phase::Execute,
     Phase::Compensate,
@@ -53,114 +48,191 @@ const PHASES: [Phase; 5] = [
 /// How a participant call ended, as the `outcome` label of the step latency histogram.
 const OUTCOME_CLASSES: [&str; 4] = ["ok", "failed", "transient", "permanent"];
 
-/// Latency buckets, in microseconds, with their `le` labels in seconds: 1 ms to 30 s.
-const LATENCY_BUCKETS: &[(u64, &str)] = &[
-    (500, "0.0005"),
-    (1_000, "0.001"),
-    (2_500, "0.0025"),
-    (5_000, "0.005"),
-    (10_000, "0.01"),
-    (25_000, "0.025"),
-    (50_000, "0.05"),
-    (100_000, "0.1"),
-    (250_000, "0.25"),
-    (500_000, "0.5"),
-    (1_000_000, "1"),
-    (2_500_000, "2.5"),
-    (5_000_000, "5"),
-    (10_000_000, "10"),
-    (30_000_000, "30"),
+/// Latency buckets in seconds: 0.5 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 /// Batch size buckets (writes per group commit), powers of two up to the default `max_batch`.
-const SIZE_BUCKETS: &[(u64, &str)] = &[
-    (1, "1"),
-    (2, "2"),
-    (4, "4"),
-    (8, "8"),
-    (16, "16"),
-    (32, "32"),
-    (64, "64"),
-    (128, "128"),
-    (256, "256"),
-    (512, "512"),
-    (1024, "1024"),
+const SIZE_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
-/// A Prometheus histogram with fixed buckets on atomics: observing is a short scan and two
-/// relaxed adds, with no lock. Counts are kept per bucket and made cumulative when rendered, so
-/// `+Inf` and `_count` always agree.
-pub struct Histogram {
-    bounds: &'static [(u64, &'static str)],
-    /// One per bound, plus the overflow bucket.
-    counts: Box<[AtomicU64]>,
-    /// In the unit of the bounds (microseconds or writes).
-    sum: AtomicU64,
-    /// Multiplies `sum` into the rendered unit (1e-6 for seconds).
-    scale: f64,
+/// A label set: static names and values, so a series costs no allocation to name.
+type Labels<const N: usize> = [(&'static str, &'static str); N];
+
+/// A counter of seconds (a float, kept as the bits of an `f64` in an atomic).
+type SecondsCounter = Counter<f64, AtomicU64>;
+
+/// The coordinator's counters and histograms, and the registry that renders them.
+///
+/// Counter names are registered without their `_total` suffix: the exposition adds it, so the
+/// names scraped are `baton_transactions_started_total` and so on.
+pub struct Metrics {
+    registry: Registry,
+    started: [Counter; 2],
+    /// By kind, then outcome as indexed in [`outcomes`].
+    finished: [Vec<Counter>; 2],
+    in_flight: Gauge,
+    ready: Gauge,
+    claimed: Counter,
+    fenced: Counter,
+    batches: Counter,
+    batch_writes: Counter,
+    batch_seconds: SecondsCounter,
+    calls: Counter,
+    retries: Counter,
+    purged: Counter,
+    /// Participant call latency, by phase, then outcome class (see [`OUTCOME_CLASSES`]).
+    steps: [[Histogram; 4]; 5],
+    batch_size: Histogram,
+    batch_latency: Histogram,
 }
 
-impl Histogram {
-    fn new(bounds: &'static [(u64, &'static str)], scale: f64) -> Self {
-        Histogram {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0),
-            scale,
-        }
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
     }
+}
 
-    fn latency() -> Self {
-        Histogram::new(LATENCY_BUCKETS, 1e-6)
-    }
-
-    fn observe(&self, value: u64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|&(bound, _)| value <= bound)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(value, Ordering::Relaxed);
-    }
-
-    /// The sample lines for one series; `labels` is empty or `key="value",...` without braces.
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut total = 0;
-        for (i, (_, le)) in self.bounds.iter().enumerate() {
-            total += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {total}");
-        }
-        total += self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
-        let sum = self.sum.load(Ordering::Relaxed) as f64 * self.scale;
-        let braced = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braced} {sum}");
-        let _ = writeln!(out, "{name}_count{braced} {total}");
-    }
+/// Registers `metric` under `name` and hands it back, for the caller to keep.
+fn register<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let mut registry = Registry::default();
+        // `Registry::register` ends each help text with a full stop.
+        let started = register(
+            &mut registry,
+            "baton_transactions_started",
+            "Transactions accepted by this coordinator",
+            Family::<Labels<1>, Counter>::default(),
+        );
+        let started = KINDS.map(|kind| started.get_or_create(&[("kind", kind.as_str())]).clone());
+        let finished = register(
+            &mut registry,
+            "baton_transactions_finished",
+            "Transactions this coordinator drove to rest, by outcome",
+            Family::<Labels<2>, Counter>::default(),
+        );
+        let finished = KINDS.map(|kind| {
+            outcomes(kind)
+                .iter()
+                .map(|outcome| {
+                    let labels = [("kind", kind.as_str()), ("outcome", outcome.as_str())];
+                    finished.get_or_create(&labels).clone()
+                })
+                .collect()
+        });
+        let in_flight = register(
+            &mut registry,
+            "baton_transactions_in_flight",
+            "Unfinished transactions driven here now",
+            Gauge::default(),
+        );
+        let ready = register(
+            &mut registry,
+            "baton_ready",
+            "1 when the coordinator takes new work",
+            Gauge::default(),
+        );
+        let calls = register(
+            &mut registry,
+            "baton_participant_calls",
+            "Participant calls sent",
+            Counter::default(),
+        );
+        let retries = register(
+            &mut registry,
+            "baton_participant_retries",
+            "Participant calls that were retries",
+            Counter::default(),
+        );
+        let claimed = register(
+            &mut registry,
+            "baton_claims",
+            "Transactions claimed from dead or departed coordinators",
+            Counter::default(),
+        );
+        let fenced = register(
+            &mut registry,
+            "baton_fenced",
+            "Writes refused because another coordinator owns the transaction",
+            Counter::default(),
+        );
+        let batches = register(
+            &mut registry,
+            "baton_log_batches",
+            "Group-commit batches written",
+            Counter::default(),
+        );
+        let batch_writes = register(
+            &mut registry,
+            "baton_log_batch_writes",
+            "Writes in those batches (divided by batches: the mean batch size)",
+            Counter::default(),
+        );
+        let batch_seconds = register(
+            &mut registry,
+            "baton_log_batch_seconds",
+            "Time spent committing batches",
+            SecondsCounter::default(),
+        );
+        let purged = register(
+            &mut registry,
+            "baton_retention_purged",
+            "Finished transactions deleted after the retention period or by an operator's purge",
+            Counter::default(),
+        );
+        let steps = register(
+            &mut registry,
+            "baton_step_duration_seconds",
+            "Participant call latency, by phase and how the call ended",
+            Family::<Labels<2>, Histogram>::new_with_constructor(|| {
+                Histogram::new(LATENCY_BUCKETS)
+            }),
+        );
+        let steps = PHASES.map(|phase| {
+            OUTCOME_CLASSES.map(|outcome| {
+                let labels = [("phase", phase.as_str()), ("outcome", outcome)];
+                steps.get_or_create(&labels).clone()
+            })
+        });
+        let batch_size = register(
+            &mut registry,
+            "baton_log_batch_size",
+            "Writes per group-commit batch",
+            Histogram::new(SIZE_BUCKETS),
+        );
+        let batch_latency = register(
+            &mut registry,
+            "baton_log_batch_duration_seconds",
+            "Time to commit one group-commit batch",
+            Histogram::new(LATENCY_BUCKETS),
+        );
         Metrics {
-            started: Default::default(),
-            finished: Default::default(),
-            claimed: AtomicU64::new(0),
-            fenced: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-            batch_writes: AtomicU64::new(0),
-            batch_micros: AtomicU64::new(0),
-            calls: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
-            purged: AtomicU64::new(0),
-            steps: std::array::from_fn(|_| std::array::from_fn(|_| Histogram::latency())),
-            batch_size: Histogram::new(SIZE_BUCKETS, 1.0),
-            batch_latency: Histogram::latency(),
+            registry,
+            started,
+            finished,
+            in_flight,
+            ready,
+            claimed,
+            fenced,
+            batches,
+            batch_writes,
+            batch_seconds,
+            calls,
+            retries,
+            purged,
+            steps,
+            batch_size,
+            batch_latency,
         }
     }
 }
@@ -174,32 +246,32 @@ fn kind_index(kind: TxKind) -> usize {
 
 impl Metrics {
     pub fn started(&self, kind: TxKind) {
-        self.started[kind_index(kind)].fetch_add(1, Ordering::Relaxed);
+        self.started[kind_index(kind)].inc();
     }
 
     /// A transaction came to rest in `outcome`. A state its kind cannot rest in is not counted:
     /// the driver reports only resting states, and a series for it would be meaningless.
     pub fn finished(&self, kind: TxKind, outcome: TxState) {
         if let Some(o) = outcomes(kind).iter().position(|s| *s == outcome) {
-            self.finished[kind_index(kind)][o].fetch_add(1, Ordering::Relaxed);
+            self.finished[kind_index(kind)][o].inc();
         }
     }
 
     pub fn claimed(&self, n: u64) {
-        self.claimed.fetch_add(n, Ordering::Relaxed);
+        self.claimed.inc_by(n);
     }
 
     pub fn fenced(&self) {
-        self.fenced.fetch_add(1, Ordering::Relaxed);
+        self.fenced.inc();
     }
 
     pub fn batch(&self, writes: usize, micros: u64) {
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.batch_writes
-            .fetch_add(writes as u64, Ordering::Relaxed);
-        self.batch_micros.fetch_add(micros, Ordering::Relaxed);
-        self.batch_size.observe(writes as u64);
-        self.batch_latency.observe(micros);
+        let seconds = micros as f64 / 1e6;
+        self.batches.inc();
+        self.batch_writes.inc_by(writes as u64);
+        self.batch_seconds.inc_by(seconds);
+        self.batch_size.observe(writes as f64);
+        self.batch_latency.observe(seconds);
     }
 
     /// A participant call's answer and how long it took, from sending to the answer.
@@ -211,152 +283,29 @@ impl Metrics {
             CallResult::Transient(_) => 2,
             CallResult::Permanent(_) => 3,
         };
-        self.steps[p][o].observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        self.steps[p][o].observe(took.as_secs_f64());
     }
 
     /// A participant call; `retry` when it is not the first attempt.
     pub fn call(&self, retry: bool) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.calls.inc();
         if retry {
-            self.retries.fetch_add(1, Ordering::Relaxed);
+            self.retries.inc();
         }
     }
 
     /// Finished transactions deleted by retention (the sweep or an operator's purge).
     pub fn purged(&self, n: u64) {
-        self.purged.fetch_add(n, Ordering::Relaxed);
+        self.purged.inc_by(n);
     }
 
     /// Prometheus text exposition of every counter, plus the gauges given.
     pub fn render(&self, in_flight: usize, ready: bool) -> String {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut out = String::new();
-        header(
-            &mut out,
-            "baton_transactions_started_total",
-            "counter",
-            "Transactions accepted by this coordinator.",
-        );
-        for kind in KINDS {
-            let n = get(&self.started[kind_index(kind)]);
-            let _ = writeln!(
-                out,
-                "baton_transactions_started_total{{kind=\"{}\"}} {n}",
-                kind.as_str()
-            );
-        }
-        header(
-            &mut out,
-            "baton_transactions_finished_total",
-            "counter",
-            "Transactions this coordinator drove to rest, by outcome.",
-        );
-        for kind in KINDS {
-            for (o, outcome) in outcomes(kind).iter().enumerate() {
-                let n = get(&self.finished[kind_index(kind)][o]);
-                let _ = writeln!(
-                    out,
-                    "baton_transactions_finished_total{{kind=\"{}\",outcome=\"{outcome}\"}} {n}",
-                    kind.as_str()
-                );
-            }
-        }
-        let scalars: [(&str, &str, &str, String); 9] = [
-            (
-                "baton_transactions_in_flight",
-                "gauge",
-                "Unfinished transactions driven here now.",
-                in_flight.to_string(),
-            ),
-            (
-                "baton_ready",
-                "gauge",
-                "1 when the coordinator takes new work.",
-                u64::from(ready).to_string(),
-            ),
-            (
-                "baton_participant_calls_total",
-                "counter",
-                "Participant calls sent.",
-                get(&self.calls).to_string(),
-            ),
-            (
-                "baton_participant_retries_total",
-                "counter",
-                "Participant calls that were retries.",
-                get(&self.retries).to_string(),
-            ),
-            (
-                "baton_claims_total",
-                "counter",
-                "Transactions claimed from dead or departed coordinators.",
-                get(&self.claimed).to_string(),
-            ),
-            (
-                "baton_fenced_total",
-                "counter",
-                "Writes refused because another coordinator owns the transaction.",
-                get(&self.fenced).to_string(),
-            ),
-            (
-                "baton_log_batches_total",
-                "counter",
-                "Group-commit batches written.",
-                get(&self.batches).to_string(),
-            ),
-            (
-                "baton_log_batch_writes_total",
-                "counter",
-                "Writes in those batches (divided by batches: the mean batch size).",
-                get(&self.batch_writes).to_string(),
-            ),
-            (
-                "baton_log_batch_seconds_total",
-                "counter",
-                "Time spent committing batches.",
-                format!("{:.6}", get(&self.batch_micros) as f64 / 1e6),
-            ),
-        ];
-        for (name, kind, help, value) in scalars {
-            header(&mut out, name, kind, help);
-            let _ = writeln!(out, "{name} {value}");
-        }
-        header(
-            &mut out,
-            "baton_retention_purged_total",
-            "counter",
-            "Finished transactions deleted after the retention period or by an operator's purge.",
-        );
-        let _ = writeln!(out, "baton_retention_purged_total {}", get(&self.purged));
-        let name = "baton_step_duration_seconds";
-        header(
-            &mut out,
-            name,
-            "histogram",
-            "Participant call latency, by phase and how the call ended.",
-        );
-        for (p, phase) in PHASES.iter().enumerate() {
-            for (o, outcome) in OUTCOME_CLASSES.iter().enumerate() {
-                let labels = format!("phase=\"{phase}\",outcome=\"{outcome}\"");
-                self.steps[p][o].render(&mut out, name, &labels);
-            }
-        }
-        let name = "baton_log_batch_size";
-        header(
-            &mut out,
-            name,
-            "histogram",
-            "Writes per group-commit batch.",
-        );
-        self.batch_size.render(&mut out, name, "");
-        let name = "baton_log_batch_duration_seconds";
-        header(
-            &mut out,
-            name,
-            "histogram",
-            "Time to commit one group-commit batch.",
-        );
-        self.batch_latency.render(&mut out, name, "");
+        self.in_flight
+            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+        self.ready.set(i64::from(ready));
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
 }
@@ -367,24 +316,29 @@ pub fn render_pool(stats: Option<PoolStats>) -> String {
     let Some(stats) = stats else {
         return out;
     };
-    let name = "baton_db_pool_connections";
-    header(
-        &mut out,
-        name,
-        "gauge",
-        "Open database connections, in use or idle.",
-    );
+    let mut registry = Registry::default();
+    let connections = Family::<Labels<1>, Gauge>::default();
     let in_use = stats.size.saturating_sub(stats.idle);
-    let _ = writeln!(out, "{name}{{state=\"in_use\"}} {in_use}");
-    let _ = writeln!(out, "{name}{{state=\"idle\"}} {}", stats.idle);
-    let name = "baton_db_pool_max_connections";
-    header(&mut out, name, "gauge", "The pool's connection limit.");
-    let _ = writeln!(out, "{name} {}", stats.max);
+    connections
+        .get_or_create(&[("state", "in_use")])
+        .set(i64::from(in_use));
+    connections
+        .get_or_create(&[("state", "idle")])
+        .set(i64::from(stats.idle));
+    registry.register(
+        "baton_db_pool_connections",
+        "Open database connections, in use or idle",
+        connections,
+    );
+    let max = Gauge::<i64>::default();
+    max.set(i64::from(stats.max));
+    registry.register(
+        "baton_db_pool_max_connections",
+        "The pool's connection limit",
+        max,
+    );
+    prometheus_text::encode(&mut out, &registry).expect("writing to a String");
     out
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 #[cfg(test)]
@@ -405,7 +359,19 @@ mod tests {
         ));
         assert!(text.contains("baton_transactions_in_flight 2\n"));
         assert!(text.contains("baton_log_batch_writes_total 3\n"));
-        assert!(text.contains("baton_log_batch_seconds_total 0.001500\n"));
+        assert!(text.contains("baton_log_batch_seconds_total 0.0015\n"));
+        assert!(text.contains("baton_ready 1\n"));
+        // Counters keep their `_total` names in the HELP and TYPE lines too, and help texts end
+        // with one full stop.
+        assert!(text.contains(
+            "# HELP baton_transactions_started_total Transactions accepted by this coordinator.\n\
+             # TYPE baton_transactions_started_total counter\n"
+        ));
+        assert!(text.contains("# TYPE baton_step_duration_seconds histogram\n"));
+        assert!(
+            !text.contains("_total_total") && !text.contains(".."),
+            "{text}"
+        );
         assert!(text.contains("baton_retention_purged_total 4\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("name value");
@@ -472,7 +438,7 @@ mod tests {
         ));
         assert!(text.contains("baton_log_batch_size_bucket{le=\"2\"} 0\n"));
         assert!(text.contains("baton_log_batch_size_bucket{le=\"4\"} 1\n"));
-        assert!(text.contains("baton_log_batch_size_sum 3\n"));
+        assert!(text.contains("baton_log_batch_size_sum 3.0\n"));
         assert!(text.contains("baton_log_batch_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
         assert!(text.contains("baton_log_batch_duration_seconds_count 1\n"));
     }
@@ -488,5 +454,6 @@ mod tests {
         assert!(text.contains("baton_db_pool_connections{state=\"in_use\"} 3\n"));
         assert!(text.contains("baton_db_pool_connections{state=\"idle\"} 2\n"));
         assert!(text.contains("baton_db_pool_max_connections 10\n"));
+        assert!(text.contains("# TYPE baton_db_pool_connections gauge\n"));
     }
 }

@@ -79,7 +79,10 @@ async fn ready(State(co): State<Arc<Coordinator>>) -> (StatusCode, String) {
 
 async fn metrics(State(co): State<Arc<Coordinator>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            crate::coordinator::metrics::CONTENT_TYPE,
+        )],
         co.metrics().render(co.in_flight(), co.is_ready())
             + &crate::coordinator::metrics::render_pool(co.store().pool_stats()),
     )

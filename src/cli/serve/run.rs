@@ -1,15 +1,10 @@
-//! `baton serve` and `baton migrate`.
-//!
-//! Settings come from flags, `BATON_*` environment variables, or a TOML file (`--config`), in
-//! that order of precedence; anything unset takes the default shown in `--help`.
+//! Starting the coordinator: the merged settings turned into the server's configuration, with
+//! every value checked, and `baton serve` / `baton migrate` themselves.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde::Deserialize;
 
 use baton_server::api::auth::{self, AuthConfig, TokenSpec, Tokens};
 use baton_server::api::{self, Limits, ServeConfig};
@@ -19,252 +14,18 @@ use baton_server::registry::{Policy, RegistryConfig};
 use baton_server::store::{self, StoreOptions};
 use baton_tx::tls::{self, ClientTls, Role, ServerTls};
 
-/// Default store: an SQLite file in the working directory (no setup).
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://baton.db";
-/// Default gRPC address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7600";
-/// Default HTTP address (health and metrics).
-pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7601";
+use super::args::{MigrateArgs, ServeArgs};
+use super::config::{parse_retention, HumanDuration};
+use super::{DEFAULT_DATABASE_URL, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, NO_AUTH_CONFIGURED};
 
-/// Options of `baton serve`. Each has a `BATON_*` variable and a key of the same name (with `_`)
-/// in the TOML file.
-#[derive(Debug, Default, clap::Args, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub struct ServeArgs {
-    /// A TOML file with any of these settings (flags and environment win over it).
-    #[arg(long, env = "BATON_CONFIG")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
-    /// gRPC listen address [default: 127.0.0.1:7600].
-    #[arg(long, env = "BATON_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// HTTP address for /healthz, /readyz, /metrics, the /v1 API and the /ui console
-    /// [default: 127.0.0.1:7601]; "off" serves
-    /// no HTTP.
-    #[arg(long, env = "BATON_HTTP_LISTEN")]
-    pub http_listen: Option<String>,
-    /// Serve the web console at /ui on the HTTP port: "on" or "off" [default: on].
-    #[arg(long, env = "BATON_UI", value_name = "on|off")]
-    pub ui: Option<String>,
-    /// The log: postgres://user@host/db, or sqlite://path for the embedded store
-    /// [default: sqlite://baton.db]. An SQLite file serves one coordinator only.
-    #[arg(long, env = "BATON_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// This coordinator's id in the log; keep it stable across restarts so that a restart
-    /// resumes its own transactions at once [default: baton-<hostname>-<port>].
-    #[arg(long, env = "BATON_ID")]
-    pub id: Option<String>,
-    /// Do not apply schema migrations at start-up (run `baton migrate` instead).
-    #[arg(long, env = "BATON_NO_MIGRATE", num_args = 0..=1, default_missing_value = "true")]
-    pub no_migrate: Option<bool>,
-    /// Per-call timeout of steps that set none, in ms [default: 10000].
-    #[arg(long, env = "BATON_DEFAULT_TIMEOUT_MS")]
-    pub default_timeout_ms: Option<u64>,
-    /// Attempts per call of steps that set no retry policy [default: 5].
-    #[arg(long, env = "BATON_DEFAULT_MAX_ATTEMPTS")]
-    pub default_max_attempts: Option<u32>,
-    /// First retry backoff in ms [default: 100]; it doubles up to the max, with full jitter.
-    #[arg(long, env = "BATON_DEFAULT_INITIAL_BACKOFF_MS")]
-    pub default_initial_backoff_ms: Option<u64>,
-    /// Largest retry backoff in ms [default: 10000].
-    #[arg(long, env = "BATON_DEFAULT_MAX_BACKOFF_MS")]
-    pub default_max_backoff_ms: Option<u64>,
-    /// Largest step payload in bytes [default: 1048576].
-    #[arg(long, env = "BATON_MAX_PAYLOAD_BYTES")]
-    pub max_payload_bytes: Option<usize>,
-    /// Most steps in one saga [default: 100].
-    #[arg(long, env = "BATON_MAX_STEPS")]
-    pub max_steps: Option<usize>,
-    /// Unfinished transactions driven at once; Start beyond it is refused [default: 10000].
-    #[arg(long, env = "BATON_MAX_INFLIGHT")]
-    pub max_inflight: Option<usize>,
-    /// Coordinator lease in ms: a coordinator silent this long is dead [default: 15000].
-    #[arg(long, env = "BATON_LEASE_MS")]
-    pub lease_ms: Option<u64>,
-    /// Heartbeat and claim interval in ms [default: 2000].
-    #[arg(long, env = "BATON_CLAIM_INTERVAL_MS")]
-    pub claim_interval_ms: Option<u64>,
-    /// On SIGTERM, how long open requests may take to finish before they are cut off, in ms
-    /// [default: 10000].
-    #[arg(long, env = "BATON_DRAIN_TIMEOUT_MS")]
-    pub drain_timeout_ms: Option<u64>,
-    /// Group-commit batches the log writer commits at once (1 to 64), each on a database
-    /// connection of its own: with more than one, a batch executes while another waits for its
-    /// commit to reach the disk [default: 2 on PostgreSQL, 1 on SQLite].
-    #[arg(long, env = "BATON_LOG_WRITERS")]
-    pub log_writers: Option<usize>,
-    /// With more than one log writer, writes that must be waiting before a batch starts while
-    /// another is committing; fewer wait for the next batch, which saves a commit (1 to 512)
-    /// [default: 32].
-    #[arg(long, env = "BATON_LOG_PIPELINE_MIN")]
-    pub log_pipeline_min: Option<usize>,
-    /// How long a transaction's progress may wait before it is queued to the log, in ms (at most
-    /// 10000); a transaction that ends sooner writes its progress with its outcome. The outcome,
-    /// a 2PC decision and answers to callers are always written at once [default: 100].
-    #[arg(long, env = "BATON_PROGRESS_FLUSH_MS")]
-    pub progress_flush_ms: Option<u64>,
-    /// Database connections for everything but log writes [default: 16].
-    #[arg(long, env = "BATON_MAX_CONNECTIONS")]
-    pub max_connections: Option<u32>,
-    /// A participant endpoint configured statically, as service=http://host:port (repeatable;
-    /// in the environment, comma-separated). A URL with a path (service=http://host:port/base)
-    /// is an HTTP/JSON participant (docs/HTTP.md).
-    #[arg(long = "endpoint", env = "BATON_ENDPOINTS", value_delimiter = ',')]
-    #[serde(default)]
-    pub endpoints: Vec<String>,
-    /// A service's load-balancing policy, as service=POLICY (repeatable; in the environment,
-    /// comma-separated). POLICY is round_robin (the default), weighted (smooth weighted round
-    /// robin over the registered weights), random, least_outstanding (fewest calls in flight),
-    /// consistent_hash (all branches of a transaction go to one endpoint) or
-    /// consistent_hash:label=NAME (hash that transaction label instead, else the transaction id).
-    #[arg(
-        long = "policy",
-        env = "BATON_POLICIES",
-        value_delimiter = ',',
-        value_name = "SERVICE=POLICY"
-    )]
-    #[serde(default)]
-    pub policies: Vec<String>,
-    /// How long a service's endpoint list is reused before the registry is read again, in ms;
-    /// endpoints that register or leave gain or lose traffic within it [default: 1000].
-    #[arg(long, env = "BATON_REGISTRY_REFRESH_MS")]
-    pub registry_refresh_ms: Option<u32>,
-    /// TCP connect timeout of connections to participants, in ms [default: 2000].
-    #[arg(long, env = "BATON_CONNECT_TIMEOUT_MS")]
-    pub connect_timeout_ms: Option<u32>,
-    /// A bearer token callers may present, as NAME:ROLES[:NAMESPACE]=sha256:HEX (repeatable; in
-    /// the environment, comma-separated). ROLES: client, operator, participant, joined by +. A
-    /// client token with a NAMESPACE only reaches transactions of that namespace. Only the
-    /// token's SHA-256 is configured: make it with `baton auth hash-token`.
-    #[arg(
-        long = "auth-token",
-        env = "BATON_AUTH_TOKENS",
-        value_delimiter = ',',
-        value_name = "NAME:ROLES[:NAMESPACE]=sha256:HEX"
-    )]
-    #[serde(default)]
-    pub auth_tokens: Vec<String>,
-    /// A file of bearer tokens, one NAME:ROLES[:NAMESPACE]=sha256:HEX per line (# comments);
-    /// used together with any --auth-token.
-    #[arg(long, env = "BATON_AUTH_TOKENS_FILE")]
-    pub auth_tokens_file: Option<PathBuf>,
-    /// Serve without authentication: every caller may call every method. Only on loopback or a
-    /// private network. Either this or at least one token is required.
-    #[arg(long, env = "BATON_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
-    pub no_auth: Option<bool>,
-    /// How long finished (committed, compensated, aborted) transactions and their history are
-    /// kept before the background sweep deletes them, such as 7d, 12h, 30m or 90s; "off" keeps
-    /// them forever. Failed and unfinished transactions are never deleted [default: 7d].
-    #[arg(long, env = "BATON_RETENTION", value_name = "DURATION|off")]
-    pub retention: Option<String>,
-    /// Time between two retention sweeps, in ms [default: 60000].
-    #[arg(long, env = "BATON_RETENTION_SWEEP_MS")]
-    pub retention_sweep_ms: Option<u64>,
-    /// Transactions the retention sweep deletes per database transaction, at most 10000
-    /// [default: 500].
-    #[arg(long, env = "BATON_RETENTION_BATCH")]
-    pub retention_batch: Option<u32>,
-    /// Serve gRPC and HTTP over TLS with this certificate chain (PEM); needs --tls-key.
-    #[arg(long, env = "BATON_TLS_CERT", value_name = "PEM")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "BATON_TLS_KEY", value_name = "PEM")]
-    pub tls_key: Option<PathBuf>,
-    /// Mutual TLS on the gRPC port: clients must present a certificate this CA (PEM) signed.
-    /// The HTTP port never asks for one.
-    #[arg(long, env = "BATON_TLS_CLIENT_CA", value_name = "PEM")]
-    pub tls_client_ca: Option<PathBuf>,
-    /// The CA (PEM) that participants' certificates on https:// endpoints must chain to;
-    /// https:// endpoints cannot be called without it.
-    #[arg(long, env = "BATON_PARTICIPANT_CA", value_name = "PEM")]
-    pub participant_ca: Option<PathBuf>,
-    /// Client certificate (PEM) presented to participants that require mutual TLS; needs
-    /// --participant-key and --participant-ca.
-    #[arg(long, env = "BATON_PARTICIPANT_CERT", value_name = "PEM")]
-    pub participant_cert: Option<PathBuf>,
-    /// The private key of --participant-cert (PEM).
-    #[arg(long, env = "BATON_PARTICIPANT_KEY", value_name = "PEM")]
-    pub participant_key: Option<PathBuf>,
-    /// How often the TLS files are checked for changes, in ms; new connections use changed
-    /// files, and a bad new file is logged and the old one kept [default: 5000].
-    #[arg(long, env = "BATON_TLS_RELOAD_MS")]
-    pub tls_reload_ms: Option<u64>,
-}
-
-/// Options of `baton migrate`.
-#[derive(Debug, clap::Args)]
-pub struct MigrateArgs {
-    /// The log to migrate [default: sqlite://baton.db].
-    #[arg(long, env = "BATON_DATABASE_URL")]
-    pub database_url: Option<String>,
-}
+/// Per-call timeout of steps that set none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open requests may take to finish on SIGTERM.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+/// The longest a transaction's progress may wait before it is queued to the log.
+const MAX_PROGRESS_FLUSH: Duration = Duration::from_secs(10);
 
 impl ServeArgs {
-    /// Flags and environment over the file's values.
-    pub(crate) fn merged(self) -> anyhow::Result<ServeArgs> {
-        let Some(path) = self.config.clone() else {
-            return Ok(self);
-        };
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let file: ServeArgs = toml::from_str(&text)
-            .with_context(|| format!("config file {} is not valid", path.display()))?;
-        Ok(ServeArgs {
-            config: self.config,
-            listen: self.listen.or(file.listen),
-            http_listen: self.http_listen.or(file.http_listen),
-            ui: self.ui.or(file.ui),
-            database_url: self.database_url.or(file.database_url),
-            id: self.id.or(file.id),
-            no_migrate: self.no_migrate.or(file.no_migrate),
-            default_timeout_ms: self.default_timeout_ms.or(file.default_timeout_ms),
-            default_max_attempts: self.default_max_attempts.or(file.default_max_attempts),
-            default_initial_backoff_ms: self
-                .default_initial_backoff_ms
-                .or(file.default_initial_backoff_ms),
-            default_max_backoff_ms: self.default_max_backoff_ms.or(file.default_max_backoff_ms),
-            max_payload_bytes: self.max_payload_bytes.or(file.max_payload_bytes),
-            max_steps: self.max_steps.or(file.max_steps),
-            max_inflight: self.max_inflight.or(file.max_inflight),
-            lease_ms: self.lease_ms.or(file.lease_ms),
-            claim_interval_ms: self.claim_interval_ms.or(file.claim_interval_ms),
-            max_connections: self.max_connections.or(file.max_connections),
-            log_writers: self.log_writers.or(file.log_writers),
-            log_pipeline_min: self.log_pipeline_min.or(file.log_pipeline_min),
-            progress_flush_ms: self.progress_flush_ms.or(file.progress_flush_ms),
-            drain_timeout_ms: self.drain_timeout_ms.or(file.drain_timeout_ms),
-            endpoints: if self.endpoints.is_empty() {
-                file.endpoints
-            } else {
-                self.endpoints
-            },
-            policies: if self.policies.is_empty() {
-                file.policies
-            } else {
-                self.policies
-            },
-            registry_refresh_ms: self.registry_refresh_ms.or(file.registry_refresh_ms),
-            connect_timeout_ms: self.connect_timeout_ms.or(file.connect_timeout_ms),
-            auth_tokens: if self.auth_tokens.is_empty() {
-                file.auth_tokens
-            } else {
-                self.auth_tokens
-            },
-            auth_tokens_file: self.auth_tokens_file.or(file.auth_tokens_file),
-            no_auth: self.no_auth.or(file.no_auth),
-            retention: self.retention.or(file.retention),
-            retention_sweep_ms: self.retention_sweep_ms.or(file.retention_sweep_ms),
-            retention_batch: self.retention_batch.or(file.retention_batch),
-            tls_cert: self.tls_cert.or(file.tls_cert),
-            tls_key: self.tls_key.or(file.tls_key),
-            tls_client_ca: self.tls_client_ca.or(file.tls_client_ca),
-            participant_ca: self.participant_ca.or(file.participant_ca),
-            participant_cert: self.participant_cert.or(file.participant_cert),
-            participant_key: self.participant_key.or(file.participant_key),
-            tls_reload_ms: self.tls_reload_ms.or(file.tls_reload_ms),
-        })
-    }
-
     /// Whether the web console is served (`ui`, on by default).
     pub fn console(&self) -> anyhow::Result<bool> {
         match self.ui.as_deref() {
@@ -290,14 +51,14 @@ impl ServeArgs {
                 .unwrap_or(retry_default.max_attempts)
                 .max(1),
             initial_backoff_ms: args
-                .default_initial_backoff_ms
-                .unwrap_or(retry_default.initial_backoff_ms),
+                .default_initial_backoff
+                .map_or(retry_default.initial_backoff_ms, HumanDuration::as_millis),
             max_backoff_ms: args
-                .default_max_backoff_ms
-                .unwrap_or(retry_default.max_backoff_ms),
+                .default_max_backoff
+                .map_or(retry_default.max_backoff_ms, HumanDuration::as_millis),
         };
         if default_retry.max_backoff_ms < default_retry.initial_backoff_ms {
-            anyhow::bail!("default_max_backoff_ms must be at least default_initial_backoff_ms");
+            anyhow::bail!("default_max_backoff must be at least default_initial_backoff");
         }
         let mut static_endpoints: HashMap<String, Vec<String>> = HashMap::new();
         for entry in &args.endpoints {
@@ -341,10 +102,10 @@ impl ServeArgs {
             None => defaults.retention,
             Some(text) => parse_retention(text).map_err(|e| anyhow::anyhow!("retention: {e}"))?,
         };
-        let retention_sweep_interval = match args.retention_sweep_ms {
+        let retention_sweep_interval = match args.retention_sweep.map(HumanDuration::get) {
             None => defaults.retention_sweep_interval,
-            Some(0) => anyhow::bail!("retention_sweep_ms: must be greater than 0"),
-            Some(ms) => Duration::from_millis(ms),
+            Some(Duration::ZERO) => anyhow::bail!("retention_sweep: must be greater than 0"),
+            Some(every) => every,
         };
         let retention_batch = match args.retention_batch {
             None => defaults.retention_batch,
@@ -389,26 +150,24 @@ impl ServeArgs {
                     .id
                     .unwrap_or_else(|| format!("baton-{}-{}", hostname(), listen.port())),
                 address: String::new(),
-                default_timeout: Duration::from_millis(
-                    args.default_timeout_ms.unwrap_or(10_000).max(1),
-                ),
+                default_timeout: args
+                    .default_timeout
+                    .map_or(DEFAULT_TIMEOUT, HumanDuration::get)
+                    .max(Duration::from_millis(1)),
                 default_retry,
                 max_inflight: args.max_inflight.unwrap_or(defaults.max_inflight).max(1),
                 log_writers,
                 pipeline_min,
-                lease: args
-                    .lease_ms
-                    .map(Duration::from_millis)
-                    .unwrap_or(defaults.lease),
+                lease: args.lease.map_or(defaults.lease, HumanDuration::get),
                 claim_interval: args
-                    .claim_interval_ms
-                    .map(|ms| Duration::from_millis(ms.max(10)))
+                    .claim_interval
+                    .map(|every| every.get().max(Duration::from_millis(10)))
                     .unwrap_or(defaults.claim_interval),
-                progress_flush: match args.progress_flush_ms {
-                    Some(ms) if ms > 10_000 => {
-                        anyhow::bail!("progress_flush_ms: {ms} is more than the limit of 10000")
+                progress_flush: match args.progress_flush {
+                    Some(wait) if wait.get() > MAX_PROGRESS_FLUSH => {
+                        anyhow::bail!("progress_flush: {wait} is more than the limit of 10s")
                     }
-                    Some(ms) => Duration::from_millis(ms),
+                    Some(wait) => wait.get(),
                     None => defaults.progress_flush,
                 },
                 retention,
@@ -420,12 +179,12 @@ impl ServeArgs {
                 static_endpoints,
                 policies,
                 refresh: args
-                    .registry_refresh_ms
-                    .map(|ms| Duration::from_millis(ms.max(1).into()))
+                    .registry_refresh
+                    .map(|every| every.get().max(Duration::from_millis(1)))
                     .unwrap_or(registry_default.refresh),
                 connect_timeout: args
-                    .connect_timeout_ms
-                    .map(|ms| Duration::from_millis(ms.max(1).into()))
+                    .connect_timeout
+                    .map(|timeout| timeout.get().max(Duration::from_millis(1)))
                     .unwrap_or(registry_default.connect_timeout),
                 tls: participant_tls,
                 ..registry_default
@@ -437,7 +196,7 @@ impl ServeArgs {
                 max_steps: args.max_steps.unwrap_or(limits_default.max_steps).max(1),
                 ..limits_default
             },
-            drain: Duration::from_millis(args.drain_timeout_ms.unwrap_or(10_000)),
+            drain: args.drain_timeout.map_or(DEFAULT_DRAIN, HumanDuration::get),
             auth,
             tls,
         })
@@ -474,34 +233,12 @@ impl ServeArgs {
     }
 }
 
-/// Why `baton serve` refuses to start without an auth choice, and what to do.
-pub const NO_AUTH_CONFIGURED: &str = "no authentication configured: give bearer tokens with \
---auth-token NAME:ROLES[:NAMESPACE]=sha256:HEX (repeatable; BATON_AUTH_TOKENS, comma-separated) \
-or --auth-tokens-file PATH (one entry per line), hashing each token with `baton auth hash-token`; \
-or pass --no-auth (BATON_NO_AUTH=true) to serve without authentication on a trusted network";
-
-/// `--retention`: a duration such as `7d`, `12h`, `30m` or `90s`, or `off` (`None`: keep
-/// finished transactions forever).
-pub fn parse_retention(text: &str) -> Result<Option<Duration>, String> {
-    if text.trim().eq_ignore_ascii_case("off") {
-        return Ok(None);
-    }
-    let age = super::output::parse_duration(text)
-        .map_err(|e| format!("{e} (expected a duration such as 7d, 12h, 30m or 90s, or off)"))?;
-    if age.is_zero() {
-        return Err(format!(
-            "{text:?} must be greater than 0 (off keeps transactions forever)"
-        ));
-    }
-    Ok(Some(age))
-}
-
 /// The TLS settings of the serve flags, with their files read and checked now so that a bad one
 /// fails start-up with the flag and the path.
 fn tls_settings(args: &ServeArgs) -> anyhow::Result<(Option<ServerTls>, Option<ClientTls>)> {
     let reload = args
-        .tls_reload_ms
-        .map(|ms| Duration::from_millis(ms.max(10)))
+        .tls_reload
+        .map(|every| every.get().max(Duration::from_millis(10)))
         .unwrap_or(tls::DEFAULT_RELOAD);
     let server = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -567,11 +304,11 @@ fn hostname() -> String {
 
 /// Runs the coordinator until SIGTERM or Ctrl-C, then shuts down cleanly.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut args = args.merged()?;
-    // Merged once: the file is not read a second time by to_config.
-    args.config = None;
     let config = args.to_config()?;
     let no_auth = config.auth == AuthConfig::Disabled;
+    // Listened for before the coordinator starts, so that a SIGTERM sent as soon as it says it
+    // listens (a scale-in right after a restart) drains it instead of killing it.
+    let stop = stop_signal();
     let serving = api::serve(config).await?;
     announce(&format!(
         "baton coordinator listening on {}",
@@ -588,31 +325,39 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if no_auth {
         announce("authentication disabled (--no-auth): every caller may call every method");
     }
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     serving.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Completes on SIGTERM or Ctrl-C. On Unix both handlers are installed when this is called, not
+/// when the future is first polled: a signal in between is kept for it.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -623,7 +368,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
     let log = store::open(&url, &StoreOptions::default()).await?;
     log.migrate().await?;
-    super::print_out(&format!("migrated {}\n", redact(&url)))
+    crate::cli::print_out(&format!("migrated {}\n", redact(&url)))
 }
 
 /// Prints a line about the running coordinator on stdout. A coordinator keeps serving when
@@ -717,7 +462,7 @@ mod tests {
 
         let config = ServeArgs {
             retention: Some("90s".into()),
-            retention_sweep_ms: Some(200),
+            retention_sweep: Some(Duration::from_millis(200).into()),
             retention_batch: Some(20),
             no_auth: Some(true),
             ..ServeArgs::default()
@@ -747,11 +492,11 @@ mod tests {
             ),
             (
                 ServeArgs {
-                    retention_sweep_ms: Some(0),
+                    retention_sweep: Some(Duration::ZERO.into()),
                     no_auth: Some(true),
                     ..ServeArgs::default()
                 },
-                "retention_sweep_ms:",
+                "retention_sweep:",
             ),
             (
                 ServeArgs {
@@ -775,10 +520,10 @@ mod tests {
         }
 
         let file: ServeArgs =
-            toml::from_str("retention = \"12h\"\nretention_sweep_ms = 5000\nretention_batch = 100")
+            toml::from_str("retention = \"12h\"\nretention_sweep = \"5s\"\nretention_batch = 100")
                 .unwrap();
         assert_eq!(file.retention.as_deref(), Some("12h"));
-        assert_eq!(file.retention_sweep_ms, Some(5000));
+        assert_eq!(file.retention_sweep, Some(Duration::from_secs(5).into()));
         assert_eq!(file.retention_batch, Some(100));
     }
 
@@ -823,8 +568,8 @@ mod tests {
                 "inventory=least_outstanding".into(),
                 "billing=consistent_hash:label=customer".into(),
             ],
-            registry_refresh_ms: Some(200),
-            connect_timeout_ms: Some(300),
+            registry_refresh: Some(Duration::from_millis(200).into()),
+            connect_timeout: Some(Duration::from_millis(300).into()),
             no_auth: Some(true),
             ..ServeArgs::default()
         }
@@ -849,9 +594,13 @@ mod tests {
             assert!(args.to_config().is_err(), "{bad}");
         }
         let file: ServeArgs =
-            toml::from_str("policies = [\"inventory=random\"]\nregistry_refresh_ms = 50").unwrap();
+            toml::from_str("policies = [\"inventory=random\"]\nregistry_refresh = \"50ms\"")
+                .unwrap();
         assert_eq!(file.policies, vec!["inventory=random"]);
-        assert_eq!(file.registry_refresh_ms, Some(50));
+        assert_eq!(
+            file.registry_refresh,
+            Some(Duration::from_millis(50).into())
+        );
     }
 
     #[test]
@@ -973,11 +722,11 @@ mod tests {
         let file: ServeArgs = toml::from_str(
             "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_client_ca = \"ca.pem\"\n\
              participant_ca = \"p.pem\"\nparticipant_cert = \"pc.pem\"\n\
-             participant_key = \"pk.pem\"\ntls_reload_ms = 100",
+             participant_key = \"pk.pem\"\ntls_reload = \"100ms\"",
         )
         .unwrap();
         assert_eq!(file.tls_client_ca, Some("ca.pem".into()));
         assert_eq!(file.participant_key, Some("pk.pem".into()));
-        assert_eq!(file.tls_reload_ms, Some(100));
+        assert_eq!(file.tls_reload, Some(Duration::from_millis(100).into()));
     }
 }
