@@ -16,9 +16,8 @@ pub mod client;
 pub mod participant;
 pub mod tls;
 pub mod trace;
+// Plumbing shared with the coordinator (`baton-server`), not part of the SDK's API.
 #[doc(hidden)]
-/// The HTTP/2 channel under the SDK's and the coordinator's gRPC calls. Plumbing shared with the
-/// coordinator (`baton-server`); not part of the SDK's API.
 pub mod transport;
 pub mod types;
 
