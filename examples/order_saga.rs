@@ -16,8 +16,7 @@
 
 use std::time::Duration;
 
-use baton_cli::cli::output;
-use baton_tx::client::{Client, Saga, Step};
+use baton_tx::client::{Client, Event, Saga, Step, Transaction};
 use baton_tx::participant::{HandlerError, Participant, Registration, Reply, Request};
 use serde::Deserialize;
 
@@ -114,12 +113,33 @@ async fn main() -> anyhow::Result<()> {
             .timeout(Duration::from_secs(60));
         println!("\n== order {n} ({sku})");
         let tx = client.run(saga).await?;
-        println!("{}", output::tx_detail(&tx));
-        let events = client.events(&tx.tx_id, 0, 1000).await?;
-        println!("{}", output::timeline(&events, &tx.branches));
+        println!("transaction {} is {}", tx.id, tx.state);
+        let events = client.events(tx.id, 0, 1000).await?;
+        print_history(&tx, &events);
     }
     inventory.shutdown().await;
     payments.shutdown().await;
     shipping.shutdown().await;
     Ok(())
+}
+
+/// The transaction's branches and its history, one line each.
+fn print_history(tx: &Transaction, events: &[Event]) {
+    for b in &tx.branches {
+        let error = b.last_error.as_deref().unwrap_or("");
+        println!(
+            "  branch {} {:<10} {:<12} {error}",
+            b.index, b.name, b.status
+        );
+    }
+    for e in events {
+        let branch = e
+            .branch
+            .and_then(|index| tx.branches.iter().find(|b| b.index == index))
+            .map_or("", |b| b.name.as_str());
+        println!(
+            "  #{:<3} {:<18} {branch:<10} {}",
+            e.seq, e.kind_name, e.detail
+        );
+    }
 }

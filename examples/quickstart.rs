@@ -10,13 +10,12 @@
 
 use std::time::Duration;
 
-use baton_cli::cli::output;
 use baton_server::api::auth::AuthConfig;
 use baton_server::api::{self, Limits, ServeConfig};
 use baton_server::coordinator::Config;
 use baton_server::registry::RegistryConfig;
 use baton_server::store::StoreOptions;
-use baton_tx::client::{Client, Saga, Step, TxState};
+use baton_tx::client::{Client, Event, Saga, Step, Transaction, TxState};
 use baton_tx::participant::{HandlerError, Participant, Registration, Reply, Request};
 use serde::Deserialize;
 
@@ -130,17 +129,13 @@ async fn main() -> anyhow::Result<()> {
     ] {
         println!("\n== {what}");
         let tx = client.run(order(amount)?).await?;
-        let state = tx.state();
-        println!(
-            "transaction {} is {}",
-            tx.tx_id,
-            output::state_name(tx.state)
-        );
-        if !tx.last_error.is_empty() {
-            println!("reason: {}", tx.last_error);
+        let state = tx.state;
+        println!("transaction {} is {state}", tx.id);
+        if let Some(reason) = &tx.last_error {
+            println!("reason: {reason}");
         }
-        let events = client.events(&tx.tx_id, 0, 1000).await?;
-        println!("{}", output::timeline(&events, &tx.branches));
+        let events = client.events(tx.id, 0, 1000).await?;
+        print_history(&tx, &events);
         if state != expected {
             failures += 1;
             eprintln!("expected {expected:?}, got {state:?}");
@@ -154,4 +149,25 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     anyhow::ensure!(failures == 0, "the quickstart did not end as expected");
     Ok(())
+}
+
+/// The transaction's branches and its history, one line each.
+fn print_history(tx: &Transaction, events: &[Event]) {
+    for b in &tx.branches {
+        let error = b.last_error.as_deref().unwrap_or("");
+        println!(
+            "  branch {} {:<10} {:<12} {error}",
+            b.index, b.name, b.status
+        );
+    }
+    for e in events {
+        let branch = e
+            .branch
+            .and_then(|index| tx.branches.iter().find(|b| b.index == index))
+            .map_or("", |b| b.name.as_str());
+        println!(
+            "  #{:<3} {:<18} {branch:<10} {}",
+            e.seq, e.kind_name, e.detail
+        );
+    }
 }

@@ -534,7 +534,7 @@ fn load(
                     match client.start(order_saga(&p, &key, fail, 5)).await {
                         Ok(started) => {
                             seen.acked.lock().unwrap().push((
-                                started.tx_id,
+                                started.tx_id.to_string(),
                                 fail,
                                 sent,
                                 Instant::now(),
@@ -664,7 +664,10 @@ async fn primary_failovers_lose_no_acknowledged_transaction() {
     let client = Client::connect_many(&addrs).await.unwrap();
     let mut lost = Vec::new();
     for (id, fail) in &acked {
-        match client.wait(id, Duration::from_secs(60)).await {
+        match client
+            .wait(id.parse().unwrap(), Duration::from_secs(60))
+            .await
+        {
             Ok(tx) => check_saga(&ledger, &tx, *fail),
             Err(e) => lost.push(format!("{id}: {e}")),
         }

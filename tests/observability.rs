@@ -411,7 +411,7 @@ async fn metrics_parse_as_prometheus_text_and_move_when_sagas_run() {
         )
         .await
         .unwrap();
-    assert_eq!(committed.state(), TxState::Committed);
+    assert_eq!(committed.state, TxState::Committed);
     let compensated = client
         .run(
             Saga::new()
@@ -420,7 +420,7 @@ async fn metrics_parse_as_prometheus_text_and_move_when_sagas_run() {
         )
         .await
         .unwrap();
-    assert_eq!(compensated.state(), TxState::Compensated);
+    assert_eq!(compensated.state, TxState::Compensated);
 
     let after = scrape(&co.http).await;
     let moved = |name: &str, labels: &[(&str, &str)]| {
@@ -501,8 +501,8 @@ async fn a_participant_receives_the_callers_trace_id() {
         )
         .await
         .unwrap();
-    assert_eq!(tx.state(), TxState::Compensated);
-    let calls = seen_for(&seen, &tx.tx_id);
+    assert_eq!(tx.state, TxState::Compensated);
+    let calls = seen_for(&seen, &tx.id.to_string());
     assert_eq!(calls.len(), 3, "{calls:?}");
     assert!(calls.iter().any(|c| c.phase == Phase::Compensate));
     let mut spans = HashSet::new();
@@ -525,9 +525,19 @@ async fn a_participant_receives_the_callers_trace_id() {
         .await
         .unwrap();
     let mut raw = c1.client.clone();
-    let mut bad = tonic::Request::new(baton_tx_proto::StartRequest::from(
-        Saga::new().step(Step::to_endpoint("a", &p).action("ok")),
-    ));
+    let mut bad = tonic::Request::new(baton_tx_proto::StartRequest {
+        definition: Some(baton_tx_proto::start_request::Definition::Saga(
+            baton_tx_proto::Saga {
+                steps: vec![baton_tx_proto::SagaStep {
+                    name: "a".into(),
+                    endpoint: p.to_string(),
+                    action: "ok".into(),
+                    ..Default::default()
+                }],
+            },
+        )),
+        ..Default::default()
+    });
     bad.metadata_mut().insert(
         "traceparent",
         "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
@@ -536,7 +546,8 @@ async fn a_participant_receives_the_callers_trace_id() {
     );
     let invalid = raw.start(bad).await.unwrap().into_inner().tx_id;
     process::wait(&mut raw, &invalid).await;
-    for id in [own.tx_id.as_str(), invalid.as_str()] {
+    let own_id = own.id.to_string();
+    for id in [own_id.as_str(), invalid.as_str()] {
         let expected = TraceId::from_bytes(*uuid::Uuid::parse_str(id).unwrap().as_bytes()).unwrap();
         let calls = seen_for(&seen, id);
         assert_eq!(calls.len(), 1, "{calls:?}");
@@ -563,18 +574,19 @@ async fn a_participant_receives_the_callers_trace_id() {
         .start(Saga::new().step(Step::to_endpoint("h", &p).action("hang")))
         .await
         .unwrap();
+    let started_id = started.tx_id.to_string();
     until("the first delivery", || {
-        !seen_for(&seen, &started.tx_id).is_empty()
+        !seen_for(&seen, &started_id).is_empty()
     })
     .await;
     c1.kill9().await;
     let c2 = process::coordinator(&db.url, "obs-2", &[], &[]).await;
     let mut c2_client = c2.client.clone();
-    let done = process::wait(&mut c2_client, &started.tx_id).await;
+    let done = process::wait(&mut c2_client, &started_id).await;
     assert_eq!(process::state(&done), baton_tx_proto::TxState::Committed);
     release.notify_waiters();
     // The first delivery came from c1, the later ones from c2, which read the trace from the log.
-    let calls = seen_for(&seen, &started.tx_id);
+    let calls = seen_for(&seen, &started_id);
     assert!(
         calls.len() >= 2,
         "no redelivery after the takeover: {calls:?}"

@@ -418,7 +418,7 @@ async fn randomized_transfers_keep_the_total_constant() {
                 };
                 let body = |acc: &str| serde_json::json!({ "account": acc, "amount": amount });
                 let timeout = Duration::from_millis(200);
-                let request: baton_tx_proto::StartRequest = if n % 2 == 0 {
+                let request: baton_tx::client::Definition = if n % 2 == 0 {
                     TwoPhase::new()
                         .branch(
                             TwoPhaseBranch::to_endpoint("debit", &src.0)
@@ -473,7 +473,8 @@ async fn randomized_transfers_keep_the_total_constant() {
     assert_eq!(outcomes.len(), transfers);
     let mut counts = std::collections::BTreeMap::new();
     for (two_phase, tx) in &outcomes {
-        let s = state(tx);
+        use baton_tx::client::TxState;
+        let s = tx.state;
         let ok = if *two_phase {
             matches!(s, TxState::Committed | TxState::Aborted)
         } else {

@@ -13,13 +13,12 @@ mod bank;
 
 use std::time::Duration;
 
-use baton_cli::cli::output;
 use baton_server::api::auth::AuthConfig;
 use baton_server::api::{self, Limits, ServeConfig};
 use baton_server::coordinator::Config;
 use baton_server::registry::RegistryConfig;
 use baton_server::store::StoreOptions;
-use baton_tx::client::{Client, Saga, Step, TwoPhase, TwoPhaseBranch};
+use baton_tx::client::{Client, Definition, Saga, Step, TwoPhase, TwoPhaseBranch};
 use baton_tx::participant::Registration;
 use serde_json::json;
 
@@ -97,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
             ))
     };
 
-    let runs: Vec<(&str, baton_tx::client::StartRequest)> = vec![
+    let runs: Vec<(&str, Definition)> = vec![
         ("2PC: alice pays bob 30", two_phase(30)?.into()),
         (
             "2PC: alice pays bob 500 (insufficient funds: aborts)",
@@ -112,13 +111,9 @@ async fn main() -> anyhow::Result<()> {
     for (what, request) in runs {
         println!("\n== {what}");
         let tx = client.run(request).await?;
-        println!(
-            "transaction {} is {}",
-            tx.tx_id,
-            output::state_name(tx.state)
-        );
-        if !tx.last_error.is_empty() {
-            println!("reason: {}", tx.last_error);
+        println!("transaction {} is {}", tx.id, tx.state);
+        if let Some(reason) = &tx.last_error {
+            println!("reason: {reason}");
         }
         print_balances(&a, &b).await?;
     }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::measure::{Recorder, Sample, Timing, Window, CALL_TIMEOUT};
 use super::{cpu, BenchError, Participants, Protocol};
-use baton_tx::client::{Client, Saga, StartRequest, Step, TwoPhase, TwoPhaseBranch, TxState};
+use baton_tx::client::{Client, Definition, Saga, Step, TwoPhase, TwoPhaseBranch, TxState};
 use baton_tx::participant::{HandlerError, Participant, Reply, ServerHandle};
 
 /// How long a participant process may take to print its endpoint.
@@ -50,7 +50,7 @@ impl Workload {
 
     /// The transaction one client starts, again and again, against the participant at
     /// `endpoint`. The first step or branch carries the baseline's payload size.
-    pub fn request(self, endpoint: &str) -> StartRequest {
+    pub fn request(self, endpoint: &str) -> Definition {
         let last = match self {
             Workload::W1 => "ship",
             Workload::W2 => "ship_declined",
@@ -79,7 +79,7 @@ impl fmt::Display for Workload {
 }
 
 /// W3's two-phase commit: `debit` and `credit` on the participant at `endpoint`.
-fn two_phase(endpoint: &str) -> StartRequest {
+fn two_phase(endpoint: &str) -> Definition {
     TwoPhase::new()
         .branch(
             TwoPhaseBranch::to_endpoint("debit", endpoint)
@@ -358,14 +358,14 @@ pub async fn run(
 }
 
 /// One transaction: start it, wait for its outcome, check it is the expected one.
-async fn one(client: &Client, request: StartRequest, expected: TxState) -> Result<(), String> {
+async fn one(client: &Client, request: Definition, expected: TxState) -> Result<(), String> {
     match tokio::time::timeout(CALL_TIMEOUT, client.run(request)).await {
-        Ok(Ok(tx)) if tx.state() == expected => Ok(()),
+        Ok(Ok(tx)) if tx.state == expected => Ok(()),
         Ok(Ok(tx)) => Err(format!(
             "transaction {} ended {:?}, expected {expected:?}: {}",
-            tx.tx_id,
-            tx.state(),
-            tx.last_error
+            tx.id,
+            tx.state,
+            tx.last_error.unwrap_or_default()
         )),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no outcome within {CALL_TIMEOUT:?}")),

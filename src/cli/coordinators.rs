@@ -14,8 +14,8 @@ pub(super) async fn run(remote: &Remote) -> anyhow::Result<()> {
                 json!({
                     "id": c.id,
                     "address": c.address,
-                    "started_at": output::time(c.started_at_ms),
-                    "heartbeat_at": output::time(c.heartbeat_at_ms),
+                    "started_at": output::time(c.started_at),
+                    "heartbeat_at": output::time(c.heartbeat_at),
                     "version": c.version,
                     "owned": c.owned,
                 })
@@ -29,8 +29,8 @@ pub(super) async fn run(remote: &Remote) -> anyhow::Result<()> {
         table.row([
             c.id.clone(),
             c.address.clone(),
-            output::time(c.started_at_ms),
-            output::time(c.heartbeat_at_ms),
+            output::time(c.started_at),
+            output::time(c.heartbeat_at),
             c.version.clone(),
             c.owned.to_string(),
         ]);

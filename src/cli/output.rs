@@ -3,15 +3,13 @@
 //! A small formatter written here rather than a table crate: the CLI needs left-aligned columns
 //! and nothing else, which is a few lines.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
-use baton_tx::client::{
-    Branch, ParticipantEndpoint, StepKind, Transaction, TxEvent, TxKind, TxState,
-};
+use baton_tx::client::{Branch, Event, ParticipantInfo, Transaction, TxState};
 
 /// A table with a header row; columns are as wide as their widest cell.
 #[derive(Debug, Clone, Default)]
@@ -66,14 +64,21 @@ impl Table {
     }
 }
 
-/// A Unix-millisecond time as RFC 3339 in UTC; 0 (unset) as `-`.
-pub fn time(ms: i64) -> String {
-    if ms == 0 {
-        return "-".to_string();
-    }
-    match DateTime::<Utc>::from_timestamp_millis(ms) {
-        Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
-        None => format!("{ms}ms"),
+/// A time as RFC 3339 in UTC, to the millisecond.
+pub fn time(t: SystemTime) -> String {
+    DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// An optional time as [`time`] writes it; none as `-`.
+pub fn time_or_dash(t: Option<SystemTime>) -> String {
+    t.map_or_else(|| "-".to_string(), time)
+}
+
+/// Milliseconds since the Unix epoch (negative before it).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
     }
 }
 
@@ -139,14 +144,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Parse a transaction state as operators write it (`running`, `failed`, ...).
 pub fn parse_state(text: &str) -> Result<TxState, String> {
-    let name = format!("TX_STATE_{}", text.trim().to_ascii_uppercase());
-    match TxState::from_str_name(&name) {
-        Some(TxState::Unspecified) | None => Err(format!(
+    text.trim().to_ascii_lowercase().parse().map_err(|_| {
+        format!(
             "unknown state {text:?} (one of running, compensating, committed, compensated, \
              failed, preparing, committing, aborting, aborted)"
-        )),
-        Some(state) => Ok(state),
-    }
+        )
+    })
 }
 
 /// Parse a `key=value` label filter.
@@ -157,42 +160,16 @@ pub fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The lowercase name of a protobuf enum value (`TX_STATE_RUNNING` → `running`).
-fn enum_name(full: &str, prefix: &str) -> String {
-    full.strip_prefix(prefix)
-        .unwrap_or(full)
-        .to_ascii_lowercase()
-}
-
-/// A transaction state's name; unknown numbers (a newer server) show as such.
-pub fn state_name(value: i32) -> String {
-    TxState::try_from(value)
-        .map(|s| enum_name(s.as_str_name(), "TX_STATE_"))
-        .unwrap_or_else(|_| format!("unknown({value})"))
-}
-
-/// A transaction kind's name.
-pub fn kind_name(value: i32) -> String {
-    TxKind::try_from(value)
-        .map(|k| enum_name(k.as_str_name(), "TX_KIND_"))
-        .unwrap_or_else(|_| format!("unknown({value})"))
-}
-
-/// A step kind's name; unspecified reads as the compensatable default it stands for.
-pub fn step_kind_name(value: i32) -> String {
-    match StepKind::try_from(value) {
-        Ok(StepKind::Unspecified) => "compensatable".to_string(),
-        Ok(kind) => enum_name(kind.as_str_name(), "STEP_KIND_"),
-        Err(_) => format!("unknown({value})"),
-    }
-}
-
 fn or_dash(text: &str) -> &str {
     if text.is_empty() {
         "-"
     } else {
         text
     }
+}
+
+fn opt_or_dash(text: &Option<String>) -> String {
+    or_dash(text.as_deref().unwrap_or_default()).to_string()
 }
 
 fn labels_text(labels: &std::collections::HashMap<String, String>) -> String {
@@ -214,13 +191,13 @@ pub fn tx_table(transactions: &[Transaction]) -> String {
     ]);
     for tx in transactions {
         table.row([
-            tx.tx_id.clone(),
-            kind_name(tx.kind),
-            state_name(tx.state),
-            time(tx.created_at_ms),
-            time(tx.updated_at_ms),
+            tx.id.to_string(),
+            tx.kind.as_str().to_string(),
+            tx.state.to_string(),
+            time(tx.created_at),
+            time(tx.updated_at),
             or_dash(&labels_text(&tx.labels)).to_string(),
-            or_dash(&tx.last_error).to_string(),
+            opt_or_dash(&tx.last_error),
         ]);
     }
     table.render()
@@ -228,26 +205,25 @@ pub fn tx_table(transactions: &[Transaction]) -> String {
 
 /// The transaction's header and branches, as `tx show` prints them before the timeline.
 pub fn tx_detail(tx: &Transaction) -> String {
-    let mut state = state_name(tx.state);
+    let mut state = tx.state.to_string();
     if tx.in_doubt {
         state.push_str(" (in doubt)");
     }
-    let owner = if tx.owner.is_empty() {
-        "-".to_string()
-    } else {
-        format!("{} (epoch {})", tx.owner, tx.epoch)
+    let owner = match &tx.owner {
+        None => "-".to_string(),
+        Some(owner) => format!("{owner} (epoch {})", tx.epoch),
     };
     let mut header = Table::new(["", ""]);
     let fields = [
-        ("id:", tx.tx_id.clone()),
-        ("kind:", kind_name(tx.kind)),
+        ("id:", tx.id.to_string()),
+        ("kind:", tx.kind.as_str().to_string()),
         ("state:", state),
         ("labels:", or_dash(&labels_text(&tx.labels)).to_string()),
-        ("idempotency key:", or_dash(&tx.idempotency_key).to_string()),
-        ("created:", time(tx.created_at_ms)),
-        ("updated:", time(tx.updated_at_ms)),
-        ("deadline:", time(tx.deadline_at_ms)),
-        ("last error:", or_dash(&tx.last_error).to_string()),
+        ("idempotency key:", opt_or_dash(&tx.idempotency_key)),
+        ("created:", time(tx.created_at)),
+        ("updated:", time(tx.updated_at)),
+        ("deadline:", time_or_dash(tx.deadline)),
+        ("last error:", opt_or_dash(&tx.last_error)),
         ("owner:", owner),
     ];
     for (name, value) in fields {
@@ -272,11 +248,11 @@ pub fn tx_detail(tx: &Transaction) -> String {
             b.index.to_string(),
             b.name.clone(),
             b.stage.to_string(),
-            step_kind_name(b.kind),
-            or_dash(&b.target).to_string(),
-            or_dash(&b.state).to_string(),
+            b.kind.as_str().to_string(),
+            or_dash(&b.target.to_string()).to_string(),
+            b.status.to_string(),
             b.attempts.to_string(),
-            or_dash(&b.last_error).to_string(),
+            opt_or_dash(&b.last_error),
         ]);
     }
     format!("{header}\nbranches:\n{}", branches.render())
@@ -284,46 +260,55 @@ pub fn tx_detail(tx: &Transaction) -> String {
 
 /// The event timeline: each event's time, the time since the previous event and since the first,
 /// the branch (by name when `branches` are known), kind and detail.
-pub fn timeline(events: &[TxEvent], branches: &[Branch]) -> String {
+pub fn timeline(events: &[Event], branches: &[Branch]) -> String {
     let mut table = Table::new(["TIME", "+PREV", "+START", "BRANCH", "KIND", "DETAIL"]);
-    let start = events.first().map_or(0, |e| e.at_ms);
+    let start = events.first().map_or(0, |e| unix_ms(e.at));
     let mut previous = start;
     for event in events {
-        let branch = match u32::try_from(event.branch) {
-            Err(_) => "-".to_string(),
-            Ok(index) => match branches.iter().find(|b| b.index == index) {
+        let at = unix_ms(event.at);
+        let branch = match event.branch {
+            None => "-".to_string(),
+            Some(index) => match branches.iter().find(|b| b.index == index) {
                 Some(b) => format!("{index} {}", b.name),
                 None => index.to_string(),
             },
         };
         table.row([
-            time(event.at_ms),
-            delta(event.at_ms.saturating_sub(previous)),
-            delta(event.at_ms.saturating_sub(start)),
+            time(event.at),
+            delta(at.saturating_sub(previous)),
+            delta(at.saturating_sub(start)),
             branch,
-            event.kind.clone(),
+            event.kind_name.clone(),
             or_dash(&event.detail).to_string(),
         ]);
-        previous = event.at_ms;
+        previous = at;
     }
     table.render()
 }
 
-/// The `participants list` table.
-pub fn participants_table(participants: &[ParticipantEndpoint]) -> String {
-    let mut table = Table::new(["SERVICE", "ENDPOINT", "WEIGHT", "ZONE", "EXPIRES"]);
+/// The `participants list` table, with the answering coordinator's balancing state: the
+/// service's policy, calls in flight, and until when a failing endpoint is passed over.
+pub fn participants_table(participants: &[ParticipantInfo]) -> String {
+    let mut table = Table::new([
+        "SERVICE",
+        "ENDPOINT",
+        "WEIGHT",
+        "ZONE",
+        "EXPIRES",
+        "POLICY",
+        "OUTSTANDING",
+        "EJECTED UNTIL",
+    ]);
     for p in participants {
-        let expires = if p.expires_at_ms == 0 {
-            "never".to_string()
-        } else {
-            time(p.expires_at_ms)
-        };
         table.row([
             p.service.clone(),
             p.endpoint.clone(),
             p.weight.to_string(),
-            or_dash(&p.zone).to_string(),
-            expires,
+            opt_or_dash(&p.zone),
+            p.expires_at.map_or_else(|| "never".to_string(), time),
+            opt_or_dash(&p.policy),
+            p.outstanding.to_string(),
+            time_or_dash(p.ejected_until),
         ]);
     }
     table.render()
@@ -340,8 +325,7 @@ fn bytes_json(map: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
     };
 }
 
-/// A transaction as JSON. Proto types do not derive `Serialize`, and the field names here are the
-/// stable interface scripts rely on.
+/// A transaction as JSON. The field names here are the stable interface scripts rely on.
 pub fn tx_json(tx: &Transaction) -> Value {
     let branches: Vec<Value> = tx
         .branches
@@ -351,28 +335,34 @@ pub fn tx_json(tx: &Transaction) -> Value {
             map.insert("index".into(), json!(b.index));
             map.insert("name".into(), json!(b.name));
             map.insert("stage".into(), json!(b.stage));
-            map.insert("kind".into(), json!(step_kind_name(b.kind)));
-            map.insert("target".into(), json!(b.target));
+            map.insert("kind".into(), json!(b.kind.as_str()));
+            map.insert("target".into(), json!(b.target.to_string()));
             map.insert("action".into(), json!(b.action));
-            map.insert("compensate".into(), json!(b.compensate));
-            map.insert("state".into(), json!(b.state));
+            map.insert(
+                "compensate".into(),
+                json!(b.compensate.as_deref().unwrap_or_default()),
+            );
+            map.insert("state".into(), json!(b.status.as_str()));
             map.insert("attempts".into(), json!(b.attempts));
             bytes_json(&mut map, "output", &b.output);
-            map.insert("last_error".into(), json!(b.last_error));
+            map.insert(
+                "last_error".into(),
+                json!(b.last_error.as_deref().unwrap_or_default()),
+            );
             Value::Object(map)
         })
         .collect();
     json!({
-        "tx_id": tx.tx_id,
-        "kind": kind_name(tx.kind),
-        "state": state_name(tx.state),
+        "tx_id": tx.id.to_string(),
+        "kind": tx.kind.as_str(),
+        "state": tx.state.as_str(),
         "labels": tx.labels,
-        "idempotency_key": tx.idempotency_key,
-        "created_at": time_json(tx.created_at_ms),
-        "updated_at": time_json(tx.updated_at_ms),
-        "deadline_at": time_json(tx.deadline_at_ms),
-        "last_error": tx.last_error,
-        "owner": tx.owner,
+        "idempotency_key": tx.idempotency_key.as_deref().unwrap_or_default(),
+        "created_at": time(tx.created_at),
+        "updated_at": time(tx.updated_at),
+        "deadline_at": time_json(tx.deadline),
+        "last_error": tx.last_error.as_deref().unwrap_or_default(),
+        "owner": tx.owner.as_deref().unwrap_or_default(),
         "epoch": tx.epoch,
         "in_doubt": tx.in_doubt,
         "branches": branches,
@@ -380,40 +370,40 @@ pub fn tx_json(tx: &Transaction) -> Value {
 }
 
 /// An event as JSON; `branch` is null for events about the whole transaction.
-pub fn event_json(event: &TxEvent) -> Value {
+pub fn event_json(event: &Event) -> Value {
     json!({
-        "tx_id": event.tx_id,
+        "tx_id": event.tx_id.to_string(),
         "seq": event.seq,
-        "at": time_json(event.at_ms),
-        "at_ms": event.at_ms,
-        "kind": event.kind,
-        "branch": u32::try_from(event.branch).ok(),
+        "at": time(event.at),
+        "at_ms": unix_ms(event.at),
+        "kind": event.kind_name,
+        "branch": event.branch,
         "detail": event.detail,
     })
 }
 
 /// A participant endpoint as JSON.
-pub fn participant_json(p: &ParticipantEndpoint) -> Value {
+pub fn participant_json(p: &ParticipantInfo) -> Value {
     json!({
         "service": p.service,
         "endpoint": p.endpoint,
         "weight": p.weight,
-        "zone": p.zone,
-        "expires_at": time_json(p.expires_at_ms),
+        "zone": p.zone.as_deref().unwrap_or_default(),
+        "expires_at": time_json(p.expires_at),
+        "policy": p.policy,
+        "outstanding": p.outstanding,
+        "ejected_until": time_json(p.ejected_until),
     })
 }
 
-fn time_json(ms: i64) -> Value {
-    if ms == 0 {
-        Value::Null
-    } else {
-        Value::from(time(ms))
-    }
+fn time_json(t: Option<SystemTime>) -> Value {
+    t.map_or(Value::Null, |t| Value::from(time(t)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_tx::client::{StepKind, StepStatus, Target, TxKind};
 
     #[test]
     fn table_aligns_columns_without_trailing_blanks() {
@@ -432,8 +422,11 @@ mod tests {
 
     #[test]
     fn times_and_deltas() {
-        assert_eq!(time(0), "-");
-        assert_eq!(time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(time_or_dash(None), "-");
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(time(t), "2023-11-14T22:13:20.123Z");
+        assert_eq!(unix_ms(t), 1_700_000_000_123);
+        assert_eq!(unix_ms(UNIX_EPOCH - Duration::from_millis(5)), -5);
         assert_eq!(delta(0), "+0ms");
         assert_eq!(delta(1530), "+1530ms");
         assert_eq!(delta(-5), "-5ms");
@@ -476,57 +469,96 @@ mod tests {
         assert_eq!(parse_label("a=b=c"), Ok(("a".into(), "b=c".into())));
         assert!(parse_label("order").is_err());
         assert!(parse_label("=1").is_err());
-        assert_eq!(state_name(TxState::Compensated as i32), "compensated");
-        assert_eq!(state_name(99), "unknown(99)");
-        assert_eq!(kind_name(TxKind::TwoPhase as i32), "two_phase");
-        assert_eq!(step_kind_name(0), "compensatable");
-        assert_eq!(step_kind_name(StepKind::Pivot as i32), "pivot");
     }
 
-    fn sample() -> (Transaction, Vec<TxEvent>) {
+    const T1: &str = "01890a5d-ac96-774b-bcce-b302099a8057";
+
+    fn at(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    fn sample() -> (Transaction, Vec<Event>) {
         let tx = Transaction {
-            tx_id: "t1".into(),
-            kind: TxKind::Saga as i32,
-            state: TxState::Compensated as i32,
+            id: T1.parse().unwrap(),
+            kind: TxKind::Saga,
+            state: TxState::Compensated,
             labels: [("order".to_string(), "42".to_string())].into(),
-            created_at_ms: 1_700_000_000_000,
-            updated_at_ms: 1_700_000_000_250,
-            last_error: "charge: card declined".into(),
-            owner: "c1".into(),
+            idempotency_key: None,
+            created_at: at(1_700_000_000_000),
+            updated_at: at(1_700_000_000_250),
+            deadline: None,
+            last_error: Some("charge: card declined".into()),
+            owner: Some("c1".into()),
             epoch: 2,
+            in_doubt: false,
             branches: vec![Branch {
                 index: 0,
                 name: "reserve".into(),
-                kind: StepKind::Compensatable as i32,
-                target: "inventory".into(),
-                state: "compensated".into(),
+                stage: 0,
+                kind: StepKind::Compensatable,
+                target: Target::Service("inventory".into()),
+                action: "reserve".into(),
+                compensate: None,
+                status: StepStatus::Compensated,
                 attempts: 1,
                 output: vec![0xff, 0x00],
-                ..Branch::default()
+                last_error: None,
             }],
-            ..Transaction::default()
         };
-        let event = |seq: u64, at_ms: i64, branch: i32, kind: &str| TxEvent {
-            tx_id: "t1".into(),
+        let event = |seq: u64, ms: u64, branch: Option<u32>, kind: &str| Event {
+            tx_id: tx.id,
             seq,
-            at_ms,
-            kind: kind.into(),
+            at: at(ms),
+            kind: kind.parse().ok(),
+            kind_name: kind.into(),
             branch,
             detail: String::new(),
         };
         let events = vec![
-            event(1, 1_700_000_000_000, -1, "started"),
-            event(2, 1_700_000_000_040, 0, "step_done"),
-            event(3, 1_700_000_000_250, 0, "compensated"),
+            event(1, 1_700_000_000_000, None, "accepted"),
+            event(2, 1_700_000_000_040, Some(0), "execute_ok"),
+            event(3, 1_700_000_000_250, Some(0), "compensated"),
         ];
         (tx, events)
+    }
+
+    #[test]
+    fn participants_show_the_balancing_state() {
+        let p = ParticipantInfo {
+            service: "pay".into(),
+            endpoint: "http://10.0.0.1:9000".into(),
+            weight: 1,
+            zone: None,
+            expires_at: None,
+            policy: Some("least_outstanding".into()),
+            outstanding: 3,
+            ejected_until: Some(at(1_700_000_000_000)),
+        };
+        let table = participants_table(std::slice::from_ref(&p));
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "SERVICE  ENDPOINT              WEIGHT  ZONE  EXPIRES  POLICY             OUTSTANDING  EJECTED UNTIL"
+        );
+        assert_eq!(
+            lines[1],
+            "pay      http://10.0.0.1:9000  1       -     never    least_outstanding  3            2023-11-14T22:13:20.000Z"
+        );
+        let value = participant_json(&p);
+        assert_eq!(value["policy"], "least_outstanding");
+        assert_eq!(value["outstanding"], 3);
+        assert_eq!(value["ejected_until"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(value["expires_at"], Value::Null);
     }
 
     #[test]
     fn detail_and_timeline() {
         let (tx, events) = sample();
         let detail = tx_detail(&tx);
-        assert!(detail.starts_with("id:               t1\n"), "{detail}");
+        assert!(
+            detail.starts_with(&format!("id:               {T1}\n")),
+            "{detail}"
+        );
         assert!(detail.contains("state:            compensated\n"));
         assert!(detail.contains("labels:           order=42\n"));
         assert!(detail.contains("deadline:         -\n"));
@@ -540,7 +572,7 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "2023-11-14T22:13:20.000Z  +0ms    +0ms    -          started      -"
+            "2023-11-14T22:13:20.000Z  +0ms    +0ms    -          accepted     -"
         );
         assert_eq!(
             lines[3],

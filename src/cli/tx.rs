@@ -6,7 +6,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::{output, print_json, print_out, Remote};
-use baton_tx::client::{Client, ListQuery, Transaction, TxEvent, TxState};
+use baton_tx::client::{Client, Event, ListQuery, Transaction, TxId, TxState};
 
 /// Events fetched per `Events` call; the coordinator's default page size.
 const EVENTS_PAGE: u32 = 1000;
@@ -102,25 +102,26 @@ pub(super) async fn run(remote: &Remote, command: TxCommand) -> anyhow::Result<(
                 created_after: since,
                 created_before: None,
                 limit: limit.unwrap_or(0),
-                page_token: page_token.unwrap_or_default(),
+                page_token,
             };
             let page = client.list(query).await?;
             if remote.json {
                 let list: Vec<_> = page.transactions.iter().map(output::tx_json).collect();
                 return print_json(&json!({
                     "transactions": list,
-                    "next_page_token": page.next_page_token,
+                    "next_page_token": page.next_page_token.unwrap_or_default(),
                 }));
             }
             print_out(&output::tx_table(&page.transactions))?;
-            if !page.next_page_token.is_empty() {
-                print_out(&format!("\nmore: --page-token {}\n", page.next_page_token))?;
+            if let Some(token) = &page.next_page_token {
+                print_out(&format!("\nmore: --page-token {token}\n"))?;
             }
             Ok(())
         }
         TxCommand::Show { id } => {
-            let tx = client.get(&id).await?;
-            let events = all_events(&client, &id).await?;
+            let id = tx_id(&id)?;
+            let tx = client.get(id).await?;
+            let events = all_events(&client, id).await?;
             if remote.json {
                 let mut value = output::tx_json(&tx);
                 value["events"] = events.iter().map(output::event_json).collect();
@@ -131,15 +132,18 @@ pub(super) async fn run(remote: &Remote, command: TxCommand) -> anyhow::Result<(
             print_out(&output::timeline(&events, &tx.branches))
         }
         TxCommand::Events { id } => {
-            let events = all_events(&client, &id).await?;
+            let id = tx_id(&id)?;
+            let events = all_events(&client, id).await?;
             if remote.json {
                 let list: Vec<_> = events.iter().map(output::event_json).collect();
-                return print_json(&json!({ "tx_id": id, "events": list }));
+                return print_json(&json!({ "tx_id": id.to_string(), "events": list }));
             }
             print_out(&output::timeline(&events, &[]))
         }
-        TxCommand::Retry { id } => print_tx(remote, &client.retry(&id).await?),
-        TxCommand::Cancel { id, reason } => print_tx(remote, &client.cancel(&id, &reason).await?),
+        TxCommand::Retry { id } => print_tx(remote, &client.retry(tx_id(&id)?).await?),
+        TxCommand::Cancel { id, reason } => {
+            print_tx(remote, &client.cancel(tx_id(&id)?, &reason).await?)
+        }
         TxCommand::Purge { older_than, batch } => {
             let purged = client.purge(older_than, batch.unwrap_or(0)).await?;
             if remote.json {
@@ -150,6 +154,12 @@ pub(super) async fn run(remote: &Remote, command: TxCommand) -> anyhow::Result<(
     }
 }
 
+/// The id argument. Read after connecting, so an unreachable coordinator is reported first, as
+/// for every other command.
+fn tx_id(text: &str) -> anyhow::Result<TxId> {
+    Ok(text.parse()?)
+}
+
 fn print_tx(remote: &Remote, tx: &Transaction) -> anyhow::Result<()> {
     if remote.json {
         return print_json(&output::tx_json(tx));
@@ -158,8 +168,8 @@ fn print_tx(remote: &Remote, tx: &Transaction) -> anyhow::Result<()> {
 }
 
 /// The whole history, page by page.
-async fn all_events(client: &Client, id: &str) -> anyhow::Result<Vec<TxEvent>> {
-    let mut events: Vec<TxEvent> = Vec::new();
+async fn all_events(client: &Client, id: TxId) -> anyhow::Result<Vec<Event>> {
+    let mut events: Vec<Event> = Vec::new();
     for _ in 0..MAX_EVENT_PAGES {
         let after = events.last().map_or(0, |e| e.seq);
         let page = client.events(id, after, EVENTS_PAGE).await?;

@@ -26,9 +26,9 @@ pub fn order_saga(endpoint: &str, key: &str, fail: bool, sleep_ms: u64) -> Saga 
 /// The invariants for one saga: committed → every step executed, nothing compensated;
 /// compensated → the failing third step never applied, the first two executed and compensated.
 pub fn check_saga(ledger: &Ledger, tx: &baton_tx::client::Transaction, fail: bool) {
-    let id = &tx.tx_id;
+    let id = &tx.id.to_string();
     if fail {
-        assert_eq!(tx.state(), TxState::Compensated, "{tx:?}");
+        assert_eq!(tx.state, TxState::Compensated, "{tx:?}");
         for b in 0..2 {
             assert_eq!(ledger.times_applied(id, b, "execute"), 1, "{id} step {b}");
             assert_eq!(
@@ -44,7 +44,7 @@ pub fn check_saga(ledger: &Ledger, tx: &baton_tx::client::Transaction, fail: boo
             "{id}: a failed step is not undone"
         );
     } else {
-        assert_eq!(tx.state(), TxState::Committed, "{tx:?}");
+        assert_eq!(tx.state, TxState::Committed, "{tx:?}");
         for b in 0..3 {
             assert_eq!(ledger.times_applied(id, b, "execute"), 1, "{id} step {b}");
             assert_eq!(ledger.delivered(id, b, "compensate"), 0, "{id} step {b}");

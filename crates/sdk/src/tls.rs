@@ -8,6 +8,9 @@
 //! so rotating a certificate needs no restart. The SDK clients read their files when they connect.
 //!
 //! Trust comes only from the CA files given: no system or bundled roots.
+//!
+//! Shared with the coordinator (`baton-server`), which serves its ports and calls participants
+//! with the same code; applications need [`ClientTls`] and participants [`ServerTls`].
 
 use std::io;
 use std::net::SocketAddr;

@@ -9,6 +9,9 @@
 //!
 //! A connection is made on first use and again after it breaks (by the next call); calls that
 //! were in flight on a broken connection fail with `UNAVAILABLE`, which the engine retries.
+//!
+//! Shared with the coordinator (`baton-server`), which calls participants through it; hidden from
+//! the SDK's documentation because applications never use it directly.
 
 use std::future::Future;
 use std::pin::Pin;

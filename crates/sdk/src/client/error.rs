@@ -34,6 +34,10 @@ pub enum ClientError {
     /// A step's payload could not be encoded as JSON.
     #[error("payload: cannot encode json: {0}")]
     Json(serde_json::Error),
+    /// The coordinator's answer holds something this SDK cannot read: a value it does not know
+    /// (from a newer coordinator, such as a new transaction state) or a malformed one.
+    #[error("unexpected answer from the coordinator: {0}")]
+    Protocol(String),
     /// The TLS files could not be read or are not valid.
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -56,11 +60,12 @@ impl From<serde_json::Error> for ClientError {
 impl ClientError {
     /// The gRPC code of the failure. Errors that never reached a coordinator get the code a
     /// server would have used: `UNAVAILABLE` for connection failures, `INVALID_ARGUMENT` for bad
-    /// input.
+    /// input, `INTERNAL` for an answer this SDK cannot read.
     pub fn code(&self) -> Code {
         match self {
             ClientError::Status(status) => status.code(),
             ClientError::Connect { .. } => Code::Unavailable,
+            ClientError::Protocol(_) => Code::Internal,
             ClientError::NoAddress
             | ClientError::InvalidAddress { .. }
             | ClientError::InvalidToken
@@ -88,7 +93,7 @@ impl ClientError {
 }
 
 /// The canonical name of a gRPC code (`NOT_FOUND`), as operators see it in other gRPC tools.
-pub fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

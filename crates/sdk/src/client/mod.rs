@@ -14,12 +14,18 @@
 //!     .idempotency_key("order-42")
 //!     .label("order", "42");
 //! let tx = client.run(saga).await?;
-//! assert_eq!(tx.state(), TxState::Committed);
+//! assert_eq!(tx.state, TxState::Committed);
+//! for event in client.events(tx.id, 0, 0).await? {
+//!     println!("{} {}", event.seq, event.kind_name);
+//! }
 //! # Ok(())
 //! # }
 //! ```
 
+mod convert;
+mod definition;
 mod error;
+mod model;
 mod saga;
 mod two_phase;
 
@@ -29,44 +35,38 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
-pub use self::error::{code_name, ClientError};
-use self::saga::millis;
+use self::convert::millis;
+pub use self::definition::Definition;
+pub use self::error::ClientError;
+pub use self::model::{
+    Branch, CoordinatorInfo, Event, ListPage, ParticipantInfo, Started, Transaction,
+};
 pub use self::saga::{Saga, Step};
 pub use self::two_phase::{Branch as TwoPhaseBranch, Tcc, TwoPhase};
 use crate::proto::coordinator_client::CoordinatorClient;
-pub use crate::proto::{
-    Branch, CoordinatorInfo, ListResponse, ParticipantEndpoint, StartRequest, StepKind,
-    Transaction, TxEvent, TxKind, TxState,
-};
 use crate::proto::{
     CancelRequest, DeregisterParticipantRequest, EventsRequest, GetRequest,
-    ListCoordinatorsRequest, ListParticipantsRequest, ListRequest, PurgeRequest,
-    RegisterParticipantRequest, RetryRequest, WaitRequest, WatchRequest,
+    ListCoordinatorsRequest, ListParticipantsRequest, PurgeRequest, RegisterParticipantRequest,
+    RetryRequest, WaitRequest, WatchRequest,
 };
 pub use crate::trace::TraceParent;
 use crate::transport::GrpcChannel;
+pub use crate::types::{
+    CallMark, EventKind, Phase, StepKind, StepStatus, Target, TxId, TxKind, TxState,
+};
 
 /// How long to wait for a TCP connection to a coordinator before trying the next one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Slack on top of a server-side wait, so a wait that the server ends on time is never cut short
 /// by the client, while a server that never answers does not hang the caller forever.
 const WAIT_SLACK: Duration = Duration::from_secs(10);
-
-/// The answer to [`Client::start`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Started {
-    /// The transaction's id.
-    pub tx_id: String,
-    /// False when the idempotency key named a transaction that already existed.
-    pub created: bool,
-}
 
 /// Which transactions [`Client::list`] returns. The default lists the newest 50 of any state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,32 +81,8 @@ pub struct ListQuery {
     pub created_before: Option<SystemTime>,
     /// Page size; 0 means the coordinator's default (50).
     pub limit: u32,
-    /// Continue from a previous page's `next_page_token`.
-    pub page_token: String,
-}
-
-impl From<ListQuery> for ListRequest {
-    fn from(query: ListQuery) -> Self {
-        ListRequest {
-            states: query.states.into_iter().map(|s| s as i32).collect(),
-            labels: query.labels,
-            created_after_ms: query.created_after.map(unix_ms).unwrap_or(0),
-            created_before_ms: query.created_before.map(unix_ms).unwrap_or(0),
-            limit: query.limit,
-            page_token: query.page_token,
-        }
-    }
-}
-
-/// Unix milliseconds of `time`; times before 1970 clamp to the epoch plus one millisecond, so they
-/// still bound the query (0 would mean unbounded).
-fn unix_ms(time: SystemTime) -> i64 {
-    let ms = time
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(1)
-        .max(1);
-    i64::try_from(ms).unwrap_or(i64::MAX)
+    /// Continue from a previous page's [`ListPage::next_page_token`].
+    pub page_token: Option<String>,
 }
 
 /// A connection to one or more coordinators. Cheap to clone; clones share connections.
@@ -283,8 +259,8 @@ impl Client {
     }
 
     /// Start a transaction and return as soon as the coordinator has accepted it durably.
-    pub async fn start(&self, definition: impl Into<StartRequest>) -> Result<Started, ClientError> {
-        let request = definition.into();
+    pub async fn start(&self, definition: impl Into<Definition>) -> Result<Started, ClientError> {
+        let request = convert::start_request(definition.into());
         let idempotent = !request.idempotency_key.is_empty();
         let response = self
             .call(idempotent, move |mut c| {
@@ -292,18 +268,12 @@ impl Client {
                 async move { c.start(request).await }
             })
             .await?;
-        Ok(Started {
-            tx_id: response.tx_id,
-            created: response.created,
-        })
+        convert::started(&response)
     }
 
     /// Start a transaction and wait until it has ended; returns it in its final state.
-    pub async fn run(
-        &self,
-        definition: impl Into<StartRequest>,
-    ) -> Result<Transaction, ClientError> {
-        let mut request = definition.into();
+    pub async fn run(&self, definition: impl Into<Definition>) -> Result<Transaction, ClientError> {
+        let mut request = convert::start_request(definition.into());
         request.wait = true;
         request.wait_timeout_ms = 0;
         let idempotent = !request.idempotency_key.is_empty();
@@ -314,43 +284,50 @@ impl Client {
             })
             .await?;
         match response.transaction {
-            Some(tx) => Ok(tx),
+            Some(tx) => convert::transaction(tx),
             // A coordinator that accepted but did not include the transaction: ask for it.
-            None => self.wait(&response.tx_id, Duration::ZERO).await,
+            None => {
+                let id = convert::tx_id(&response.tx_id)?;
+                self.wait(id, Duration::ZERO).await
+            }
         }
     }
 
     /// The transaction's current state and branches.
-    pub async fn get(&self, tx_id: &str) -> Result<Transaction, ClientError> {
+    pub async fn get(&self, tx_id: TxId) -> Result<Transaction, ClientError> {
         let request = GetRequest {
             tx_id: tx_id.to_string(),
         };
-        self.call(true, move |mut c| {
-            let request = request.clone();
-            async move { c.get(request).await }
-        })
-        .await
+        let tx = self
+            .call(true, move |mut c| {
+                let request = request.clone();
+                async move { c.get(request).await }
+            })
+            .await?;
+        convert::transaction(tx)
     }
 
     /// Wait until the transaction has ended, or `timeout` has passed (then it is returned as it
     /// stands). A zero timeout means the coordinator's maximum.
-    pub async fn wait(&self, tx_id: &str, timeout: Duration) -> Result<Transaction, ClientError> {
+    pub async fn wait(&self, tx_id: TxId, timeout: Duration) -> Result<Transaction, ClientError> {
         let message = WaitRequest {
             tx_id: tx_id.to_string(),
             timeout_ms: millis(timeout),
         };
-        self.call(true, move |mut c| {
-            let mut request = tonic::Request::new(message.clone());
-            if !timeout.is_zero() {
-                request.set_timeout(timeout.saturating_add(WAIT_SLACK));
-            }
-            async move { c.wait(request).await }
-        })
-        .await
+        let tx = self
+            .call(true, move |mut c| {
+                let mut request = tonic::Request::new(message.clone());
+                if !timeout.is_zero() {
+                    request.set_timeout(timeout.saturating_add(WAIT_SLACK));
+                }
+                async move { c.wait(request).await }
+            })
+            .await?;
+        convert::transaction(tx)
     }
 
     /// The transaction's events from the start, then live ones as they happen, until it ends.
-    pub async fn watch(&self, tx_id: &str) -> Result<EventStream, ClientError> {
+    pub async fn watch(&self, tx_id: TxId) -> Result<EventStream, ClientError> {
         let request = WatchRequest {
             tx_id: tx_id.to_string(),
         };
@@ -364,23 +341,25 @@ impl Client {
     }
 
     /// Transactions matching `query`, newest first, one page at a time.
-    pub async fn list(&self, query: ListQuery) -> Result<ListResponse, ClientError> {
-        let request = ListRequest::from(query);
-        self.call(true, move |mut c| {
-            let request = request.clone();
-            async move { c.list(request).await }
-        })
-        .await
+    pub async fn list(&self, query: ListQuery) -> Result<ListPage, ClientError> {
+        let request = convert::list_request(query);
+        let page = self
+            .call(true, move |mut c| {
+                let request = request.clone();
+                async move { c.list(request).await }
+            })
+            .await?;
+        convert::list_page(page)
     }
 
     /// The transaction's history: events with `seq` greater than `after_seq`, at most `limit`
     /// (0 means the coordinator's default).
     pub async fn events(
         &self,
-        tx_id: &str,
+        tx_id: TxId,
         after_seq: u64,
         limit: u32,
-    ) -> Result<Vec<TxEvent>, ClientError> {
+    ) -> Result<Vec<Event>, ClientError> {
         let request = EventsRequest {
             tx_id: tx_id.to_string(),
             after_seq,
@@ -392,32 +371,36 @@ impl Client {
                 async move { c.events(request).await }
             })
             .await?;
-        Ok(response.events)
+        response.events.into_iter().map(convert::event).collect()
     }
 
     /// Cancel a transaction: a running saga compensates, a 2PC before its decision aborts.
-    pub async fn cancel(&self, tx_id: &str, reason: &str) -> Result<Transaction, ClientError> {
+    pub async fn cancel(&self, tx_id: TxId, reason: &str) -> Result<Transaction, ClientError> {
         let request = CancelRequest {
             tx_id: tx_id.to_string(),
             reason: reason.to_string(),
         };
-        self.call(false, move |mut c| {
-            let request = request.clone();
-            async move { c.cancel(request).await }
-        })
-        .await
+        let tx = self
+            .call(false, move |mut c| {
+                let request = request.clone();
+                async move { c.cancel(request).await }
+            })
+            .await?;
+        convert::transaction(tx)
     }
 
     /// Resume a failed or stuck transaction.
-    pub async fn retry(&self, tx_id: &str) -> Result<Transaction, ClientError> {
+    pub async fn retry(&self, tx_id: TxId) -> Result<Transaction, ClientError> {
         let request = RetryRequest {
             tx_id: tx_id.to_string(),
         };
-        self.call(false, move |mut c| {
-            let request = request.clone();
-            async move { c.retry(request).await }
-        })
-        .await
+        let tx = self
+            .call(false, move |mut c| {
+                let request = request.clone();
+                async move { c.retry(request).await }
+            })
+            .await?;
+        convert::transaction(tx)
     }
 
     /// Register `endpoint` as an instance of the participant service `service`. A non-zero `ttl`
@@ -428,7 +411,7 @@ impl Client {
         endpoint: &str,
         weight: u32,
         ttl: Duration,
-    ) -> Result<ParticipantEndpoint, ClientError> {
+    ) -> Result<ParticipantInfo, ClientError> {
         let request = RegisterParticipantRequest {
             service: service.to_string(),
             endpoint: endpoint.to_string(),
@@ -442,7 +425,10 @@ impl Client {
                 async move { c.register_participant(request).await }
             })
             .await?;
-        Ok(response.participant.unwrap_or_default())
+        let participant = response.participant.ok_or_else(|| {
+            ClientError::Protocol("the registration's answer names no participant".into())
+        })?;
+        Ok(convert::participant(participant))
     }
 
     /// Remove a participant endpoint; returns whether it was registered.
@@ -464,11 +450,12 @@ impl Client {
         Ok(response.removed)
     }
 
-    /// Registered participant endpoints, of one service or (with `None`) of all.
+    /// Registered participant endpoints, of one service or (with `None`) of all, with the
+    /// answering coordinator's balancing state.
     pub async fn list_participants(
         &self,
         service: Option<&str>,
-    ) -> Result<Vec<ParticipantEndpoint>, ClientError> {
+    ) -> Result<Vec<ParticipantInfo>, ClientError> {
         let request = ListParticipantsRequest {
             service: service.unwrap_or_default().to_string(),
         };
@@ -478,7 +465,11 @@ impl Client {
                 async move { c.list_participants(request).await }
             })
             .await?;
-        Ok(response.participants)
+        Ok(response
+            .participants
+            .into_iter()
+            .map(convert::participant)
+            .collect())
     }
 
     /// The coordinators sharing the log.
@@ -488,7 +479,11 @@ impl Client {
                 c.list_coordinators(ListCoordinatorsRequest {}).await
             })
             .await?;
-        Ok(response.coordinators)
+        Ok(response
+            .coordinators
+            .into_iter()
+            .map(convert::coordinator)
+            .collect())
     }
 
     /// Operator: delete finished transactions (with their history) that ended longer ago than
@@ -599,27 +594,27 @@ fn endpoint(
 /// The live events of one transaction, from [`Client::watch`]. Ends when the transaction does.
 #[derive(Debug)]
 pub struct EventStream {
-    inner: tonic::Streaming<TxEvent>,
+    inner: tonic::Streaming<crate::proto::TxEvent>,
 }
 
 impl EventStream {
     /// The next event, or `None` once the transaction has ended and the stream is done.
-    pub async fn next(&mut self) -> Option<Result<TxEvent, ClientError>> {
-        self.inner
-            .message()
-            .await
-            .map_err(ClientError::from)
-            .transpose()
+    pub async fn next(&mut self) -> Option<Result<Event, ClientError>> {
+        match self.inner.message().await {
+            Ok(Some(event)) => Some(convert::event(event)),
+            Ok(None) => None,
+            Err(status) => Some(Err(status.into())),
+        }
     }
 }
 
 impl tokio_stream::Stream for EventStream {
-    type Item = Result<TxEvent, ClientError>;
+    type Item = Result<Event, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         Pin::new(&mut self.inner)
             .poll_next(cx)
-            .map(|item| item.map(|r| r.map_err(ClientError::from)))
+            .map(|item| item.map(|r| r.map_err(ClientError::from).and_then(convert::event)))
     }
 }
 

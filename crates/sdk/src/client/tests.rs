@@ -8,12 +8,20 @@ use tonic::{Request, Response};
 use super::*;
 use crate::proto::coordinator_server::{Coordinator, CoordinatorServer};
 use crate::proto::{
-    CancelRequest, DeregisterParticipantRequest, DeregisterParticipantResponse, EventsRequest,
-    EventsResponse, GetRequest, HeartbeatParticipantRequest, HeartbeatParticipantResponse,
-    ListCoordinatorsRequest, ListCoordinatorsResponse, ListParticipantsRequest,
-    ListParticipantsResponse, ListRequest, RegisterParticipantRequest, RegisterParticipantResponse,
-    RetryRequest, StartResponse, WaitRequest, WatchRequest,
+    self, CancelRequest, DeregisterParticipantRequest, DeregisterParticipantResponse,
+    EventsRequest, EventsResponse, GetRequest, HeartbeatParticipantRequest,
+    HeartbeatParticipantResponse, ListCoordinatorsRequest, ListCoordinatorsResponse,
+    ListParticipantsRequest, ListParticipantsResponse, ListRequest, ListResponse,
+    RegisterParticipantRequest, RegisterParticipantResponse, RetryRequest, StartRequest,
+    StartResponse, TxEvent, WaitRequest, WatchRequest,
 };
+
+/// The one transaction the fake coordinator knows.
+const T1: &str = "01890a5d-ac96-774b-bcce-b302099a8057";
+
+fn t1() -> TxId {
+    T1.parse().unwrap()
+}
 
 /// Answers Start, Get, Events and Watch from memory; everything else is unimplemented.
 #[derive(Default)]
@@ -21,21 +29,26 @@ struct FakeCoordinator {
     started: Mutex<Vec<StartRequest>>,
 }
 
-fn tx(id: &str) -> Transaction {
-    Transaction {
+fn tx(id: &str) -> proto::Transaction {
+    proto::Transaction {
         tx_id: id.to_string(),
-        kind: TxKind::Saga as i32,
-        state: TxState::Committed as i32,
-        ..Transaction::default()
+        kind: proto::TxKind::Saga as i32,
+        state: proto::TxState::Committed as i32,
+        ..proto::Transaction::default()
     }
 }
 
 fn event(seq: u64) -> TxEvent {
     TxEvent {
-        tx_id: "t1".into(),
+        tx_id: T1.into(),
         seq,
         at_ms: 1_000 + seq as i64,
-        kind: "step_done".into(),
+        kind: if seq == 2 {
+            "from_the_future"
+        } else {
+            "execute_ok"
+        }
+        .into(),
         branch: 0,
         detail: String::new(),
     }
@@ -56,19 +69,20 @@ impl Coordinator for FakeCoordinator {
         let wait = r.wait;
         started.push(r);
         Ok(Response::new(StartResponse {
-            tx_id: "t1".into(),
+            tx_id: T1.into(),
             created,
-            transaction: wait.then(|| tx("t1")),
+            transaction: wait.then(|| tx(T1)),
         }))
     }
-    async fn get(&self, r: Request<GetRequest>) -> Result<Response<Transaction>, Status> {
+    async fn get(&self, r: Request<GetRequest>) -> Result<Response<proto::Transaction>, Status> {
         match r.into_inner().tx_id.as_str() {
-            "t1" => Ok(Response::new(tx("t1"))),
+            T1 => Ok(Response::new(tx(T1))),
+            "00000000-0000-0000-0000-000000000000" => Ok(Response::new(tx("not-a-uuid"))),
             other => Err(Status::not_found(format!("tx_id: no transaction {other}"))),
         }
     }
-    async fn wait(&self, _: Request<WaitRequest>) -> Result<Response<Transaction>, Status> {
-        Ok(Response::new(tx("t1")))
+    async fn wait(&self, _: Request<WaitRequest>) -> Result<Response<proto::Transaction>, Status> {
+        Ok(Response::new(tx(T1)))
     }
     type WatchStream = tokio_stream::Iter<std::vec::IntoIter<Result<TxEvent, Status>>>;
     async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
@@ -85,12 +99,18 @@ impl Coordinator for FakeCoordinator {
         let events = (1..=3).filter(|s| *s > after).map(event).collect();
         Ok(Response::new(EventsResponse { events }))
     }
-    async fn retry(&self, _: Request<RetryRequest>) -> Result<Response<Transaction>, Status> {
+    async fn retry(
+        &self,
+        _: Request<RetryRequest>,
+    ) -> Result<Response<proto::Transaction>, Status> {
         Err(Status::failed_precondition(
             "tx_id: t1 is committed, nothing to retry",
         ))
     }
-    async fn cancel(&self, _: Request<CancelRequest>) -> Result<Response<Transaction>, Status> {
+    async fn cancel(
+        &self,
+        _: Request<CancelRequest>,
+    ) -> Result<Response<proto::Transaction>, Status> {
         Err(Status::unimplemented("cancel"))
     }
     async fn register_participant(
@@ -165,35 +185,36 @@ async fn start_run_get_and_events_round_trip() {
     assert_eq!(
         started,
         Started {
-            tx_id: "t1".into(),
+            tx_id: t1(),
             created: true
         }
     );
     assert!(!client.start(saga.clone()).await.unwrap().created);
-    assert_eq!(client.run(saga).await.unwrap().state(), TxState::Committed);
-    assert_eq!(client.get("t1").await.unwrap().tx_id, "t1");
+    assert_eq!(client.run(saga).await.unwrap().state, TxState::Committed);
+    assert_eq!(client.get(t1()).await.unwrap().id, t1());
     assert_eq!(
-        client
-            .wait("t1", Duration::from_secs(1))
-            .await
-            .unwrap()
-            .tx_id,
-        "t1"
+        client.wait(t1(), Duration::from_secs(1)).await.unwrap().id,
+        t1()
     );
 
-    let seqs: Vec<u64> = client
-        .events("t1", 1, 0)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect();
+    let events = client.events(t1(), 1, 0).await.unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [2, 3]);
+    // A kind from a newer coordinator is kept by name, not dropped.
+    assert_eq!(events[0].kind, None);
+    assert_eq!(events[0].kind_name, "from_the_future");
+    assert_eq!(events[1].kind, Some(EventKind::ExecuteOk));
 
-    let mut stream = client.watch("t1").await.unwrap();
+    let mut stream = client.watch(t1()).await.unwrap();
     assert_eq!(stream.next().await.unwrap().unwrap().seq, 1);
     assert_eq!(stream.next().await.unwrap().unwrap().seq, 2);
     assert!(stream.next().await.is_none());
+
+    // An answer this SDK cannot read is an error naming what was wrong.
+    let err = client.get(TxId(uuid::Uuid::nil())).await.unwrap_err();
+    assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
+    assert_eq!(err.code(), Code::Internal);
+    assert!(err.to_string().contains("not-a-uuid"), "{err}");
     stop.cancel();
     task.await.unwrap();
 }
@@ -202,10 +223,11 @@ async fn start_run_get_and_events_round_trip() {
 async fn coordinator_errors_keep_code_and_message() {
     let (addr, stop, task) = spawn_fake().await;
     let client = Client::connect(addr).await.unwrap();
-    let err = client.get("nope").await.unwrap_err();
+    let nope = TxId::new();
+    let err = client.get(nope).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    assert_eq!(err.message(), "tx_id: no transaction nope");
-    let err = client.retry("t1").await.unwrap_err();
+    assert_eq!(err.message(), format!("tx_id: no transaction {nope}"));
+    let err = client.retry(t1()).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "tx_id: t1 is committed, nothing to retry (FAILED_PRECONDITION)"
@@ -222,12 +244,12 @@ async fn connect_many_skips_unreachable_coordinators() {
         .await
         .unwrap();
     assert_eq!(client.addrs(), [dead.clone(), live]);
-    assert_eq!(client.get("t1").await.unwrap().tx_id, "t1");
+    assert_eq!(client.get(t1()).await.unwrap().id, t1());
 
     // Once the live one goes too, every call reports it as unavailable.
     stop.cancel();
     task.await.unwrap();
-    let err = client.get("t1").await.unwrap_err();
+    let err = client.get(t1()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
 
     let err = Client::connect(dead).await.unwrap_err();
@@ -253,7 +275,7 @@ async fn idempotent_calls_fail_over_to_the_next_coordinator() {
     first_task.await.unwrap();
 
     // A read moves on to the second coordinator ...
-    assert_eq!(client.get("t1").await.unwrap().tx_id, "t1");
+    assert_eq!(client.get(t1()).await.unwrap().id, t1());
     // ... and later calls start there, even ones that may not fail over.
     let started = client
         .start(Saga::new().step(Step::new("a", "svc")))
@@ -262,28 +284,6 @@ async fn idempotent_calls_fail_over_to_the_next_coordinator() {
     assert!(started.created);
     stop_second.cancel();
     second_task.await.unwrap();
-}
-
-#[test]
-fn list_query_converts_to_the_request() {
-    let query = ListQuery {
-        states: vec![TxState::Failed, TxState::Running],
-        labels: [("order".to_string(), "42".to_string())].into(),
-        created_after: Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_000)),
-        created_before: None,
-        limit: 10,
-        page_token: "p2".into(),
-    };
-    let request = ListRequest::from(query);
-    assert_eq!(
-        request.states,
-        [TxState::Failed as i32, TxState::Running as i32]
-    );
-    assert_eq!(request.labels["order"], "42");
-    assert_eq!(request.created_after_ms, 1_700_000_000_000);
-    assert_eq!(request.created_before_ms, 0);
-    assert_eq!(request.limit, 10);
-    assert_eq!(request.page_token, "p2");
 }
 
 #[test]

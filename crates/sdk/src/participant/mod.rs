@@ -44,10 +44,30 @@ pub use self::error::HandlerError;
 pub use self::register::Registration;
 pub use self::server::{ServeError, ServerHandle};
 use crate::proto::participant_server::ParticipantServer;
-pub use crate::proto::StepOutput;
 use crate::proto::{BranchReply, BranchRequest};
 pub use crate::trace::TraceParent;
 pub use crate::types::Phase;
+
+/// The output of an earlier step, as [`Request::outputs`] carries it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepOutput {
+    /// The step's index in the saga, from 0.
+    pub index: u32,
+    /// The step's name.
+    pub name: String,
+    /// What the step's participant answered with.
+    pub output: Vec<u8>,
+}
+
+impl From<crate::proto::StepOutput> for StepOutput {
+    fn from(wire: crate::proto::StepOutput) -> Self {
+        StepOutput {
+            index: wire.index,
+            name: wire.name,
+            output: wire.output,
+        }
+    }
+}
 
 /// One call from the coordinator, as a handler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +121,7 @@ impl Request {
             payload: wire.payload,
             attempt: wire.attempt,
             deadline,
-            outputs: wire.outputs,
+            outputs: wire.outputs.into_iter().map(StepOutput::from).collect(),
             labels: wire.labels,
             trace,
         })
@@ -271,10 +291,12 @@ impl Participant {
         self.on(Phase::Abort, action, handler)
     }
 
-    /// The handlers as a tonic service, for applications that build their own server (to add
-    /// TLS, other services or layers).
-    pub fn into_service(self) -> ParticipantServer<Dispatcher> {
-        ParticipantServer::new(self.into_dispatcher(TaskTracker::new()))
+    /// The handlers as a gRPC service, for applications that build their own tonic server (to
+    /// add TLS, other services or layers): `Server::builder().add_service(participant.into_service())`.
+    pub fn into_service(self) -> ParticipantService {
+        ParticipantService(ParticipantServer::new(
+            self.into_dispatcher(TaskTracker::new()),
+        ))
     }
 
     fn into_dispatcher(self, tracker: TaskTracker) -> Dispatcher {
@@ -285,10 +307,35 @@ impl Participant {
     }
 }
 
+/// A [`Participant`]'s handlers as a gRPC service (`baton.v1.Participant`), from
+/// [`Participant::into_service`]: add it to a tonic server, or call it as a tower service.
+#[derive(Clone, Debug)]
+pub struct ParticipantService(ParticipantServer<Dispatcher>);
+
+impl tonic::server::NamedService for ParticipantService {
+    const NAME: &'static str = <ParticipantServer<Dispatcher> as tonic::server::NamedService>::NAME;
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for ParticipantService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower_service::Service::<http::Request<tonic::body::Body>>::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(tower_service::Service::call(&mut self.0, request))
+    }
+}
+
 /// The participant gRPC service: routes each call to the handler for its phase and action.
-/// Obtained from [`Participant::into_service`].
 #[derive(Clone)]
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     handlers: Arc<HashMap<(Phase, String), Handler>>,
     // Handlers run in tracked tasks: a panicking handler becomes an INTERNAL status instead of a
     // dropped connection, and a handler whose caller went away still finishes its local work

@@ -19,7 +19,7 @@ fn call(action: &str, payload: &[u8]) -> BranchRequest {
         payload: payload.to_vec(),
         attempt: 1,
         deadline_unix_ms: 0,
-        outputs: vec![StepOutput {
+        outputs: vec![crate::proto::StepOutput {
             index: 0,
             name: "quote".into(),
             output: b"42".to_vec(),
@@ -252,6 +252,14 @@ fn request_helpers() {
     assert_eq!(value["qty"], 3);
     assert_eq!(req.output_of("quote"), Some(&b"42"[..]));
     assert_eq!(req.output_of("nope"), None);
+    assert_eq!(
+        req.outputs,
+        [StepOutput {
+            index: 0,
+            name: "quote".into(),
+            output: b"42".to_vec()
+        }]
+    );
     req.deadline = Some(std::time::SystemTime::now() - Duration::from_secs(1));
     assert_eq!(req.time_left(), Some(Duration::ZERO));
 
