@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 use tonic::Status;
 
 use crate::model::{
-    BranchDef, BranchRecord, Definition, EventRecord, ParticipantRecord, RetryPolicy, SagaDef,
-    StepDef, StepKind, StepStatus, Target, TwoPhaseDef, TxKind, TxRecord, TxState,
+    BranchDef, BranchRecord, Definition, EventKind, EventRecord, ParticipantRecord, RetryPolicy,
+    SagaDef, StepDef, StepKind, StepStatus, Target, TwoPhaseDef, TxKind, TxRecord, TxState,
 };
 use crate::proto;
 
@@ -628,7 +628,7 @@ pub fn event(e: &EventRecord) -> proto::TxEvent {
         tx_id: e.tx_id.to_string(),
         seq: e.seq,
         at_ms: ms(e.at),
-        kind: e.kind.clone(),
+        kind: e.kind.as_str().to_string(),
         branch: e.branch.map(|b| b as i32).unwrap_or(-1),
         detail: e.detail.clone(),
     }
@@ -671,8 +671,8 @@ pub fn live_participant(
 pub fn is_outcome_event(e: &EventRecord) -> bool {
     e.branch.is_none()
         && matches!(
-            e.kind.as_str(),
-            "committed" | "compensated" | "failed" | "aborted"
+            e.kind,
+            EventKind::Committed | EventKind::Compensated | EventKind::Failed | EventKind::Aborted
         )
 }
 

@@ -29,7 +29,9 @@ use super::call::{self, CallSpec};
 use super::writer::Ack;
 use super::{Command, Coordinator, WriteError};
 use crate::engine::{self, Action, Decision, Event, Refused};
-use crate::model::{BranchRecord, Definition, EventRecord, Phase, StepStatus, TxRecord, TxState};
+use crate::model::{
+    BranchRecord, Definition, EventKind, EventRecord, Phase, StepStatus, TxRecord, TxState,
+};
 use crate::proto::StepOutput;
 use crate::store::{LogWrite, NewEvent, TxUpdate, WriteOutcome};
 
@@ -249,7 +251,7 @@ impl Driver {
                 .map(|(i, note)| NewEvent {
                     seq: self.tx.last_seq + 1 + i as u64,
                     at: now,
-                    kind: note.kind.to_string(),
+                    kind: note.kind,
                     branch: note.branch,
                     detail: note.detail.clone(),
                 })
@@ -508,7 +510,7 @@ impl Driver {
             events: vec![NewEvent {
                 seq: self.tx.last_seq + 1,
                 at: chrono::Utc::now(),
-                kind: "failed".into(),
+                kind: EventKind::Failed,
                 branch: None,
                 detail: last_error.to_string(),
             }],
@@ -705,7 +707,7 @@ fn describe(events: &[NewEvent]) -> String {
     let mut kinds: Vec<&str> = Vec::new();
     for e in events {
         if !kinds.contains(&e.kind.as_str()) {
-            kinds.push(&e.kind);
+            kinds.push(e.kind.as_str());
         }
     }
     const SHOWN: usize = 4;

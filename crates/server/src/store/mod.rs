@@ -1,5 +1,8 @@
-//! The transaction log: one trait, a PostgreSQL and an SQLite implementation, and one conformance
-//! suite (`tests/store_conformance.rs`) that runs against both.
+//! The durable store: the transaction log ([`TxLog`]), the participant registry
+//! ([`Participants`]), coordinator membership ([`Membership`]), retention ([`Retention`]) and
+//! the database's health ([`Health`]), together a [`Store`]. A PostgreSQL and an SQLite
+//! implementation, and one conformance suite (`tests/store_conformance.rs`) that runs against
+//! both.
 //!
 //! The coordinator never writes rows directly: it hands [`LogWrite`]s to the log writer
 //! (`coordinator::writer`), which commits the writes of many transactions in one database
@@ -13,8 +16,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    BranchRecord, CoordinatorRecord, Definition, EventRecord, ParticipantRecord, StepStatus, TxId,
-    TxRecord, TxState,
+    BranchRecord, CoordinatorRecord, Definition, EventKind, EventRecord, ParticipantRecord,
+    StepStatus, TxId, TxRecord, TxState,
 };
 
 pub mod postgres;
@@ -235,49 +238,20 @@ impl TxUpdate {
     /// progress is written, which is when an operator needs it. Used on progress that is held
     /// before it is queued, never on a write already queued (its numbering is fixed then).
     pub fn fold_answered_calls(&mut self) {
-        let mut kept: Vec<NewEvent> = Vec::with_capacity(self.events.len());
-        for event in self.events.drain(..) {
-            if let (Some(phase), Some(branch)) = (answered_phase(&event.kind), event.branch) {
-                // The latest kept event of this call, if it is the send this answers.
-                let call = kept
-                    .iter()
-                    .rposition(|e| e.branch == Some(branch) && phase_of(&e.kind) == Some(phase));
-                if let Some(at) = call.filter(|&at| kept[at].kind.ends_with("_sent")) {
-                    kept.remove(at);
-                }
-            }
-            kept.push(event);
-        }
-        for (i, event) in kept.iter_mut().enumerate() {
+        let events = std::mem::take(&mut self.events);
+        self.events = crate::engine::drop_answered_sends(events, |e| (e.kind, e.branch));
+        for (i, event) in self.events.iter_mut().enumerate() {
             event.seq = self.expected_last_seq + 1 + i as u64;
         }
-        self.events = kept;
     }
 }
-
-/// The call phase an event answers (`execute` for `execute_ok`), if it is a call's answer.
-fn answered_phase(kind: &str) -> Option<&str> {
-    ["_ok", "_failed", "_error"]
-        .iter()
-        .find_map(|suffix| kind.strip_suffix(suffix))
-        .filter(|phase| CALL_PHASES.contains(phase))
-}
-
-/// The call phase of a call's event (`execute` for `execute_sent` or `execute_ok`).
-fn phase_of(kind: &str) -> Option<&str> {
-    let (phase, _) = kind.rsplit_once('_')?;
-    CALL_PHASES.contains(&phase).then_some(phase)
-}
-
-/// The phases whose calls are noted as sent and then answered.
-const CALL_PHASES: [&str; 5] = ["execute", "compensate", "prepare", "commit", "abort"];
 
 /// An event not yet written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewEvent {
     pub seq: u64,
     pub at: DateTime<Utc>,
-    pub kind: String,
+    pub kind: EventKind,
     pub branch: Option<u32>,
     pub detail: String,
 }
@@ -321,8 +295,8 @@ pub struct ListFilter {
     pub limit: u32,
 }
 
-/// The durable log of transactions, their branches and history, plus the participant registry and
-/// coordinator membership.
+/// The durable log of transactions: their rows, branches and history, who owns each, and the
+/// cancel requests for their owners.
 #[async_trait]
 pub trait TxLog: Send + Sync + 'static {
     /// Creates or upgrades the schema.
@@ -386,7 +360,11 @@ pub trait TxLog: Send + Sync + 'static {
         owner: &str,
         expected_epoch: i64,
     ) -> Result<Option<TxRecord>, StoreError>;
+}
 
+/// The participant registry: which endpoints serve each service, for how long.
+#[async_trait]
+pub trait Participants: Send + Sync + 'static {
     /// Inserts or replaces a participant registration; `ttl_ms = 0` never expires. Expiry is
     /// computed with the database's clock.
     async fn register_participant(
@@ -418,7 +396,12 @@ pub trait TxLog: Send + Sync + 'static {
         &self,
         service: Option<&str>,
     ) -> Result<Vec<ParticipantRecord>, StoreError>;
+}
 
+/// Coordinator membership: the coordinators sharing the log, by their heartbeats. A coordinator
+/// whose heartbeat is older than the lease loses its transactions to [`TxLog::claim`].
+#[async_trait]
+pub trait Membership: Send + Sync + 'static {
     /// Inserts or refreshes this coordinator's heartbeat row (heartbeat_at = the database's now).
     async fn heartbeat_coordinator(
         &self,
@@ -433,10 +416,11 @@ pub trait TxLog: Send + Sync + 'static {
     /// Coordinators whose heartbeat is younger than `lease_ms`, with how many unfinished
     /// transactions each owns.
     async fn list_coordinators(&self, lease_ms: u64) -> Result<Vec<CoordinatorRecord>, StoreError>;
+}
 
-    /// Whether the database answers.
-    async fn ping(&self) -> Result<(), StoreError>;
-
+/// Retention: deleting what is finished and old.
+#[async_trait]
+pub trait Retention: Send + Sync + 'static {
     /// Deletes at most `batch` finished transactions (committed, compensated or aborted; never
     /// `failed`, which waits for an operator, nor anything unfinished) whose last update is older
     /// than `older_than` by the database's clock, with their branches, events and cancel
@@ -444,6 +428,13 @@ pub trait TxLog: Send + Sync + 'static {
     /// skipped, not waited for. Returns how many transactions were deleted: fewer than `batch`
     /// means nothing older is left.
     async fn purge_finished(&self, older_than: Duration, batch: u32) -> Result<u64, StoreError>;
+}
+
+/// The database's health, for readiness checks and `/metrics`.
+#[async_trait]
+pub trait Health: Send + Sync + 'static {
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// The connection pool's use now, for the `/metrics` gauges; `None` when the store has no
     /// pool to report.
@@ -451,6 +442,12 @@ pub trait TxLog: Send + Sync + 'static {
         None
     }
 }
+
+/// Everything a store provides: what [`open`] returns. Each part of the coordinator depends on
+/// the narrowest of these traits it needs.
+pub trait Store: TxLog + Participants + Membership + Retention + Health {}
+
+impl<T: TxLog + Participants + Membership + Retention + Health + ?Sized> Store for T {}
 
 /// How a store's connection pool is used at one moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -491,7 +488,7 @@ pub fn is_sqlite_url(url: &str) -> bool {
 }
 
 /// Opens the store named by `url` (`postgres://…` or `sqlite://path`), without migrating.
-pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn TxLog>, StoreError> {
+pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgLog::connect(url, options).await?))
     } else if is_sqlite_url(url) {
@@ -691,7 +688,10 @@ fn event_record(
             detail: format!("transaction {tx_id}: seq {seq} is negative"),
         })?,
         at,
-        kind,
+        kind: kind.parse().map_err(|detail| StoreError::Corrupt {
+            table: TABLE,
+            detail: format!("transaction {tx_id} event {seq}: {detail}"),
+        })?,
         branch: branch.map(|b| to_u32(TABLE, "branch", b)).transpose()?,
         detail,
     })
@@ -702,7 +702,7 @@ fn clamp_limit(limit: u32) -> i64 {
     i64::from(limit.clamp(1, 1000))
 }
 
-/// Most transactions one [`TxLog::purge_finished`] call deletes, whatever it is asked: one
+/// Most transactions one [`Retention::purge_finished`] call deletes, whatever it is asked: one
 /// database transaction stays short.
 pub const MAX_PURGE_BATCH: u32 = 10_000;
 
@@ -720,13 +720,20 @@ fn age_ms(age: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use EventKind::*;
 
-    fn update(expected_last_seq: u64, events: &[(&str, Option<u32>)]) -> TxUpdate {
-        TxUpdate {
+    #[test]
+    fn folding_a_held_write_numbers_its_history_again() {
+        let events = [
+            (ExecuteSent, Some(0)),
+            (ExecuteOk, Some(0)),
+            (ExecuteSent, Some(1)),
+        ];
+        let mut up = TxUpdate {
             id: TxId::new(),
             owner: "c1".into(),
             epoch: 1,
-            expected_last_seq,
+            expected_last_seq: 4,
             state: TxState::Running,
             stage: 0,
             last_error: None,
@@ -737,65 +744,21 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, &(kind, branch))| NewEvent {
-                    seq: expected_last_seq + 1 + i as u64,
+                    seq: 5 + i as u64,
                     at: Utc::now(),
-                    kind: kind.into(),
+                    kind,
                     branch,
                     detail: format!("event {i}"),
                 })
                 .collect(),
-        }
-    }
-
-    fn kinds(up: &TxUpdate) -> Vec<(u64, &str, Option<u32>)> {
-        up.events
+        };
+        up.fold_answered_calls();
+        let kinds: Vec<_> = up
+            .events
             .iter()
-            .map(|e| (e.seq, e.kind.as_str(), e.branch))
-            .collect()
-    }
-
-    #[test]
-    fn an_answered_call_keeps_only_its_answer() {
-        let mut up = update(
-            1,
-            &[
-                ("execute_sent", Some(0)),
-                ("execute_ok", Some(0)),
-                ("execute_sent", Some(1)),
-                ("execute_error", Some(1)),
-                ("execute_sent", Some(1)),
-                ("execute_sent", Some(2)),
-                ("execute_ok", Some(1)),
-            ],
-        );
-        up.fold_answered_calls();
-        assert_eq!(
-            kinds(&up),
-            [
-                (2, "execute_ok", Some(0)),
-                (3, "execute_error", Some(1)),
-                (4, "execute_sent", Some(2)),
-                (5, "execute_ok", Some(1)),
-            ]
-        );
-    }
-
-    #[test]
-    fn only_the_same_phase_and_branch_answer_a_send() {
-        let mut up = update(
-            4,
-            &[
-                ("prepare_sent", Some(0)),
-                ("commit_ok", Some(0)),
-                ("compensate_sent", Some(1)),
-                ("execute_failed", Some(1)),
-                ("commit_sent", None),
-                ("commit_ok", None),
-                ("committed", None),
-            ],
-        );
-        let before = up.events.clone();
-        up.fold_answered_calls();
-        assert_eq!(up.events, before);
+            .map(|e| (e.seq, e.kind, e.branch))
+            .collect();
+        assert_eq!(kinds, [(5, ExecuteOk, Some(0)), (6, ExecuteSent, Some(1))]);
+        assert_eq!(up.events[0].detail, "event 1");
     }
 }

@@ -19,8 +19,9 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    age_ms, assemble, clamp_limit, db_err, event_record, to_i64, ListFilter, LogWrite, RawBranch,
-    RawTx, StoreError, StoreOptions, TxLog, WriteOutcome, FINAL_SQL, MAX_PURGE_BATCH, RESTING_SQL,
+    age_ms, assemble, clamp_limit, db_err, event_record, to_i64, Health, ListFilter, LogWrite,
+    Membership, Participants, RawBranch, RawTx, Retention, StoreError, StoreOptions, TxLog,
+    WriteOutcome, FINAL_SQL, MAX_PURGE_BATCH, RESTING_SQL,
 };
 use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord};
 
@@ -636,7 +637,10 @@ impl TxLog for PgLog {
         .map_err(|e| self.err(e))?;
         Ok(self.with_branches(rows).await?.pop())
     }
+}
 
+#[async_trait]
+impl Participants for PgLog {
     async fn register_participant(
         &self,
         service: &str,
@@ -714,7 +718,10 @@ impl TxLog for PgLog {
         .map_err(|e| self.err(e))?;
         rows.iter().map(participant).collect()
     }
+}
 
+#[async_trait]
+impl Membership for PgLog {
     async fn heartbeat_coordinator(
         &self,
         id: &str,
@@ -772,15 +779,10 @@ impl TxLog for PgLog {
             })
             .collect()
     }
+}
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
+#[async_trait]
+impl Retention for PgLog {
     async fn purge_finished(&self, older_than: Duration, batch: u32) -> Result<u64, StoreError> {
         if batch == 0 {
             return Ok(0);
@@ -817,6 +819,17 @@ impl TxLog for PgLog {
         .await
         .map_err(|e| self.err(e))?;
         Ok(u64::try_from(done).unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl Health for PgLog {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     fn pool_stats(&self) -> Option<super::PoolStats> {

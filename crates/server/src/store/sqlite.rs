@@ -17,9 +17,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, SqliteConnection};
 
 use super::{
-    age_ms, assemble, clamp_limit, db_err, event_record, to_i64, ListFilter, LogWrite, NewTx,
-    RawBranch, RawTx, StoreError, TxLog, TxUpdate, WriteOutcome, FINAL_SQL, MAX_PURGE_BATCH,
-    RESTING_SQL,
+    age_ms, assemble, clamp_limit, db_err, event_record, to_i64, Health, ListFilter, LogWrite,
+    Membership, NewTx, Participants, RawBranch, RawTx, Retention, StoreError, TxLog, TxUpdate,
+    WriteOutcome, FINAL_SQL, MAX_PURGE_BATCH, RESTING_SQL,
 };
 use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord};
 
@@ -245,7 +245,7 @@ async fn insert_events(
         .bind(id)
         .bind(to_i64(e.seq))
         .bind(e.at.timestamp_millis())
-        .bind(&e.kind)
+        .bind(e.kind.as_str())
         .bind(e.branch.map(i64::from))
         .bind(&e.detail)
         .bind(owner)
@@ -577,7 +577,10 @@ impl TxLog for SqliteLog {
         tx.commit().await.map_err(db_err)?;
         Ok(record)
     }
+}
 
+#[async_trait]
+impl Participants for SqliteLog {
     async fn register_participant(
         &self,
         service: &str,
@@ -656,7 +659,10 @@ impl TxLog for SqliteLog {
         .map_err(db_err)?;
         rows.iter().map(participant).collect()
     }
+}
 
+#[async_trait]
+impl Membership for SqliteLog {
     async fn heartbeat_coordinator(
         &self,
         id: &str,
@@ -717,15 +723,10 @@ impl TxLog for SqliteLog {
             })
             .collect()
     }
+}
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(())
-    }
-
+#[async_trait]
+impl Retention for SqliteLog {
     async fn purge_finished(&self, older_than: Duration, batch: u32) -> Result<u64, StoreError> {
         if batch == 0 {
             return Ok(0);
@@ -745,6 +746,17 @@ impl TxLog for SqliteLog {
         .await
         .map_err(db_err)?;
         Ok(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl Health for SqliteLog {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 
     fn pool_stats(&self) -> Option<super::PoolStats> {

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, check_endpoint, check_free_text, check_ms, check_text, echo, Limits};
 use crate::api::auth::{self, Principal};
 use crate::coordinator::{CoordError, Coordinator, Started};
-use crate::model::{Definition, TxId, TxRecord, TxState};
+use crate::model::{Definition, EventKind, TxId, TxRecord, TxState};
 use crate::proto;
 use crate::store::{ListFilter, NewEvent, NewTx, StoreError};
 use codec::generated::coordinator_server;
@@ -305,7 +305,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
             events: vec![NewEvent {
                 seq: 1,
                 at: now,
-                kind: "accepted".into(),
+                kind: EventKind::Accepted,
                 branch: None,
                 detail: match definition {
                     Definition::Saga(_) => format!("saga with {steps} steps"),
