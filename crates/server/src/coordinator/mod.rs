@@ -1,6 +1,6 @@
 //! The coordinator: drives accepted transactions to their outcome.
 //!
-//! Each unfinished transaction this coordinator owns has one driver task ([`driver`]) that feeds
+//! Each unfinished transaction this coordinator owns has one driver task (`driver`) that feeds
 //! events to the pure [`engine`](crate::engine), records the result through the shared
 //! [`writer::LogWriter`] (group commit), and makes the participant calls ([`call`]). Ownership is
 //! fenced by `(owner, epoch)` on every write, so a driver that lost its transaction can never
@@ -577,7 +577,7 @@ impl Coordinator {
     /// A coordinator that cannot renew its heartbeat for half the lease stops its drivers (and
     /// refuses `Start`) before the lease can run out, so it never drives a transaction that
     /// another coordinator may already have claimed. Every participant call checks the same
-    /// (see [`Lease`]), so a coordinator that was paused stops before its heartbeat task runs.
+    /// (see `Lease`), so a coordinator that was paused stops before its heartbeat task runs.
     /// When the heartbeat succeeds again it waits for its drivers to stop, hands back what it
     /// held (epoch + 1 fences any straggler) and claims work afresh.
     pub fn run_background(self: &Arc<Self>) {

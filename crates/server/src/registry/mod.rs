@@ -442,7 +442,7 @@ impl Registry {
     }
 
     /// Copies every known endpoint's calls in flight and ejection, for display. The copy is
-    /// bounded like the channel cache ([`MAX_CHANNELS`]); ejection instants become wall-clock
+    /// bounded like the channel cache (`MAX_CHANNELS`); ejection instants become wall-clock
     /// times so they can be shown and sent.
     pub fn snapshot(&self) -> Snapshot {
         let conns: Vec<(String, Arc<Conn>)> = lock(&self.conns)

@@ -1,4 +1,4 @@
-//! PostgreSQL implementation of [`TxLog`](super::TxLog): the store several coordinators share.
+//! PostgreSQL implementation of the store ([`super::Store`]): the store several coordinators share.
 //!
 //! Every time that matters to leases and expiry comes from the database's `now()`, so the
 //! coordinators' clocks never have to agree. A group-commit batch is one statement (a CTE that

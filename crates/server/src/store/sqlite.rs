@@ -1,4 +1,4 @@
-//! SQLite implementation of [`TxLog`](super::TxLog): the embedded store of a single coordinator.
+//! SQLite implementation of the store ([`super::Store`]): the embedded store of a single coordinator.
 //!
 //! One process owns the file (an advisory lock on `<path>.lock` enforces it), so the local clock
 //! is the database's clock. Times are stored as unix milliseconds, ids as canonical lowercase uuid
