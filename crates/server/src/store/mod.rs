@@ -697,6 +697,127 @@ fn event_record(
     })
 }
 
+/// Branch columns, in the order [`raw_branch`] reads them.
+const BRANCH_COLUMNS: &str = "tx_id, idx, name, state, attempts, output, last_error, done_order";
+
+/// Participant columns, in the order [`participant`] reads them.
+const PARTICIPANT_COLUMNS: &str = "service, endpoint, weight, zone, expires_at";
+
+/// A result row of either backend. Each kind of row is decoded once ([`raw_tx`], [`raw_branch`],
+/// [`participant`], [`coordinator`], [`event_row`]); only what the backends store differently is
+/// read by the backend's own code: ids (uuid on PostgreSQL, text on SQLite) and times
+/// (timestamptz, unix milliseconds). The plain columns come from [`plain_columns`].
+trait LogRow {
+    fn text(&self, column: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, column: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError>;
+    fn flag(&self, column: &str) -> Result<bool, StoreError>;
+    fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn id(&self, column: &str) -> Result<TxId, StoreError>;
+    fn time(&self, table: &'static str, column: &str) -> Result<DateTime<Utc>, StoreError>;
+    fn opt_time(
+        &self,
+        table: &'static str,
+        column: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+}
+
+/// The [`LogRow`] methods whose column types both backends decode alike.
+macro_rules! plain_columns {
+    () => {
+        fn text(&self, column: &str) -> Result<String, StoreError> {
+            Ok(sqlx::Row::try_get(self, column)?)
+        }
+        fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+            Ok(sqlx::Row::try_get(self, column)?)
+        }
+        fn int(&self, column: &str) -> Result<i64, StoreError> {
+            Ok(sqlx::Row::try_get(self, column)?)
+        }
+        fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+            Ok(sqlx::Row::try_get(self, column)?)
+        }
+        fn flag(&self, column: &str) -> Result<bool, StoreError> {
+            Ok(sqlx::Row::try_get(self, column)?)
+        }
+        fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(sqlx::Row::try_get(self, column)?)
+        }
+    };
+}
+use plain_columns;
+
+fn raw_tx(row: &impl LogRow) -> Result<RawTx, StoreError> {
+    const T: &str = "baton_transactions";
+    Ok(RawTx {
+        id: row.id("id")?,
+        kind: row.text("kind")?,
+        state: row.text("state")?,
+        definition: row.text("definition")?,
+        labels: row.text("labels")?,
+        idempotency_key: row.opt_text("idempotency_key")?,
+        owner: row.opt_text("owner")?,
+        epoch: row.int("epoch")?,
+        stage: row.int("stage")?,
+        last_error: row.opt_text("last_error")?,
+        cancel_requested: row.flag("cancel_requested")?,
+        deadline_at: row.opt_time(T, "deadline_at")?,
+        created_at: row.time(T, "created_at")?,
+        updated_at: row.time(T, "updated_at")?,
+        last_seq: row.int("last_seq")?,
+    })
+}
+
+fn raw_branch(row: &impl LogRow) -> Result<RawBranch, StoreError> {
+    Ok(RawBranch {
+        tx_id: row.id("tx_id")?,
+        index: row.int("idx")?,
+        name: row.text("name")?,
+        state: row.text("state")?,
+        attempts: row.int("attempts")?,
+        output: row.opt_bytes("output")?,
+        last_error: row.opt_text("last_error")?,
+        done_order: row.opt_int("done_order")?,
+    })
+}
+
+fn participant(row: &impl LogRow) -> Result<ParticipantRecord, StoreError> {
+    const T: &str = "baton_participants";
+    Ok(ParticipantRecord {
+        service: row.text("service")?,
+        endpoint: row.text("endpoint")?,
+        weight: to_u32(T, "weight", row.int("weight")?)?,
+        zone: row.text("zone")?,
+        expires_at: row.opt_time(T, "expires_at")?,
+    })
+}
+
+/// A row of the coordinators query (with its `owned` count).
+fn coordinator(row: &impl LogRow) -> Result<CoordinatorRecord, StoreError> {
+    const T: &str = "baton_coordinators";
+    Ok(CoordinatorRecord {
+        id: row.text("id")?,
+        address: row.text("address")?,
+        started_at: row.time(T, "started_at")?,
+        heartbeat_at: row.time(T, "heartbeat_at")?,
+        version: row.text("version")?,
+        owned: row.int("owned")?.max(0) as u64,
+    })
+}
+
+/// A `baton_events` row of transaction `tx_id` (`seq, at, kind, branch, detail`).
+fn event_row(tx_id: TxId, row: &impl LogRow) -> Result<EventRecord, StoreError> {
+    event_record(
+        tx_id,
+        row.int("seq")?,
+        row.time("baton_events", "at")?,
+        row.text("kind")?,
+        row.opt_int("branch")?,
+        row.text("detail")?,
+    )
+}
+
 /// Page sizes the store serves: at least one row, at most a thousand.
 fn clamp_limit(limit: u32) -> i64 {
     i64::from(limit.clamp(1, 1000))
