@@ -289,8 +289,11 @@ impl Driver {
                     &mut self.held.insert((update, due)).0
                 }
             };
-            // Nothing held is queued yet, so its history may still be renumbered.
-            held.fold_answered_calls();
+            // Nothing held is queued yet, so its history may still be renumbered: a call
+            // answered within it keeps only its answer.
+            let events = std::mem::take(&mut held.events);
+            held.events = crate::engine::drop_answered_sends(events, |e| (e.kind, e.branch));
+            held.renumber_events();
             self.tx.last_seq = held.expected_last_seq + held.events.len() as u64;
             if self.co.config.progress_flush.is_zero() {
                 self.hand_over().await?;

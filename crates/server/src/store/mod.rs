@@ -231,15 +231,10 @@ impl TxUpdate {
         self.events.extend(later.events);
     }
 
-    /// Drops each call's `<phase>_sent` event that a later event of this write answers (the
-    /// same branch's `<phase>_ok`, `_failed` or `_error`), then numbers the history again from
-    /// `expected_last_seq + 1`. The answer names the attempt, so the history loses only the
-    /// time the call left; a `sent` event reaches the log for a call still in flight when its
-    /// progress is written, which is when an operator needs it. Used on progress that is held
-    /// before it is queued, never on a write already queued (its numbering is fixed then).
-    pub fn fold_answered_calls(&mut self) {
-        let events = std::mem::take(&mut self.events);
-        self.events = crate::engine::drop_answered_sends(events, |e| (e.kind, e.branch));
+    /// Numbers the history again from `expected_last_seq + 1`, after events were dropped from
+    /// it (see [`crate::engine::drop_answered_sends`]). Used on progress that is held before it
+    /// is queued, never on a write already queued (its numbering is fixed then).
+    pub fn renumber_events(&mut self) {
         for (i, event) in self.events.iter_mut().enumerate() {
             event.seq = self.expected_last_seq + 1 + i as u64;
         }
@@ -844,12 +839,7 @@ mod tests {
     use EventKind::*;
 
     #[test]
-    fn folding_a_held_write_numbers_its_history_again() {
-        let events = [
-            (ExecuteSent, Some(0)),
-            (ExecuteOk, Some(0)),
-            (ExecuteSent, Some(1)),
-        ];
+    fn a_shortened_history_is_numbered_again() {
         let mut up = TxUpdate {
             id: TxId::new(),
             owner: "c1".into(),
@@ -861,25 +851,24 @@ mod tests {
             cancel_requested: false,
             release: false,
             branches: Vec::new(),
-            events: events
-                .iter()
-                .enumerate()
-                .map(|(i, &(kind, branch))| NewEvent {
-                    seq: 5 + i as u64,
+            events: [(9, ExecuteOk, Some(0)), (7, ExecuteSent, Some(1))]
+                .into_iter()
+                .map(|(seq, kind, branch)| NewEvent {
+                    seq,
                     at: Utc::now(),
                     kind,
                     branch,
-                    detail: format!("event {i}"),
+                    detail: format!("event {seq}"),
                 })
                 .collect(),
         };
-        up.fold_answered_calls();
+        up.renumber_events();
         let kinds: Vec<_> = up
             .events
             .iter()
             .map(|e| (e.seq, e.kind, e.branch))
             .collect();
         assert_eq!(kinds, [(5, ExecuteOk, Some(0)), (6, ExecuteSent, Some(1))]);
-        assert_eq!(up.events[0].detail, "event 1");
+        assert_eq!(up.events[0].detail, "event 9");
     }
 }
