@@ -18,13 +18,15 @@ use baton_server::coordinator::metrics::Metrics;
 use baton_server::coordinator::writer::{LogWriter, WriterOptions};
 use baton_server::coordinator::{Config, CoordError, Coordinator, Started};
 use baton_server::model::{
-    Definition, RetryPolicy, SagaDef, StepDef, StepKind, StepStatus, Target, TxId, TxRecord,
-    TxState,
+    Definition, EventKind, RetryPolicy, SagaDef, StepDef, StepKind, StepStatus, Target, TxId,
+    TxRecord, TxState,
 };
 use baton_server::registry::{Registry, RegistryConfig};
 use baton_server::store::postgres::PgLog;
 use baton_server::store::sqlite::SqliteLog;
-use baton_server::store::{LogWrite, NewEvent, NewTx, StoreOptions, TxLog, TxUpdate, WriteOutcome};
+use baton_server::store::{
+    LogWrite, NewEvent, NewTx, Store, StoreOptions, TxLog, TxUpdate, WriteOutcome,
+};
 use baton_tx_proto::participant_server::{Participant, ParticipantServer};
 use baton_tx_proto::{BranchReply, BranchRequest, Outcome};
 use chrono::{DateTime, Utc};
@@ -95,7 +97,7 @@ fn new_tx(owner: &str, steps: Vec<StepDef>, labels: &[(&str, &str)]) -> NewTx {
         events: vec![NewEvent {
             seq: 1,
             at,
-            kind: "accepted".into(),
+            kind: EventKind::Accepted,
             branch: None,
             detail: "saga".into(),
         }],
@@ -163,7 +165,7 @@ async fn participant() -> (String, Arc<Counting>) {
     (endpoint, counting)
 }
 
-fn coordinator(store: Arc<dyn TxLog>) -> Arc<Coordinator> {
+fn coordinator(store: Arc<dyn Store>) -> Arc<Coordinator> {
     let registry = Arc::new(Registry::new(store.clone(), RegistryConfig::default()));
     let config = Config {
         id: "c1".into(),
@@ -185,7 +187,7 @@ async fn started(co: &Arc<Coordinator>, new: NewTx) -> TxId {
 
 /// Waits until the stored transaction satisfies `done`, and returns it.
 async fn until_stored(
-    store: &dyn TxLog,
+    store: &dyn Store,
     id: TxId,
     what: &str,
     done: impl Fn(&TxRecord) -> bool,
@@ -237,7 +239,7 @@ async fn calls_settle(counting: &Counting, quiet: Duration) -> usize {
 #[tokio::test]
 async fn a_write_refused_for_its_data_fails_alone() {
     let db = fresh_database().await;
-    let store: Arc<dyn TxLog> = pg_store(&db).await;
+    let store: Arc<dyn Store> = pg_store(&db).await;
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     let writer = LogWriter::start(
@@ -267,7 +269,7 @@ async fn a_write_refused_for_its_data_fails_alone() {
         events: vec![NewEvent {
             seq: 2,
             at: now_ms(),
-            kind: "compensated".into(),
+            kind: EventKind::Compensated,
             branch: None,
             detail: "undone".into(),
         }],
@@ -360,7 +362,7 @@ async fn a_write_refused_for_its_data_fails_alone() {
 #[tokio::test]
 async fn a_participant_message_with_nul_is_stored_sanitized() {
     let db = fresh_database().await;
-    let store: Arc<dyn TxLog> = pg_store(&db).await;
+    let store: Arc<dyn Store> = pg_store(&db).await;
     let (endpoint, counting) = participant().await;
     let co = coordinator(store.clone());
     let id = started(
@@ -407,13 +409,13 @@ async fn a_participant_message_with_nul_is_stored_sanitized() {
 #[tokio::test]
 async fn nul_text_reads_back_the_same_from_both_stores() {
     let db = fresh_database().await;
-    let pg: Arc<dyn TxLog> = pg_store(&db).await;
+    let pg: Arc<dyn Store> = pg_store(&db).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let sqlite = SqliteLog::open(&support::db::sqlite_url(dir.path()))
         .await
         .expect("open");
     sqlite.migrate().await.expect("migrate");
-    let sqlite: Arc<dyn TxLog> = Arc::new(sqlite);
+    let sqlite: Arc<dyn Store> = Arc::new(sqlite);
     for store in [pg, sqlite] {
         let new = new_tx(
             "c1",
@@ -444,7 +446,7 @@ async fn nul_text_reads_back_the_same_from_both_stores() {
             events: vec![NewEvent {
                 seq: 2,
                 at: now_ms(),
-                kind: "execute_failed".into(),
+                kind: EventKind::ExecuteFailed,
                 branch: Some(0),
                 detail: "no\0pe".into(),
             }],
@@ -485,7 +487,7 @@ async fn nul_text_reads_back_the_same_from_both_stores() {
 #[tokio::test]
 async fn a_refused_progress_write_ends_the_transaction_failed() {
     let db = fresh_database().await;
-    let store: Arc<dyn TxLog> = pg_store(&db).await;
+    let store: Arc<dyn Store> = pg_store(&db).await;
     execute(
         &db,
         "ALTER TABLE baton_branches ADD CONSTRAINT refuses_poison CHECK (name <> 'poison')",
@@ -558,7 +560,7 @@ async fn a_refused_progress_write_ends_the_transaction_failed() {
 #[tokio::test]
 async fn a_transaction_that_cannot_be_recorded_at_all_is_parked() {
     let db = fresh_database().await;
-    let store: Arc<dyn TxLog> = pg_store(&db).await;
+    let store: Arc<dyn Store> = pg_store(&db).await;
     execute(
         &db,
         "ALTER TABLE baton_branches ADD CONSTRAINT refuses_poison CHECK (name <> 'poison')",

@@ -1,4 +1,4 @@
-//! One conformance suite for every `TxLog`: each check below runs against PostgreSQL (a fresh
+//! One conformance suite for every `Store`: each check below runs against PostgreSQL (a fresh
 //! database per test) and SQLite (a fresh file per test).
 
 mod support;
@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use baton_server::model::{
-    BranchRecord, Definition, RetryPolicy, SagaDef, StepDef, StepKind, StepStatus, Target, TxId,
-    TxRecord, TxState,
+    BranchRecord, Definition, EventKind, RetryPolicy, SagaDef, StepDef, StepKind, StepStatus,
+    Target, TxId, TxRecord, TxState,
 };
 use baton_server::store::postgres::PgLog;
 use baton_server::store::sqlite::SqliteLog;
 use baton_server::store::{
-    ListFilter, LogWrite, NewEvent, NewTx, StoreError, StoreOptions, TxLog, TxUpdate, WriteOutcome,
+    Health, ListFilter, LogWrite, NewEvent, NewTx, Store, StoreError, StoreOptions, TxLog,
+    TxUpdate, WriteOutcome,
 };
 use chrono::{DateTime, Utc};
 
@@ -97,11 +98,11 @@ fn saga(steps: &[&str]) -> Definition {
     })
 }
 
-fn event(seq: u64, kind: &str, branch: Option<u32>) -> NewEvent {
+fn event(seq: u64, kind: EventKind, branch: Option<u32>) -> NewEvent {
     NewEvent {
         seq,
         at: now_ms(),
-        kind: kind.into(),
+        kind,
         branch,
         detail: format!("detail of {seq}"),
     }
@@ -118,11 +119,14 @@ fn new_tx(owner: &str, state: TxState) -> NewTx {
         epoch: 1,
         deadline_at: Some(now_ms() + chrono::Duration::seconds(60)),
         created_at: now_ms(),
-        events: vec![event(1, "accepted", None), event(2, "started", None)],
+        events: vec![
+            event(1, EventKind::Accepted, None),
+            event(2, EventKind::Retried, None),
+        ],
     }
 }
 
-async fn create(log: &dyn TxLog, tx: NewTx) -> TxRecord {
+async fn create(log: &dyn Store, tx: NewTx) -> TxRecord {
     let id = tx.id;
     let outcomes = log
         .apply(&[LogWrite::Create(Box::new(tx))])
@@ -132,7 +136,7 @@ async fn create(log: &dyn TxLog, tx: NewTx) -> TxRecord {
     get(log, id).await
 }
 
-async fn get(log: &dyn TxLog, id: TxId) -> TxRecord {
+async fn get(log: &dyn Store, id: TxId) -> TxRecord {
     log.get(id).await.expect("get").expect("transaction exists")
 }
 
@@ -153,7 +157,7 @@ fn update_of(rec: &TxRecord) -> TxUpdate {
     }
 }
 
-async fn apply_one(log: &dyn TxLog, up: TxUpdate) -> WriteOutcome {
+async fn apply_one(log: &dyn Store, up: TxUpdate) -> WriteOutcome {
     let mut outcomes = log
         .apply(&[LogWrite::Update(Box::new(up))])
         .await
@@ -168,7 +172,7 @@ fn ids(records: &[TxRecord]) -> Vec<TxId> {
 
 // ---- checks ----
 
-async fn create_then_get_round_trips(log: &dyn TxLog) {
+async fn create_then_get_round_trips(log: &dyn Store) {
     let before = Utc::now() - chrono::Duration::seconds(5);
     let mut tx = new_tx("c1", TxState::Running);
     tx.idempotency_key = Some("order-1".into());
@@ -215,7 +219,7 @@ async fn create_then_get_round_trips(log: &dyn TxLog) {
     log.ping().await.expect("ping");
 }
 
-async fn idempotency_key_returns_existing(log: &dyn TxLog) {
+async fn idempotency_key_returns_existing(log: &dyn Store) {
     let mut first = new_tx("c1", TxState::Running);
     first.idempotency_key = Some("key-1".into());
     let first = create(log, first).await;
@@ -258,7 +262,7 @@ async fn idempotency_key_returns_existing(log: &dyn TxLog) {
 
 /// A branch row is written when its branch first changes; until then the branch reads back as
 /// pending, in its place among the branches that have rows.
-async fn unchanged_branches_read_back_pending(log: &dyn TxLog) {
+async fn unchanged_branches_read_back_pending(log: &dyn Store) {
     let mut new = new_tx("c1", TxState::Running);
     new.definition = saga(&["reserve", "charge", "ship"]);
     let rec = create(log, new).await;
@@ -296,7 +300,7 @@ async fn unchanged_branches_read_back_pending(log: &dyn TxLog) {
     assert_eq!(after.branches[2], pending(2, "ship"));
 }
 
-async fn update_applies_and_appends_events(log: &dyn TxLog) {
+async fn update_applies_and_appends_events(log: &dyn Store) {
     let rec = create(log, new_tx("c1", TxState::Running)).await;
     let mut up = update_of(&rec);
     up.state = TxState::Compensating;
@@ -313,8 +317,8 @@ async fn update_applies_and_appends_events(log: &dyn TxLog) {
         done_order: Some(1),
     }];
     up.events = vec![
-        event(3, "step_succeeded", Some(0)),
-        event(4, "compensating", None),
+        event(3, EventKind::ExecuteOk, Some(0)),
+        event(4, EventKind::Compensating, None),
     ];
     let new_events = up.events.clone();
     assert_eq!(apply_one(log, up).await, WriteOutcome::Updated);
@@ -361,7 +365,7 @@ async fn update_applies_and_appends_events(log: &dyn TxLog) {
     assert_eq!(again.last_seq, 4, "an update without events keeps last_seq");
 }
 
-async fn batches_of_many_writes_apply_as_if_one_by_one(log: &dyn TxLog) {
+async fn batches_of_many_writes_apply_as_if_one_by_one(log: &dyn Store) {
     let a = create(log, new_tx("c1", TxState::Running)).await;
     let b = create(log, new_tx("c1", TxState::Running)).await;
     let update = |w: TxUpdate| LogWrite::Update(Box::new(w));
@@ -374,7 +378,7 @@ async fn batches_of_many_writes_apply_as_if_one_by_one(log: &dyn TxLog) {
     // Two back-to-back updates of `a`, a fenced one of `b` between them, and a new transaction.
     let mut a1 = update_of(&a);
     a1.branches = vec![step(&a, StepStatus::Running)];
-    a1.events = vec![event(3, "execute_sent", Some(0))];
+    a1.events = vec![event(3, EventKind::ExecuteSent, Some(0))];
     let mut a2 = update_of(&a);
     a2.expected_last_seq = 3;
     a2.stage = 1;
@@ -386,12 +390,12 @@ async fn batches_of_many_writes_apply_as_if_one_by_one(log: &dyn TxLog) {
         },
     ];
     a2.events = vec![
-        event(4, "execute_ok", Some(0)),
-        event(5, "execute_sent", Some(1)),
+        event(4, EventKind::ExecuteOk, Some(0)),
+        event(5, EventKind::ExecuteSent, Some(1)),
     ];
     let mut b1 = update_of(&b);
     b1.epoch += 1;
-    b1.events = vec![event(3, "should_not_land", None)];
+    b1.events = vec![event(3, EventKind::Failed, None)];
     let c = new_tx("c1", TxState::Running);
     let c_id = c.id;
     let outcomes = log
@@ -426,11 +430,11 @@ async fn batches_of_many_writes_apply_as_if_one_by_one(log: &dyn TxLog) {
     assert_eq!(
         kinds,
         [
-            "accepted",
-            "started",
-            "execute_sent",
-            "execute_ok",
-            "execute_sent"
+            EventKind::Accepted,
+            EventKind::Retried,
+            EventKind::ExecuteSent,
+            EventKind::ExecuteOk,
+            EventKind::ExecuteSent
         ]
     );
     assert_eq!(get(log, b.id).await, b, "the fenced write changed nothing");
@@ -439,11 +443,11 @@ async fn batches_of_many_writes_apply_as_if_one_by_one(log: &dyn TxLog) {
     // A stale write and the one queued behind it both fail, and neither lands.
     let mut stale = update_of(&a_now);
     stale.expected_last_seq = 3;
-    stale.events = vec![event(4, "should_not_land", None)];
+    stale.events = vec![event(4, EventKind::Failed, None)];
     let mut behind = update_of(&a_now);
     behind.expected_last_seq = 4;
     behind.state = TxState::Committed;
-    behind.events = vec![event(5, "should_not_land", None)];
+    behind.events = vec![event(5, EventKind::Failed, None)];
     let outcomes = log
         .apply(&[update(stale), update(behind)])
         .await
@@ -453,10 +457,10 @@ async fn batches_of_many_writes_apply_as_if_one_by_one(log: &dyn TxLog) {
 
     // Two writes that both follow the same history: the first lands, the second is fenced.
     let mut first = update_of(&a_now);
-    first.events = vec![event(6, "committed", None)];
+    first.events = vec![event(6, EventKind::Committed, None)];
     first.state = TxState::Committed;
     let mut second = update_of(&a_now);
-    second.events = vec![event(6, "should_not_land", None)];
+    second.events = vec![event(6, EventKind::Failed, None)];
     let outcomes = log
         .apply(&[update(first), update(second)])
         .await
@@ -475,7 +479,7 @@ async fn batches_of_many_writes_apply_as_if_one_by_one(log: &dyn TxLog) {
     };
     let mut d1 = update_of(&d_rec);
     d1.state = TxState::Committed;
-    d1.events = vec![event(3, "committed", None)];
+    d1.events = vec![event(3, EventKind::Committed, None)];
     let outcomes = log
         .apply(&[LogWrite::Create(Box::new(d.clone())), update(d1)])
         .await
@@ -485,7 +489,7 @@ async fn batches_of_many_writes_apply_as_if_one_by_one(log: &dyn TxLog) {
     assert_eq!((d_now.state, d_now.last_seq), (TxState::Committed, 3));
 }
 
-async fn stale_owner_or_epoch_is_fenced(log: &dyn TxLog) {
+async fn stale_owner_or_epoch_is_fenced(log: &dyn Store) {
     let rec = create(log, new_tx("c1", TxState::Running)).await;
     let changes = |mut up: TxUpdate| {
         up.state = TxState::Compensating;
@@ -493,7 +497,7 @@ async fn stale_owner_or_epoch_is_fenced(log: &dyn TxLog) {
             status: StepStatus::Failed,
             ..rec.branches[0].clone()
         }];
-        up.events = vec![event(3, "should_not_land", None)];
+        up.events = vec![event(3, EventKind::Failed, None)];
         up
     };
     let wrong_epoch = TxUpdate {
@@ -531,7 +535,7 @@ async fn stale_owner_or_epoch_is_fenced(log: &dyn TxLog) {
     let fresh_id = fresh.id;
     let mut good = update_of(&other);
     good.state = TxState::Committed;
-    good.events = vec![event(3, "committed", None)];
+    good.events = vec![event(3, EventKind::Committed, None)];
     let outcomes = log
         .apply(&[
             LogWrite::Update(Box::new(good)),
@@ -557,12 +561,12 @@ async fn stale_owner_or_epoch_is_fenced(log: &dyn TxLog) {
     assert!(log.get(fresh_id).await.expect("get").is_some());
 }
 
-async fn release_clears_owner(log: &dyn TxLog) {
+async fn release_clears_owner(log: &dyn Store) {
     let rec = create(log, new_tx("c1", TxState::Running)).await;
     let mut up = update_of(&rec);
     up.state = TxState::Committed;
     up.release = true;
-    up.events = vec![event(3, "committed", None)];
+    up.events = vec![event(3, EventKind::Committed, None)];
     assert_eq!(apply_one(log, up).await, WriteOutcome::Updated);
     let after = get(log, rec.id).await;
     assert_eq!(after.owner, None);
@@ -572,7 +576,7 @@ async fn release_clears_owner(log: &dyn TxLog) {
     assert_eq!(apply_one(log, update_of(&rec)).await, WriteOutcome::Fenced);
 }
 
-async fn claim_takes_unowned_and_stale_work(log: &dyn TxLog) {
+async fn claim_takes_unowned_and_stale_work(log: &dyn Store) {
     log.heartbeat_coordinator("stale", "127.0.0.2:7600", "0.1.0")
         .await
         .expect("heartbeat");
@@ -627,7 +631,7 @@ async fn claim_takes_unowned_and_stale_work(log: &dyn TxLog) {
         .all(|r| r.id != another.id));
 }
 
-async fn claim_skips_resting_states(log: &dyn TxLog) {
+async fn claim_skips_resting_states(log: &dyn Store) {
     let mut by_id = BTreeMap::new();
     for state in TxState::ALL {
         let rec = create(log, new_tx("dead", state)).await;
@@ -643,7 +647,7 @@ async fn claim_skips_resting_states(log: &dyn TxLog) {
     assert_eq!(claimed_states, expected);
 }
 
-async fn claim_respects_limit(log: &dyn TxLog) {
+async fn claim_respects_limit(log: &dyn Store) {
     // Both claimers are alive, so neither takes the other's work.
     for claimer in ["me", "you"] {
         log.heartbeat_coordinator(claimer, "a", "v")
@@ -664,7 +668,7 @@ async fn claim_respects_limit(log: &dyn TxLog) {
     assert!(log.claim("me", 1_000, 0).await.expect("claim").is_empty());
 }
 
-async fn release_owned_hands_back_work(log: &dyn TxLog) {
+async fn release_owned_hands_back_work(log: &dyn Store) {
     for live in ["c1", "c2"] {
         log.heartbeat_coordinator(live, "a", "v")
             .await
@@ -688,7 +692,7 @@ async fn release_owned_hands_back_work(log: &dyn TxLog) {
     assert_eq!(log.release_owned("nobody").await.expect("release"), 0);
 }
 
-async fn cancel_requests_reach_the_owner(log: &dyn TxLog) {
+async fn cancel_requests_reach_the_owner(log: &dyn Store) {
     log.heartbeat_coordinator("c2", "a", "v")
         .await
         .expect("heartbeat");
@@ -742,7 +746,7 @@ async fn cancel_requests_reach_the_owner(log: &dyn TxLog) {
 const PURGE_AGE: Duration = Duration::from_secs(2);
 const PURGE_SLEEP: Duration = Duration::from_millis(2_300);
 
-async fn purge_deletes_only_old_finished_transactions(log: &dyn TxLog) {
+async fn purge_deletes_only_old_finished_transactions(log: &dyn Store) {
     // One old transaction in every state; only the final ones may go.
     let mut old = Vec::new();
     for state in TxState::ALL {
@@ -763,7 +767,7 @@ async fn purge_deletes_only_old_finished_transactions(log: &dyn TxLog) {
         last_error: None,
         done_order: Some(1),
     }];
-    up.events = vec![event(3, "committed", None)];
+    up.events = vec![event(3, EventKind::Committed, None)];
     assert_eq!(apply_one(log, up).await, WriteOutcome::Updated);
     tokio::time::sleep(PURGE_SLEEP).await;
     let recent: Vec<TxRecord> = finished_now(log).await;
@@ -810,7 +814,7 @@ async fn purge_deletes_only_old_finished_transactions(log: &dyn TxLog) {
 }
 
 /// Finished transactions made just now.
-async fn finished_now(log: &dyn TxLog) -> Vec<TxRecord> {
+async fn finished_now(log: &dyn Store) -> Vec<TxRecord> {
     let mut recent = Vec::new();
     for state in [TxState::Committed, TxState::Aborted] {
         recent.push(create(log, new_tx("c1", state)).await);
@@ -818,7 +822,7 @@ async fn finished_now(log: &dyn TxLog) -> Vec<TxRecord> {
     recent
 }
 
-async fn purge_takes_the_oldest_in_batches(log: &dyn TxLog) {
+async fn purge_takes_the_oldest_in_batches(log: &dyn Store) {
     let mut all = Vec::new();
     for _ in 0..5 {
         all.push(create(log, new_tx("c1", TxState::Compensated)).await.id);
@@ -845,7 +849,7 @@ async fn purge_takes_the_oldest_in_batches(log: &dyn TxLog) {
     }
 }
 
-async fn claim_one_checks_epoch(log: &dyn TxLog) {
+async fn claim_one_checks_epoch(log: &dyn Store) {
     let rec = create(log, new_tx("c1", TxState::Failed)).await;
     assert!(log
         .claim_one(rec.id, "operator", rec.epoch + 5)
@@ -874,7 +878,7 @@ async fn claim_one_checks_epoch(log: &dyn TxLog) {
         .is_none());
 }
 
-async fn list_filters_and_pages(log: &dyn TxLog) {
+async fn list_filters_and_pages(log: &dyn Store) {
     let mut recs = Vec::new();
     let states = [
         TxState::Running,
@@ -990,11 +994,11 @@ async fn list_filters_and_pages(log: &dyn TxLog) {
     assert_eq!(list(ListFilter::default()).await.len(), 1);
 }
 
-async fn events_page_by_seq(log: &dyn TxLog) {
+async fn events_page_by_seq(log: &dyn Store) {
     let rec = create(log, new_tx("c1", TxState::Running)).await;
     let mut up = update_of(&rec);
     up.events = (3..=6)
-        .map(|seq| event(seq, "step", Some(seq as u32 % 2)))
+        .map(|seq| event(seq, EventKind::ExecuteSent, Some(seq as u32 % 2)))
         .collect();
     assert_eq!(apply_one(log, up).await, WriteOutcome::Updated);
     let seqs = |events: Vec<baton_server::model::EventRecord>| {
@@ -1022,7 +1026,7 @@ async fn events_page_by_seq(log: &dyn TxLog) {
     );
 }
 
-async fn participants_register_expire_deregister(log: &dyn TxLog) {
+async fn participants_register_expire_deregister(log: &dyn Store) {
     let before = Utc::now() - chrono::Duration::seconds(5);
     let forever = log
         .register_participant("payments", "http://127.0.0.2:9000", 1, "", 0)
@@ -1117,7 +1121,7 @@ async fn participants_register_expire_deregister(log: &dyn TxLog) {
     assert_eq!(left, vec![forever]);
 }
 
-async fn coordinators_heartbeat_and_count_owned(log: &dyn TxLog) {
+async fn coordinators_heartbeat_and_count_owned(log: &dyn Store) {
     log.heartbeat_coordinator("c1", "127.0.0.1:7600", "0.1.0")
         .await
         .expect("heartbeat");
@@ -1169,7 +1173,7 @@ async fn coordinators_heartbeat_and_count_owned(log: &dyn TxLog) {
     );
 }
 
-async fn concurrent_claimers_never_share_work(log: &dyn TxLog) {
+async fn concurrent_claimers_never_share_work(log: &dyn Store) {
     let mut all = BTreeSet::new();
     for _ in 0..24 {
         all.insert(create(log, new_tx("dead", TxState::Running)).await.id);
@@ -1252,6 +1256,18 @@ async fn pg_definitions_survive_their_move_to_a_table_of_their_own() {
     let _ = conn.close().await;
 }
 
+/// After the test set an event's kind to `teleported`, which no coordinator writes: reading the
+/// history fails with a corrupt row that names it.
+async fn teleported_event_is_corrupt(log: &dyn Store, id: TxId) {
+    match log.events(id, 0, 100).await {
+        Err(StoreError::Corrupt { table, detail }) => {
+            assert_eq!(table, "baton_events");
+            assert!(detail.contains("teleported"), "{detail}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn pg_unknown_state_text_is_corrupt() {
     use sqlx::Connection;
@@ -1311,6 +1327,13 @@ async fn pg_unknown_state_text_is_corrupt() {
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
+    // An event kind this coordinator does not know is a corrupt row, not a panic.
+    sqlx::query("UPDATE baton_events SET kind = 'teleported' WHERE tx_id = $1 AND seq = 2")
+        .bind(rec.id.0)
+        .execute(&mut conn)
+        .await
+        .expect("corrupt an event");
+    teleported_event_is_corrupt(&log, rec.id).await;
 }
 
 /// The log writer commits several batches at once, yet each transaction's writes land in the
@@ -1336,7 +1359,7 @@ async fn pg_writer_keeps_each_transactions_writes_in_order() {
     };
     let log = PgLog::connect(&db.url, &options).await.expect("connect");
     log.migrate().await.expect("migrate");
-    let log: Arc<dyn TxLog> = Arc::new(log);
+    let log: Arc<dyn Store> = Arc::new(log);
     let mut recs = Vec::new();
     for _ in 0..40 {
         recs.push(create(&*log, new_tx("c1", TxState::Running)).await);
@@ -1361,7 +1384,11 @@ async fn pg_writer_keeps_each_transactions_writes_in_order() {
         for rec in &recs {
             let mut up = update_of(rec);
             up.expected_last_seq = rec.last_seq + round;
-            up.events = vec![event(rec.last_seq + round + 1, "step", None)];
+            up.events = vec![event(
+                rec.last_seq + round + 1,
+                EventKind::ExecuteSent,
+                None,
+            )];
             acks.push(
                 writer
                     .submit(LogWrite::Update(Box::new(up)))
@@ -1481,6 +1508,12 @@ async fn sqlite_unknown_state_text_is_corrupt() {
             ..
         })
     ));
+    sqlx::query("UPDATE baton_events SET kind = 'teleported' WHERE tx_id = ? AND seq = 2")
+        .bind(rec.id.to_string())
+        .execute(&mut conn)
+        .await
+        .expect("corrupt an event");
+    teleported_event_is_corrupt(&log, rec.id).await;
 }
 
 #[tokio::test]

@@ -14,13 +14,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Definition, Phase, TxRecord};
+use crate::model::{Definition, EventKind, Phase, TxRecord};
 
 mod book;
+mod history;
 mod saga;
 #[cfg(test)]
 mod tests;
 mod two_phase;
+
+pub use history::drop_answered_sends;
 
 /// What happened to a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,7 +93,7 @@ pub enum Action {
 /// A history entry to append (the driver gives it its seq and time).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub branch: Option<u32>,
     pub detail: String,
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use baton_tx::types::{
-    parse_endpoint, BadEndpoint, BadTxId, ParsedEndpoint, Phase, StepKind, StepStatus, Target,
-    TxId, TxKind, TxState,
+    parse_endpoint, BadEndpoint, BadTxId, CallMark, EventKind, ParsedEndpoint, Phase, StepKind,
+    StepStatus, Target, TxId, TxKind, TxState,
 };
 
 /// How often and how patiently a call is retried after transient errors.
@@ -181,7 +181,7 @@ pub struct EventRecord {
     /// 1, 2, 3, ... per transaction.
     pub seq: u64,
     pub at: chrono::DateTime<chrono::Utc>,
-    pub kind: String,
+    pub kind: EventKind,
     pub branch: Option<u32>,
     pub detail: String,
 }

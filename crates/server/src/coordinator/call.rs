@@ -141,7 +141,7 @@ pub fn unreachable(code: Code) -> bool {
 /// Sends the call and classifies what came back. Never panics on what the network returns.
 ///
 /// Nothing is sent, and no answer returned, unless the coordinator's lease is held at that moment
-/// (see [`Lease`]); otherwise the call never completes and its driver is stopped.
+/// (see `Lease`); otherwise the call never completes and its driver is stopped.
 pub async fn call(caller: &Caller, spec: CallSpec) -> CallResult {
     let result = send(caller, spec).await;
     // An answer that arrives after the lease was lost (the process was paused meanwhile) must

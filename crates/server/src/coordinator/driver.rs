@@ -29,7 +29,9 @@ use super::call::{self, CallSpec};
 use super::writer::Ack;
 use super::{Command, Coordinator, WriteError};
 use crate::engine::{self, Action, Decision, Event, Refused};
-use crate::model::{BranchRecord, Definition, EventRecord, Phase, StepStatus, TxRecord, TxState};
+use crate::model::{
+    BranchRecord, Definition, EventKind, EventRecord, Phase, StepStatus, TxRecord, TxState,
+};
 use crate::proto::StepOutput;
 use crate::store::{LogWrite, NewEvent, TxUpdate, WriteOutcome};
 
@@ -249,7 +251,7 @@ impl Driver {
                 .map(|(i, note)| NewEvent {
                     seq: self.tx.last_seq + 1 + i as u64,
                     at: now,
-                    kind: note.kind.to_string(),
+                    kind: note.kind,
                     branch: note.branch,
                     detail: note.detail.clone(),
                 })
@@ -287,8 +289,11 @@ impl Driver {
                     &mut self.held.insert((update, due)).0
                 }
             };
-            // Nothing held is queued yet, so its history may still be renumbered.
-            held.fold_answered_calls();
+            // Nothing held is queued yet, so its history may still be renumbered: a call
+            // answered within it keeps only its answer.
+            let events = std::mem::take(&mut held.events);
+            held.events = crate::engine::drop_answered_sends(events, |e| (e.kind, e.branch));
+            held.renumber_events();
             self.tx.last_seq = held.expected_last_seq + held.events.len() as u64;
             if self.co.config.progress_flush.is_zero() {
                 self.hand_over().await?;
@@ -508,7 +513,7 @@ impl Driver {
             events: vec![NewEvent {
                 seq: self.tx.last_seq + 1,
                 at: chrono::Utc::now(),
-                kind: "failed".into(),
+                kind: EventKind::Failed,
                 branch: None,
                 detail: last_error.to_string(),
             }],
@@ -705,7 +710,7 @@ fn describe(events: &[NewEvent]) -> String {
     let mut kinds: Vec<&str> = Vec::new();
     for e in events {
         if !kinds.contains(&e.kind.as_str()) {
-            kinds.push(&e.kind);
+            kinds.push(e.kind.as_str());
         }
     }
     const SHOWN: usize = 4;

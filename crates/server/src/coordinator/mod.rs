@@ -1,6 +1,6 @@
 //! The coordinator: drives accepted transactions to their outcome.
 //!
-//! Each unfinished transaction this coordinator owns has one driver task ([`driver`]) that feeds
+//! Each unfinished transaction this coordinator owns has one driver task (`driver`) that feeds
 //! events to the pure [`engine`](crate::engine), records the result through the shared
 //! [`writer::LogWriter`] (group commit), and makes the participant calls ([`call`]). Ownership is
 //! fenced by `(owner, epoch)` on every write, so a driver that lost its transaction can never
@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::engine::{Event, Refused};
 use crate::model::{BranchRecord, EventRecord, RetryPolicy, TxId, TxRecord, TxState};
 use crate::registry::Registry;
-use crate::store::{LogWrite, NewTx, StoreError, TxLog, WriteOutcome};
+use crate::store::{LogWrite, NewTx, Store, StoreError, WriteOutcome};
 
 pub use writer::{LogWriter, WriteError};
 
@@ -270,7 +270,7 @@ impl Lease {
 /// A running coordinator: its log, writer, registry and drivers.
 pub struct Coordinator {
     config: Config,
-    store: Arc<dyn TxLog>,
+    store: Arc<dyn Store>,
     /// The registry, with the lease every participant call checks. (The driver calls through
     /// this field by its old name.)
     registry: call::Caller,
@@ -289,7 +289,7 @@ pub struct Coordinator {
 impl Coordinator {
     /// Creates the coordinator and its log writer. Call [`Coordinator::recover`] and
     /// [`Coordinator::run_background`] to resume work and keep membership.
-    pub fn new(config: Config, store: Arc<dyn TxLog>, registry: Arc<Registry>) -> Arc<Self> {
+    pub fn new(config: Config, store: Arc<dyn Store>, registry: Arc<Registry>) -> Arc<Self> {
         let tracker = TaskTracker::new();
         let stop = CancellationToken::new();
         let writer_stop = CancellationToken::new();
@@ -326,7 +326,7 @@ impl Coordinator {
         &self.config
     }
 
-    pub fn store(&self) -> &Arc<dyn TxLog> {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
@@ -577,7 +577,7 @@ impl Coordinator {
     /// A coordinator that cannot renew its heartbeat for half the lease stops its drivers (and
     /// refuses `Start`) before the lease can run out, so it never drives a transaction that
     /// another coordinator may already have claimed. Every participant call checks the same
-    /// (see [`Lease`]), so a coordinator that was paused stops before its heartbeat task runs.
+    /// (see `Lease`), so a coordinator that was paused stops before its heartbeat task runs.
     /// When the heartbeat succeeds again it waits for its drivers to stop, hands back what it
     /// held (epoch + 1 fences any straggler) and claims work afresh.
     pub fn run_background(self: &Arc<Self>) {

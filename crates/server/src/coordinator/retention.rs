@@ -1,7 +1,7 @@
 //! Retention: finished transactions are deleted, with their branches and events, once they have
 //! been finished for the retention period, so the log stays the size of its recent history.
 //!
-//! A sweep deletes in small batches ([`TxLog::purge_finished`]), each its own short database
+//! A sweep deletes in small batches ([`Retention::purge_finished`]), each its own short database
 //! transaction, with a pause between them so the log writers are never starved; it goes on until
 //! a batch comes back short. Only final outcomes (committed, compensated, aborted) are deleted:
 //! a `failed` transaction waits for an operator and an unfinished one is being driven, so
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
 use super::Coordinator;
-use crate::store::{StoreError, TxLog};
+use crate::store::{Retention, StoreError};
 
 /// Pause between two batches of one sweep: room for the log writers' commits.
 pub const BATCH_PAUSE: Duration = Duration::from_millis(20);
@@ -32,7 +32,7 @@ pub const DEFAULT_BATCH: u32 = 500;
 /// Returns how many were deleted (every batch also counts in `metrics`, so an error after some
 /// batches loses nothing there).
 pub async fn purge(
-    store: &dyn TxLog,
+    store: &dyn Retention,
     metrics: &Metrics,
     older_than: Duration,
     batch: u32,

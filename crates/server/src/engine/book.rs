@@ -1,7 +1,7 @@
 //! Bookkeeping both machines share: the borrowed parts of the transaction every decision may
 //! change, and the [`Decision`] being built from those changes.
 
-use crate::model::{BranchRecord, StepStatus, TxState};
+use crate::model::{BranchRecord, EventKind, StepStatus, TxState};
 
 use super::{Decision, Note};
 
@@ -33,7 +33,7 @@ impl Core<'_> {
         }
     }
 
-    pub(super) fn note(&mut self, kind: &'static str, branch: Option<usize>, detail: String) {
+    pub(super) fn note(&mut self, kind: EventKind, branch: Option<usize>, detail: String) {
         self.out.notes.push(Note {
             kind,
             branch: branch.map(|i| i as u32),
@@ -51,7 +51,7 @@ impl Core<'_> {
     /// recorded; the branch row keeps the current attempt and error either way.
     pub(super) fn note_retry(
         &mut self,
-        kind: &'static str,
+        kind: EventKind,
         i: usize,
         attempt: u32,
         previous: Option<&str>,

@@ -2,7 +2,9 @@
 //! saga is cancelled before its pivot, compensation of every step that may have run, one at a
 //! time, in reverse order of completion.
 
-use crate::model::{Definition, Phase, StepDef, StepKind, StepStatus, TxId, TxRecord, TxState};
+use crate::model::{
+    Definition, EventKind, Phase, StepDef, StepKind, StepStatus, TxId, TxRecord, TxState,
+};
 
 use super::book::{deref_core, recorded_attempt, Core};
 use super::{Action, CallResult, Decision, Event, Refused};
@@ -191,7 +193,11 @@ impl Saga<'_> {
             .min();
         let Some(current) = current else {
             self.set_state(TxState::Committed);
-            self.note("committed", None, "every step succeeded".to_string());
+            self.note(
+                EventKind::Committed,
+                None,
+                "every step succeeded".to_string(),
+            );
             return;
         };
         if *self.stage != current {
@@ -223,7 +229,11 @@ impl Saga<'_> {
             attempt,
         });
         if record {
-            self.note("execute_sent", Some(i), format!("attempt {attempt}"));
+            self.note(
+                EventKind::ExecuteSent,
+                Some(i),
+                format!("attempt {attempt}"),
+            );
         }
     }
 
@@ -248,7 +258,7 @@ impl Saga<'_> {
                 self.branches[i].output = Some(output);
                 self.finish_forward(i, StepStatus::Succeeded);
                 self.note(
-                    "execute_ok",
+                    EventKind::ExecuteOk,
                     Some(i),
                     format!("attempt {attempt} succeeded"),
                 );
@@ -263,7 +273,11 @@ impl Saga<'_> {
                 b.status = StepStatus::Failed;
                 b.last_error = Some(msg.clone());
                 self.touch(i);
-                self.note("execute_failed", Some(i), format!("step failed: {msg}"));
+                self.note(
+                    EventKind::ExecuteFailed,
+                    Some(i),
+                    format!("step failed: {msg}"),
+                );
                 self.start_compensating(format!("step {} failed: {msg}", step.name));
             }
             // Out of retries without a definite answer: it may have run, so it is undone too.
@@ -272,7 +286,7 @@ impl Saga<'_> {
                 self.branches[i].last_error = Some(msg.clone());
                 self.finish_forward(i, StepStatus::Unknown);
                 self.note(
-                    "execute_error",
+                    EventKind::ExecuteError,
                     Some(i),
                     format!("attempt {attempt} failed: {msg}; out of retries, it may have run"),
                 );
@@ -289,7 +303,14 @@ impl Saga<'_> {
                 let previous = b.last_error.take();
                 self.touch(i);
                 let ms = self.schedule(i, Phase::Execute, next);
-                self.note_retry("execute_error", i, attempt, previous.as_deref(), &msg, ms);
+                self.note_retry(
+                    EventKind::ExecuteError,
+                    i,
+                    attempt,
+                    previous.as_deref(),
+                    &msg,
+                    ms,
+                );
                 self.branches[i].last_error = Some(msg);
             }
         }
@@ -302,20 +323,28 @@ impl Saga<'_> {
             CallResult::Ok(output) => {
                 self.branches[i].output = Some(output);
                 self.finish_forward(i, StepStatus::Succeeded);
-                self.note("execute_ok", Some(i), "succeeded; to be undone".to_string());
+                self.note(
+                    EventKind::ExecuteOk,
+                    Some(i),
+                    "succeeded; to be undone".to_string(),
+                );
             }
             CallResult::Failed(msg) | CallResult::Permanent(msg) => {
                 let b = &mut self.branches[i];
                 b.status = StepStatus::Failed;
                 b.last_error = Some(msg.clone());
                 self.touch(i);
-                self.note("execute_failed", Some(i), format!("step failed: {msg}"));
+                self.note(
+                    EventKind::ExecuteFailed,
+                    Some(i),
+                    format!("step failed: {msg}"),
+                );
             }
             CallResult::Transient(msg) => {
                 self.branches[i].last_error = Some(msg.clone());
                 self.finish_forward(i, StepStatus::Unknown);
                 self.note(
-                    "execute_error",
+                    EventKind::ExecuteError,
                     Some(i),
                     format!("{msg}; not retried while compensating, it may have run"),
                 );
@@ -346,13 +375,13 @@ impl Saga<'_> {
         self.set_state(TxState::Compensating);
         self.set_last_error(reason.clone());
         self.clear_cancel_request();
-        self.note("compensating", None, reason);
+        self.note(EventKind::Compensating, None, reason);
         for i in 0..self.len() {
             // A failed attempt waiting for its retry may still have taken effect.
             if self.status(i) == StepStatus::Backoff {
                 self.finish_forward(i, StepStatus::Unknown);
                 self.note(
-                    "execute_error",
+                    EventKind::ExecuteError,
                     Some(i),
                     "retry abandoned; it may have run".to_string(),
                 );
@@ -379,7 +408,7 @@ impl Saga<'_> {
             let Some(i) = next else {
                 self.set_state(TxState::Compensated);
                 self.note(
-                    "compensated",
+                    EventKind::Compensated,
                     None,
                     "every step that may have run was undone".to_string(),
                 );
@@ -393,7 +422,11 @@ impl Saga<'_> {
             b.status = StepStatus::Compensated;
             b.attempts = 0;
             self.touch(i);
-            self.note("compensate_skipped", Some(i), "nothing to undo".to_string());
+            self.note(
+                EventKind::CompensateSkipped,
+                Some(i),
+                "nothing to undo".to_string(),
+            );
         }
     }
 
@@ -414,7 +447,11 @@ impl Saga<'_> {
             attempt,
         });
         if record {
-            self.note("compensate_sent", Some(i), format!("attempt {attempt}"));
+            self.note(
+                EventKind::CompensateSent,
+                Some(i),
+                format!("attempt {attempt}"),
+            );
         }
     }
 
@@ -432,7 +469,7 @@ impl Saga<'_> {
                 self.branches[i].status = StepStatus::Compensated;
                 self.touch(i);
                 self.note(
-                    "compensate_ok",
+                    EventKind::CompensateOk,
                     Some(i),
                     format!("attempt {attempt} succeeded"),
                 );
@@ -445,7 +482,7 @@ impl Saga<'_> {
                 let previous = b.last_error.take();
                 self.touch(i);
                 let ms = self.schedule(i, Phase::Compensate, next);
-                let kind = "compensate_error";
+                let kind = EventKind::CompensateError;
                 self.note_retry(kind, i, attempt, previous.as_deref(), &msg, ms);
                 self.branches[i].last_error = Some(msg);
             }
@@ -462,7 +499,7 @@ impl Saga<'_> {
                 );
                 self.set_state(TxState::Failed);
                 self.set_last_error(reason.clone());
-                self.note("failed", Some(i), reason);
+                self.note(EventKind::Failed, Some(i), reason);
             }
         }
     }
@@ -499,7 +536,7 @@ impl Saga<'_> {
                         )
                     }));
                 }
-                self.note("cancel_requested", None, reason.to_string());
+                self.note(EventKind::CancelRequested, None, reason.to_string());
                 self.start_compensating(format!("cancelled: {reason}"));
             }
             // Already undoing: the cancel is satisfied as it stands.
@@ -546,7 +583,7 @@ impl Saga<'_> {
         }
         self.set_state(TxState::Compensating);
         self.note(
-            "retried",
+            EventKind::Retried,
             None,
             "operator retry: compensating again".to_string(),
         );

@@ -100,7 +100,7 @@ fn call(branch: u32, phase: Phase, attempt: u32) -> Action {
 }
 
 fn kinds(d: &Decision) -> Vec<&'static str> {
-    d.notes.iter().map(|n| n.kind).collect()
+    d.notes.iter().map(|n| n.kind.as_str()).collect()
 }
 
 fn statuses(tx: &TxRecord) -> Vec<StepStatus> {
@@ -513,7 +513,7 @@ fn assert_compact(notes: &[Note], error_kind: &str) {
     let find = |n: u32| {
         notes
             .iter()
-            .find(|x| x.kind == error_kind && x.detail.starts_with(&failed(n)))
+            .find(|x| x.kind.as_str() == error_kind && x.detail.starts_with(&failed(n)))
     };
     for n in [1, 2, 4, 8192] {
         assert!(find(n).is_some(), "attempt {n} is recorded: {notes:#?}");

@@ -10,7 +10,7 @@
 //! never answers does not flood the history. The driver persists a [`Decision`] before it sends any of its calls,
 //! so the commit decision is durable before the first `Commit` leaves.
 
-use crate::model::{BranchDef, Definition, Phase, StepStatus, TxId, TxRecord, TxState};
+use crate::model::{BranchDef, Definition, EventKind, Phase, StepStatus, TxId, TxRecord, TxState};
 
 use super::book::{deref_core, recorded_attempt, Core};
 use super::{Action, CallResult, Decision, Event, Refused};
@@ -131,9 +131,9 @@ impl TwoPhase<'_> {
 
     fn send_as(&mut self, i: usize, phase: Phase, attempt: u32, record: bool) {
         let (status, kind) = match phase {
-            Phase::Prepare => (StepStatus::Running, "prepare_sent"),
-            Phase::Commit => (StepStatus::Committing, "commit_sent"),
-            Phase::Abort => (StepStatus::Aborting, "abort_sent"),
+            Phase::Prepare => (StepStatus::Running, EventKind::PrepareSent),
+            Phase::Commit => (StepStatus::Committing, EventKind::CommitSent),
+            Phase::Abort => (StepStatus::Aborting, EventKind::AbortSent),
             // A two-phase commit has no saga phases.
             Phase::Execute | Phase::Compensate => return,
         };
@@ -160,7 +160,7 @@ impl TwoPhase<'_> {
         status: StepStatus,
         attempt: u32,
         msg: String,
-        error_kind: &'static str,
+        error_kind: EventKind,
     ) {
         let next = self.next_attempt(i);
         let b = &mut self.branches[i];
@@ -270,7 +270,7 @@ impl TwoPhase<'_> {
                 b.output = Some(output);
                 self.touch(i);
                 self.note(
-                    "prepare_ok",
+                    EventKind::PrepareOk,
                     Some(i),
                     format!("attempt {attempt} voted yes"),
                 );
@@ -282,7 +282,11 @@ impl TwoPhase<'_> {
                 b.status = StepStatus::Failed;
                 b.last_error = Some(msg.clone());
                 self.touch(i);
-                self.note("prepare_failed", Some(i), format!("voted no: {msg}"));
+                self.note(
+                    EventKind::PrepareFailed,
+                    Some(i),
+                    format!("voted no: {msg}"),
+                );
                 self.decide_abort(format!("branch {} voted no: {msg}", def.name));
             }
             CallResult::Transient(msg) if attempt < def.retry.max_attempts => {
@@ -292,7 +296,7 @@ impl TwoPhase<'_> {
                     StepStatus::Backoff,
                     attempt,
                     msg,
-                    "prepare_error",
+                    EventKind::PrepareError,
                 );
             }
             // Out of retries without an answer: it may have prepared, so it is sent an abort.
@@ -302,7 +306,7 @@ impl TwoPhase<'_> {
                 b.last_error = Some(msg.clone());
                 self.touch(i);
                 self.note(
-                    "prepare_error",
+                    EventKind::PrepareError,
                     Some(i),
                     format!(
                         "attempt {attempt} failed: {msg}; out of retries, it may have prepared"
@@ -324,7 +328,11 @@ impl TwoPhase<'_> {
             return;
         }
         self.set_state(TxState::Committing);
-        self.note("commit_decided", None, "every branch voted yes".to_string());
+        self.note(
+            EventKind::CommitDecided,
+            None,
+            "every branch voted yes".to_string(),
+        );
         for i in 0..self.len() {
             self.send(i, Phase::Commit, 1);
         }
@@ -336,7 +344,7 @@ impl TwoPhase<'_> {
         self.set_state(TxState::Aborting);
         self.set_last_error(reason.clone());
         self.clear_cancel_request();
-        self.note("abort_decided", None, reason);
+        self.note(EventKind::AbortDecided, None, reason);
         self.send_aborts();
     }
 
@@ -366,7 +374,7 @@ impl TwoPhase<'_> {
                     b.status = StepStatus::Aborted;
                     b.attempts = 0;
                     self.touch(i);
-                    self.note("abort_skipped", Some(i), why.to_string());
+                    self.note(EventKind::AbortSkipped, Some(i), why.to_string());
                 }
                 _ => {}
             }
@@ -381,15 +389,15 @@ impl TwoPhase<'_> {
             (
                 StepStatus::Committed,
                 StepStatus::CommitBackoff,
-                "commit_ok",
-                "commit_error",
+                EventKind::CommitOk,
+                EventKind::CommitError,
             )
         } else {
             (
                 StepStatus::Aborted,
                 StepStatus::AbortBackoff,
-                "abort_ok",
-                "abort_error",
+                EventKind::AbortOk,
+                EventKind::AbortError,
             )
         };
         match result {
@@ -413,7 +421,11 @@ impl TwoPhase<'_> {
     fn check_committed(&mut self) {
         if *self.state == TxState::Committing && self.all_status(StepStatus::Committed) {
             self.set_state(TxState::Committed);
-            self.note("committed", None, "every branch committed".to_string());
+            self.note(
+                EventKind::Committed,
+                None,
+                "every branch committed".to_string(),
+            );
         }
     }
 
@@ -421,7 +433,7 @@ impl TwoPhase<'_> {
         if *self.state == TxState::Aborting && self.all_status(StepStatus::Aborted) {
             self.set_state(TxState::Aborted);
             self.note(
-                "aborted",
+                EventKind::Aborted,
                 None,
                 "every branch that may have prepared was aborted".to_string(),
             );
@@ -440,7 +452,7 @@ impl TwoPhase<'_> {
         }
         match state {
             TxState::Preparing => {
-                self.note("cancel_requested", None, reason.to_string());
+                self.note(EventKind::CancelRequested, None, reason.to_string());
                 self.decide_abort(format!("cancelled: {reason}"));
             }
             // Already aborting: the cancel is satisfied as it stands.

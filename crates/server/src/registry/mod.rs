@@ -21,7 +21,7 @@ use tokio_rustls::rustls;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::model::Target;
-use crate::store::{StoreError, TxLog};
+use crate::store::{Participants, StoreError};
 use crate::tls::{ClientTls, Reloading, TlsError};
 use crate::transport::http::HttpParticipant;
 use crate::transport::{GrpcChannel, H2Channel};
@@ -154,7 +154,7 @@ fn channels_per_endpoint() -> usize {
 
 /// Resolves targets to endpoints and keeps lazily connected channels to each endpoint.
 pub struct Registry {
-    store: Arc<dyn TxLog>,
+    store: Arc<dyn Participants>,
     config: RegistryConfig,
     services: Mutex<HashMap<String, Service>>,
     conns: Mutex<HashMap<String, Arc<Conn>>>,
@@ -224,7 +224,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Registry {
     /// A registry that reads registrations from `store` and otherwise uses `config`.
-    pub fn new(store: Arc<dyn TxLog>, config: RegistryConfig) -> Self {
+    pub fn new(store: Arc<dyn Participants>, config: RegistryConfig) -> Self {
         Registry {
             store,
             config,
@@ -442,7 +442,7 @@ impl Registry {
     }
 
     /// Copies every known endpoint's calls in flight and ejection, for display. The copy is
-    /// bounded like the channel cache ([`MAX_CHANNELS`]); ejection instants become wall-clock
+    /// bounded like the channel cache (`MAX_CHANNELS`); ejection instants become wall-clock
     /// times so they can be shown and sent.
     pub fn snapshot(&self) -> Snapshot {
         let conns: Vec<(String, Arc<Conn>)> = lock(&self.conns)

@@ -1,5 +1,8 @@
-//! The transaction log: one trait, a PostgreSQL and an SQLite implementation, and one conformance
-//! suite (`tests/store_conformance.rs`) that runs against both.
+//! The durable store: the transaction log ([`TxLog`]), the participant registry
+//! ([`Participants`]), coordinator membership ([`Membership`]), retention ([`Retention`]) and
+//! the database's health ([`Health`]), together a [`Store`]. A PostgreSQL and an SQLite
+//! implementation, and one conformance suite (`tests/store_conformance.rs`) that runs against
+//! both.
 //!
 //! The coordinator never writes rows directly: it hands [`LogWrite`]s to the log writer
 //! (`coordinator::writer`), which commits the writes of many transactions in one database
@@ -13,8 +16,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    BranchRecord, CoordinatorRecord, Definition, EventRecord, ParticipantRecord, StepStatus, TxId,
-    TxRecord, TxState,
+    BranchRecord, CoordinatorRecord, Definition, EventKind, EventRecord, ParticipantRecord,
+    StepStatus, TxId, TxRecord, TxState,
 };
 
 pub mod postgres;
@@ -228,56 +231,22 @@ impl TxUpdate {
         self.events.extend(later.events);
     }
 
-    /// Drops each call's `<phase>_sent` event that a later event of this write answers (the
-    /// same branch's `<phase>_ok`, `_failed` or `_error`), then numbers the history again from
-    /// `expected_last_seq + 1`. The answer names the attempt, so the history loses only the
-    /// time the call left; a `sent` event reaches the log for a call still in flight when its
-    /// progress is written, which is when an operator needs it. Used on progress that is held
-    /// before it is queued, never on a write already queued (its numbering is fixed then).
-    pub fn fold_answered_calls(&mut self) {
-        let mut kept: Vec<NewEvent> = Vec::with_capacity(self.events.len());
-        for event in self.events.drain(..) {
-            if let (Some(phase), Some(branch)) = (answered_phase(&event.kind), event.branch) {
-                // The latest kept event of this call, if it is the send this answers.
-                let call = kept
-                    .iter()
-                    .rposition(|e| e.branch == Some(branch) && phase_of(&e.kind) == Some(phase));
-                if let Some(at) = call.filter(|&at| kept[at].kind.ends_with("_sent")) {
-                    kept.remove(at);
-                }
-            }
-            kept.push(event);
-        }
-        for (i, event) in kept.iter_mut().enumerate() {
+    /// Numbers the history again from `expected_last_seq + 1`, after events were dropped from
+    /// it (see [`crate::engine::drop_answered_sends`]). Used on progress that is held before it
+    /// is queued, never on a write already queued (its numbering is fixed then).
+    pub fn renumber_events(&mut self) {
+        for (i, event) in self.events.iter_mut().enumerate() {
             event.seq = self.expected_last_seq + 1 + i as u64;
         }
-        self.events = kept;
     }
 }
-
-/// The call phase an event answers (`execute` for `execute_ok`), if it is a call's answer.
-fn answered_phase(kind: &str) -> Option<&str> {
-    ["_ok", "_failed", "_error"]
-        .iter()
-        .find_map(|suffix| kind.strip_suffix(suffix))
-        .filter(|phase| CALL_PHASES.contains(phase))
-}
-
-/// The call phase of a call's event (`execute` for `execute_sent` or `execute_ok`).
-fn phase_of(kind: &str) -> Option<&str> {
-    let (phase, _) = kind.rsplit_once('_')?;
-    CALL_PHASES.contains(&phase).then_some(phase)
-}
-
-/// The phases whose calls are noted as sent and then answered.
-const CALL_PHASES: [&str; 5] = ["execute", "compensate", "prepare", "commit", "abort"];
 
 /// An event not yet written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewEvent {
     pub seq: u64,
     pub at: DateTime<Utc>,
-    pub kind: String,
+    pub kind: EventKind,
     pub branch: Option<u32>,
     pub detail: String,
 }
@@ -321,8 +290,8 @@ pub struct ListFilter {
     pub limit: u32,
 }
 
-/// The durable log of transactions, their branches and history, plus the participant registry and
-/// coordinator membership.
+/// The durable log of transactions: their rows, branches and history, who owns each, and the
+/// cancel requests for their owners.
 #[async_trait]
 pub trait TxLog: Send + Sync + 'static {
     /// Creates or upgrades the schema.
@@ -386,7 +355,11 @@ pub trait TxLog: Send + Sync + 'static {
         owner: &str,
         expected_epoch: i64,
     ) -> Result<Option<TxRecord>, StoreError>;
+}
 
+/// The participant registry: which endpoints serve each service, for how long.
+#[async_trait]
+pub trait Participants: Send + Sync + 'static {
     /// Inserts or replaces a participant registration; `ttl_ms = 0` never expires. Expiry is
     /// computed with the database's clock.
     async fn register_participant(
@@ -418,7 +391,12 @@ pub trait TxLog: Send + Sync + 'static {
         &self,
         service: Option<&str>,
     ) -> Result<Vec<ParticipantRecord>, StoreError>;
+}
 
+/// Coordinator membership: the coordinators sharing the log, by their heartbeats. A coordinator
+/// whose heartbeat is older than the lease loses its transactions to [`TxLog::claim`].
+#[async_trait]
+pub trait Membership: Send + Sync + 'static {
     /// Inserts or refreshes this coordinator's heartbeat row (heartbeat_at = the database's now).
     async fn heartbeat_coordinator(
         &self,
@@ -433,10 +411,11 @@ pub trait TxLog: Send + Sync + 'static {
     /// Coordinators whose heartbeat is younger than `lease_ms`, with how many unfinished
     /// transactions each owns.
     async fn list_coordinators(&self, lease_ms: u64) -> Result<Vec<CoordinatorRecord>, StoreError>;
+}
 
-    /// Whether the database answers.
-    async fn ping(&self) -> Result<(), StoreError>;
-
+/// Retention: deleting what is finished and old.
+#[async_trait]
+pub trait Retention: Send + Sync + 'static {
     /// Deletes at most `batch` finished transactions (committed, compensated or aborted; never
     /// `failed`, which waits for an operator, nor anything unfinished) whose last update is older
     /// than `older_than` by the database's clock, with their branches, events and cancel
@@ -444,6 +423,13 @@ pub trait TxLog: Send + Sync + 'static {
     /// skipped, not waited for. Returns how many transactions were deleted: fewer than `batch`
     /// means nothing older is left.
     async fn purge_finished(&self, older_than: Duration, batch: u32) -> Result<u64, StoreError>;
+}
+
+/// The database's health, for readiness checks and `/metrics`.
+#[async_trait]
+pub trait Health: Send + Sync + 'static {
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// The connection pool's use now, for the `/metrics` gauges; `None` when the store has no
     /// pool to report.
@@ -451,6 +437,12 @@ pub trait TxLog: Send + Sync + 'static {
         None
     }
 }
+
+/// Everything a store provides: what [`open`] returns. Each part of the coordinator depends on
+/// the narrowest of these traits it needs.
+pub trait Store: TxLog + Participants + Membership + Retention + Health {}
+
+impl<T: TxLog + Participants + Membership + Retention + Health + ?Sized> Store for T {}
 
 /// How a store's connection pool is used at one moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -491,7 +483,7 @@ pub fn is_sqlite_url(url: &str) -> bool {
 }
 
 /// Opens the store named by `url` (`postgres://…` or `sqlite://path`), without migrating.
-pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn TxLog>, StoreError> {
+pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgLog::connect(url, options).await?))
     } else if is_sqlite_url(url) {
@@ -691,10 +683,134 @@ fn event_record(
             detail: format!("transaction {tx_id}: seq {seq} is negative"),
         })?,
         at,
-        kind,
+        kind: kind.parse().map_err(|detail| StoreError::Corrupt {
+            table: TABLE,
+            detail: format!("transaction {tx_id} event {seq}: {detail}"),
+        })?,
         branch: branch.map(|b| to_u32(TABLE, "branch", b)).transpose()?,
         detail,
     })
+}
+
+/// Branch columns, in the order [`raw_branch`] reads them.
+const BRANCH_COLUMNS: &str = "tx_id, idx, name, state, attempts, output, last_error, done_order";
+
+/// Participant columns, in the order [`participant`] reads them.
+const PARTICIPANT_COLUMNS: &str = "service, endpoint, weight, zone, expires_at";
+
+/// A result row of either backend. Each kind of row is decoded once ([`raw_tx`], [`raw_branch`],
+/// [`participant`], [`coordinator`], [`event_row`]); only what the backends store differently is
+/// read by the backend's own code: ids (uuid on PostgreSQL, text on SQLite) and times
+/// (timestamptz, unix milliseconds). The plain columns come from [`plain_columns`].
+trait LogRow {
+    fn text(&self, column: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, column: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError>;
+    fn flag(&self, column: &str) -> Result<bool, StoreError>;
+    fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn id(&self, column: &str) -> Result<TxId, StoreError>;
+    fn time(&self, table: &'static str, column: &str) -> Result<DateTime<Utc>, StoreError>;
+    fn opt_time(
+        &self,
+        table: &'static str,
+        column: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+}
+
+/// The [`LogRow`] methods whose column types both backends decode alike.
+macro_rules! plain_columns {
+    () => {
+        fn text(&self, column: &str) -> Result<String, StoreError> {
+            Ok(sqlx::Row::try_get(self, column)?)
+        }
+        fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+            Ok(sqlx::Row::try_get(self, column)?)
+        }
+        fn int(&self, column: &str) -> Result<i64, StoreError> {
+            Ok(sqlx::Row::try_get(self, column)?)
+        }
+        fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+            Ok(sqlx::Row::try_get(self, column)?)
+        }
+        fn flag(&self, column: &str) -> Result<bool, StoreError> {
+            Ok(sqlx::Row::try_get(self, column)?)
+        }
+        fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(sqlx::Row::try_get(self, column)?)
+        }
+    };
+}
+use plain_columns;
+
+fn raw_tx(row: &impl LogRow) -> Result<RawTx, StoreError> {
+    const T: &str = "baton_transactions";
+    Ok(RawTx {
+        id: row.id("id")?,
+        kind: row.text("kind")?,
+        state: row.text("state")?,
+        definition: row.text("definition")?,
+        labels: row.text("labels")?,
+        idempotency_key: row.opt_text("idempotency_key")?,
+        owner: row.opt_text("owner")?,
+        epoch: row.int("epoch")?,
+        stage: row.int("stage")?,
+        last_error: row.opt_text("last_error")?,
+        cancel_requested: row.flag("cancel_requested")?,
+        deadline_at: row.opt_time(T, "deadline_at")?,
+        created_at: row.time(T, "created_at")?,
+        updated_at: row.time(T, "updated_at")?,
+        last_seq: row.int("last_seq")?,
+    })
+}
+
+fn raw_branch(row: &impl LogRow) -> Result<RawBranch, StoreError> {
+    Ok(RawBranch {
+        tx_id: row.id("tx_id")?,
+        index: row.int("idx")?,
+        name: row.text("name")?,
+        state: row.text("state")?,
+        attempts: row.int("attempts")?,
+        output: row.opt_bytes("output")?,
+        last_error: row.opt_text("last_error")?,
+        done_order: row.opt_int("done_order")?,
+    })
+}
+
+fn participant(row: &impl LogRow) -> Result<ParticipantRecord, StoreError> {
+    const T: &str = "baton_participants";
+    Ok(ParticipantRecord {
+        service: row.text("service")?,
+        endpoint: row.text("endpoint")?,
+        weight: to_u32(T, "weight", row.int("weight")?)?,
+        zone: row.text("zone")?,
+        expires_at: row.opt_time(T, "expires_at")?,
+    })
+}
+
+/// A row of the coordinators query (with its `owned` count).
+fn coordinator(row: &impl LogRow) -> Result<CoordinatorRecord, StoreError> {
+    const T: &str = "baton_coordinators";
+    Ok(CoordinatorRecord {
+        id: row.text("id")?,
+        address: row.text("address")?,
+        started_at: row.time(T, "started_at")?,
+        heartbeat_at: row.time(T, "heartbeat_at")?,
+        version: row.text("version")?,
+        owned: row.int("owned")?.max(0) as u64,
+    })
+}
+
+/// A `baton_events` row of transaction `tx_id` (`seq, at, kind, branch, detail`).
+fn event_row(tx_id: TxId, row: &impl LogRow) -> Result<EventRecord, StoreError> {
+    event_record(
+        tx_id,
+        row.int("seq")?,
+        row.time("baton_events", "at")?,
+        row.text("kind")?,
+        row.opt_int("branch")?,
+        row.text("detail")?,
+    )
 }
 
 /// Page sizes the store serves: at least one row, at most a thousand.
@@ -702,7 +818,7 @@ fn clamp_limit(limit: u32) -> i64 {
     i64::from(limit.clamp(1, 1000))
 }
 
-/// Most transactions one [`TxLog::purge_finished`] call deletes, whatever it is asked: one
+/// Most transactions one [`Retention::purge_finished`] call deletes, whatever it is asked: one
 /// database transaction stays short.
 pub const MAX_PURGE_BATCH: u32 = 10_000;
 
@@ -720,82 +836,39 @@ fn age_ms(age: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use EventKind::*;
 
-    fn update(expected_last_seq: u64, events: &[(&str, Option<u32>)]) -> TxUpdate {
-        TxUpdate {
+    #[test]
+    fn a_shortened_history_is_numbered_again() {
+        let mut up = TxUpdate {
             id: TxId::new(),
             owner: "c1".into(),
             epoch: 1,
-            expected_last_seq,
+            expected_last_seq: 4,
             state: TxState::Running,
             stage: 0,
             last_error: None,
             cancel_requested: false,
             release: false,
             branches: Vec::new(),
-            events: events
-                .iter()
-                .enumerate()
-                .map(|(i, &(kind, branch))| NewEvent {
-                    seq: expected_last_seq + 1 + i as u64,
+            events: [(9, ExecuteOk, Some(0)), (7, ExecuteSent, Some(1))]
+                .into_iter()
+                .map(|(seq, kind, branch)| NewEvent {
+                    seq,
                     at: Utc::now(),
-                    kind: kind.into(),
+                    kind,
                     branch,
-                    detail: format!("event {i}"),
+                    detail: format!("event {seq}"),
                 })
                 .collect(),
-        }
-    }
-
-    fn kinds(up: &TxUpdate) -> Vec<(u64, &str, Option<u32>)> {
-        up.events
+        };
+        up.renumber_events();
+        let kinds: Vec<_> = up
+            .events
             .iter()
-            .map(|e| (e.seq, e.kind.as_str(), e.branch))
-            .collect()
-    }
-
-    #[test]
-    fn an_answered_call_keeps_only_its_answer() {
-        let mut up = update(
-            1,
-            &[
-                ("execute_sent", Some(0)),
-                ("execute_ok", Some(0)),
-                ("execute_sent", Some(1)),
-                ("execute_error", Some(1)),
-                ("execute_sent", Some(1)),
-                ("execute_sent", Some(2)),
-                ("execute_ok", Some(1)),
-            ],
-        );
-        up.fold_answered_calls();
-        assert_eq!(
-            kinds(&up),
-            [
-                (2, "execute_ok", Some(0)),
-                (3, "execute_error", Some(1)),
-                (4, "execute_sent", Some(2)),
-                (5, "execute_ok", Some(1)),
-            ]
-        );
-    }
-
-    #[test]
-    fn only_the_same_phase_and_branch_answer_a_send() {
-        let mut up = update(
-            4,
-            &[
-                ("prepare_sent", Some(0)),
-                ("commit_ok", Some(0)),
-                ("compensate_sent", Some(1)),
-                ("execute_failed", Some(1)),
-                ("commit_sent", None),
-                ("commit_ok", None),
-                ("committed", None),
-            ],
-        );
-        let before = up.events.clone();
-        up.fold_answered_calls();
-        assert_eq!(up.events, before);
+            .map(|e| (e.seq, e.kind, e.branch))
+            .collect();
+        assert_eq!(kinds, [(5, ExecuteOk, Some(0)), (6, ExecuteSent, Some(1))]);
+        assert_eq!(up.events[0].detail, "event 9");
     }
 }

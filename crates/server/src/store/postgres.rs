@@ -1,4 +1,4 @@
-//! PostgreSQL implementation of [`TxLog`](super::TxLog): the store several coordinators share.
+//! PostgreSQL implementation of the store ([`super::Store`]): the store several coordinators share.
 //!
 //! Every time that matters to leases and expiry comes from the database's `now()`, so the
 //! coordinators' clocks never have to agree. A group-commit batch is one statement (a CTE that
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
@@ -19,8 +20,10 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    age_ms, assemble, clamp_limit, db_err, event_record, to_i64, ListFilter, LogWrite, RawBranch,
-    RawTx, StoreError, StoreOptions, TxLog, WriteOutcome, FINAL_SQL, MAX_PURGE_BATCH, RESTING_SQL,
+    age_ms, assemble, clamp_limit, coordinator, db_err, event_row, participant, raw_branch, raw_tx,
+    to_i64, Health, ListFilter, LogWrite, Membership, Participants, Retention, StoreError,
+    StoreOptions, TxLog, WriteOutcome, BRANCH_COLUMNS, FINAL_SQL, MAX_PURGE_BATCH,
+    PARTICIPANT_COLUMNS, RESTING_SQL,
 };
 use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord};
 
@@ -53,10 +56,6 @@ const TX_COLUMNS: &str = "id, kind, state, definition, \
 /// A transaction's row and its definition, kept apart because only the row is ever updated
 /// (migration 0007).
 const TX_TABLES: &str = "baton_transactions JOIN baton_definitions ON tx_id = id";
-
-const BRANCH_COLUMNS: &str = "tx_id, idx, name, state, attempts, output, last_error, done_order";
-
-const PARTICIPANT_COLUMNS: &str = "service, endpoint, weight, zone, expires_at";
 
 type KeptWrites = Arc<std::sync::Mutex<Vec<PoolConnection<Postgres>>>>;
 
@@ -349,50 +348,6 @@ fn outcomes_of(found: Vec<Option<WriteOutcome>>) -> Result<Vec<WriteOutcome>, St
         .collect()
 }
 
-fn raw_tx(row: &PgRow) -> Result<RawTx, StoreError> {
-    Ok(RawTx {
-        id: TxId(row.try_get("id")?),
-        kind: row.try_get("kind")?,
-        state: row.try_get("state")?,
-        definition: row.try_get("definition")?,
-        labels: row.try_get("labels")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        owner: row.try_get("owner")?,
-        epoch: row.try_get("epoch")?,
-        stage: row.try_get("stage")?,
-        last_error: row.try_get("last_error")?,
-        cancel_requested: row.try_get("cancel_requested")?,
-        deadline_at: row.try_get("deadline_at")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        last_seq: row.try_get("last_seq")?,
-    })
-}
-
-fn raw_branch(row: &PgRow) -> Result<RawBranch, StoreError> {
-    Ok(RawBranch {
-        tx_id: TxId(row.try_get("tx_id")?),
-        index: row.try_get("idx")?,
-        name: row.try_get("name")?,
-        state: row.try_get("state")?,
-        attempts: row.try_get("attempts")?,
-        output: row.try_get("output")?,
-        last_error: row.try_get("last_error")?,
-        done_order: row.try_get("done_order")?,
-    })
-}
-
-fn participant(row: &PgRow) -> Result<ParticipantRecord, StoreError> {
-    let weight: i64 = row.try_get("weight")?;
-    Ok(ParticipantRecord {
-        service: row.try_get("service")?,
-        endpoint: row.try_get("endpoint")?,
-        weight: super::to_u32("baton_participants", "weight", weight)?,
-        zone: row.try_get("zone")?,
-        expires_at: row.try_get("expires_at")?,
-    })
-}
-
 /// `ttl_ms` as a nullable interval in milliseconds: 0 means the registration never expires.
 fn ttl_param(ttl_ms: u64) -> Option<i64> {
     (ttl_ms > 0).then(|| to_i64(ttl_ms))
@@ -508,18 +463,7 @@ impl TxLog for PgLog {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
-        rows.iter()
-            .map(|row| {
-                event_record(
-                    id,
-                    row.try_get("seq")?,
-                    row.try_get("at")?,
-                    row.try_get("kind")?,
-                    row.try_get("branch")?,
-                    row.try_get("detail")?,
-                )
-            })
-            .collect()
+        rows.iter().map(|row| event_row(id, row)).collect()
     }
 
     async fn claim(
@@ -636,7 +580,10 @@ impl TxLog for PgLog {
         .map_err(|e| self.err(e))?;
         Ok(self.with_branches(rows).await?.pop())
     }
+}
 
+#[async_trait]
+impl Participants for PgLog {
     async fn register_participant(
         &self,
         service: &str,
@@ -714,7 +661,10 @@ impl TxLog for PgLog {
         .map_err(|e| self.err(e))?;
         rows.iter().map(participant).collect()
     }
+}
 
+#[async_trait]
+impl Membership for PgLog {
     async fn heartbeat_coordinator(
         &self,
         id: &str,
@@ -758,29 +708,12 @@ impl TxLog for PgLog {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
-        rows.iter()
-            .map(|row| {
-                let owned: i64 = row.try_get("owned")?;
-                Ok(CoordinatorRecord {
-                    id: row.try_get("id")?,
-                    address: row.try_get("address")?,
-                    started_at: row.try_get("started_at")?,
-                    heartbeat_at: row.try_get("heartbeat_at")?,
-                    version: row.try_get("version")?,
-                    owned: owned.max(0) as u64,
-                })
-            })
-            .collect()
+        rows.iter().map(coordinator).collect()
     }
+}
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
+#[async_trait]
+impl Retention for PgLog {
     async fn purge_finished(&self, older_than: Duration, batch: u32) -> Result<u64, StoreError> {
         if batch == 0 {
             return Ok(0);
@@ -818,6 +751,17 @@ impl TxLog for PgLog {
         .map_err(|e| self.err(e))?;
         Ok(u64::try_from(done).unwrap_or(0))
     }
+}
+
+#[async_trait]
+impl Health for PgLog {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
 
     fn pool_stats(&self) -> Option<super::PoolStats> {
         let pools = [&self.pool, &self.writes];
@@ -835,5 +779,25 @@ impl TxLog for PgLog {
                 .map(|p| p.options().get_max_connections())
                 .sum(),
         })
+    }
+}
+
+impl super::LogRow for PgRow {
+    super::plain_columns!();
+
+    fn id(&self, column: &str) -> Result<TxId, StoreError> {
+        Ok(TxId(self.try_get(column)?))
+    }
+
+    fn time(&self, _table: &'static str, column: &str) -> Result<DateTime<Utc>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn opt_time(
+        &self,
+        _table: &'static str,
+        column: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self.try_get(column)?)
     }
 }

@@ -1,4 +1,4 @@
-//! SQLite implementation of [`TxLog`](super::TxLog): the embedded store of a single coordinator.
+//! SQLite implementation of the store ([`super::Store`]): the embedded store of a single coordinator.
 //!
 //! One process owns the file (an advisory lock on `<path>.lock` enforces it), so the local clock
 //! is the database's clock. Times are stored as unix milliseconds, ids as canonical lowercase uuid
@@ -17,8 +17,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, SqliteConnection};
 
 use super::{
-    age_ms, assemble, clamp_limit, db_err, event_record, to_i64, ListFilter, LogWrite, NewTx,
-    RawBranch, RawTx, StoreError, TxLog, TxUpdate, WriteOutcome, FINAL_SQL, MAX_PURGE_BATCH,
+    age_ms, assemble, clamp_limit, coordinator, db_err, event_row, participant, raw_branch, raw_tx,
+    to_i64, Health, ListFilter, LogWrite, Membership, NewTx, Participants, Retention, StoreError,
+    TxLog, TxUpdate, WriteOutcome, BRANCH_COLUMNS, FINAL_SQL, MAX_PURGE_BATCH, PARTICIPANT_COLUMNS,
     RESTING_SQL,
 };
 use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord};
@@ -33,10 +34,6 @@ pub struct SqliteLog {
 
 const TX_COLUMNS: &str = "id, kind, state, definition, labels, idempotency_key, owner, epoch, \
      stage, last_error, cancel_requested, deadline_at, created_at, updated_at, last_seq";
-
-const BRANCH_COLUMNS: &str = "tx_id, idx, name, state, attempts, output, last_error, done_order";
-
-const PARTICIPANT_COLUMNS: &str = "service, endpoint, weight, zone, expires_at";
 
 /// Writers wait this long for each other instead of failing with `SQLITE_BUSY` at once.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -245,7 +242,7 @@ async fn insert_events(
         .bind(id)
         .bind(to_i64(e.seq))
         .bind(e.at.timestamp_millis())
-        .bind(&e.kind)
+        .bind(e.kind.as_str())
         .bind(e.branch.map(i64::from))
         .bind(&e.detail)
         .bind(owner)
@@ -282,51 +279,6 @@ fn time(table: &'static str, ms: i64) -> Result<DateTime<Utc>, StoreError> {
 
 fn opt_time(table: &'static str, ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
     ms.map(|ms| time(table, ms)).transpose()
-}
-
-fn raw_tx(row: &SqliteRow) -> Result<RawTx, StoreError> {
-    const T: &str = "baton_transactions";
-    Ok(RawTx {
-        id: parse_id(row.try_get("id")?)?,
-        kind: row.try_get("kind")?,
-        state: row.try_get("state")?,
-        definition: row.try_get("definition")?,
-        labels: row.try_get("labels")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        owner: row.try_get("owner")?,
-        epoch: row.try_get("epoch")?,
-        stage: row.try_get("stage")?,
-        last_error: row.try_get("last_error")?,
-        cancel_requested: row.try_get("cancel_requested")?,
-        deadline_at: opt_time(T, row.try_get("deadline_at")?)?,
-        created_at: time(T, row.try_get("created_at")?)?,
-        updated_at: time(T, row.try_get("updated_at")?)?,
-        last_seq: row.try_get("last_seq")?,
-    })
-}
-
-fn raw_branch(row: &SqliteRow) -> Result<RawBranch, StoreError> {
-    Ok(RawBranch {
-        tx_id: parse_id(row.try_get("tx_id")?)?,
-        index: row.try_get("idx")?,
-        name: row.try_get("name")?,
-        state: row.try_get("state")?,
-        attempts: row.try_get("attempts")?,
-        output: row.try_get("output")?,
-        last_error: row.try_get("last_error")?,
-        done_order: row.try_get("done_order")?,
-    })
-}
-
-fn participant(row: &SqliteRow) -> Result<ParticipantRecord, StoreError> {
-    const T: &str = "baton_participants";
-    Ok(ParticipantRecord {
-        service: row.try_get("service")?,
-        endpoint: row.try_get("endpoint")?,
-        weight: super::to_u32(T, "weight", row.try_get("weight")?)?,
-        zone: row.try_get("zone")?,
-        expires_at: opt_time(T, row.try_get("expires_at")?)?,
-    })
 }
 
 /// The expiry of a registration renewed now: `None` (never) for a ttl of 0.
@@ -432,18 +384,7 @@ impl TxLog for SqliteLog {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        rows.iter()
-            .map(|row| {
-                event_record(
-                    id,
-                    row.try_get("seq")?,
-                    time("baton_events", row.try_get("at")?)?,
-                    row.try_get("kind")?,
-                    row.try_get("branch")?,
-                    row.try_get("detail")?,
-                )
-            })
-            .collect()
+        rows.iter().map(|row| event_row(id, row)).collect()
     }
 
     async fn claim(
@@ -577,7 +518,10 @@ impl TxLog for SqliteLog {
         tx.commit().await.map_err(db_err)?;
         Ok(record)
     }
+}
 
+#[async_trait]
+impl Participants for SqliteLog {
     async fn register_participant(
         &self,
         service: &str,
@@ -656,7 +600,10 @@ impl TxLog for SqliteLog {
         .map_err(db_err)?;
         rows.iter().map(participant).collect()
     }
+}
 
+#[async_trait]
+impl Membership for SqliteLog {
     async fn heartbeat_coordinator(
         &self,
         id: &str,
@@ -690,7 +637,6 @@ impl TxLog for SqliteLog {
     }
 
     async fn list_coordinators(&self, lease_ms: u64) -> Result<Vec<CoordinatorRecord>, StoreError> {
-        const T: &str = "baton_coordinators";
         let rows = sqlx::query(&format!(
             "SELECT c.id, c.address, c.started_at, c.heartbeat_at, c.version,
                 (SELECT count(*) FROM baton_transactions t
@@ -703,29 +649,12 @@ impl TxLog for SqliteLog {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        rows.iter()
-            .map(|row| {
-                let owned: i64 = row.try_get("owned")?;
-                Ok(CoordinatorRecord {
-                    id: row.try_get("id")?,
-                    address: row.try_get("address")?,
-                    started_at: time(T, row.try_get("started_at")?)?,
-                    heartbeat_at: time(T, row.try_get("heartbeat_at")?)?,
-                    version: row.try_get("version")?,
-                    owned: owned.max(0) as u64,
-                })
-            })
-            .collect()
+        rows.iter().map(coordinator).collect()
     }
+}
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(())
-    }
-
+#[async_trait]
+impl Retention for SqliteLog {
     async fn purge_finished(&self, older_than: Duration, batch: u32) -> Result<u64, StoreError> {
         if batch == 0 {
             return Ok(0);
@@ -746,6 +675,17 @@ impl TxLog for SqliteLog {
         .map_err(db_err)?;
         Ok(done.rows_affected())
     }
+}
+
+#[async_trait]
+impl Health for SqliteLog {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
 
     fn pool_stats(&self) -> Option<super::PoolStats> {
         Some(super::PoolStats {
@@ -753,5 +693,25 @@ impl TxLog for SqliteLog {
             idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
             max: self.pool.options().get_max_connections(),
         })
+    }
+}
+
+impl super::LogRow for SqliteRow {
+    super::plain_columns!();
+
+    fn id(&self, column: &str) -> Result<TxId, StoreError> {
+        parse_id(self.try_get(column)?)
+    }
+
+    fn time(&self, table: &'static str, column: &str) -> Result<DateTime<Utc>, StoreError> {
+        time(table, self.try_get(column)?)
+    }
+
+    fn opt_time(
+        &self,
+        table: &'static str,
+        column: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        opt_time(table, self.try_get(column)?)
     }
 }

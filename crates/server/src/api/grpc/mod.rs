@@ -1,7 +1,7 @@
 //! The coordinator's gRPC service (`baton.v1.Coordinator`).
 //!
-//! Requests are validated here (see [`convert`](super::convert)), then handed to the
-//! [`Coordinator`](crate::coordinator::Coordinator). Errors become gRPC statuses in one place,
+//! Requests are validated here (see [`validate`] and [`convert`]), then handed to the
+//! [`Coordinator`]. Errors become gRPC statuses in one place,
 //! [`status_of`], with lowercase messages that name the field or id.
 
 pub mod codec;
@@ -15,10 +15,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, check_endpoint, check_free_text, check_ms, check_text, echo, Limits};
+use super::convert;
+use super::validate::{self, check_endpoint, check_free_text, check_ms, check_text, echo, Limits};
 use crate::api::auth::{self, Principal};
 use crate::coordinator::{CoordError, Coordinator, Started};
-use crate::model::{Definition, TxId, TxRecord, TxState};
+use crate::model::{Definition, EventKind, TxId, TxRecord, TxState};
 use crate::proto;
 use crate::store::{ListFilter, NewEvent, NewTx, StoreError};
 use codec::generated::coordinator_server;
@@ -249,7 +250,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 )?)
             }
         };
-        let mut labels = convert::labels("labels", &req.labels, &self.limits)?;
+        let mut labels = validate::labels("labels", &req.labels, &self.limits)?;
         principal.stamp(&mut labels)?;
         if labels.contains_key(crate::trace::TRACE_LABEL) {
             return Err(Status::invalid_argument(format!(
@@ -305,7 +306,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
             events: vec![NewEvent {
                 seq: 1,
                 at: now,
-                kind: "accepted".into(),
+                kind: EventKind::Accepted,
                 branch: None,
                 detail: match definition {
                     Definition::Saga(_) => format!("saga with {steps} steps"),
@@ -401,7 +402,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 Status::invalid_argument(format!("states[{i}]: unknown state {s}"))
             })?);
         }
-        let labels = convert::labels("labels", &req.labels, &self.limits)?;
+        let labels = validate::labels("labels", &req.labels, &self.limits)?;
         let time = |field: &str, v: i64| -> Result<Option<chrono::DateTime<chrono::Utc>>, Status> {
             if v == 0 {
                 return Ok(None);

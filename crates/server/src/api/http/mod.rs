@@ -3,12 +3,12 @@
 //! text). HTTP/1 on its own listener, next to the gRPC port; HTTPS when the
 //! coordinator has TLS (never with client certificates, so probes and scrapers reach it).
 //!
-//! The same port serves the HTTP/JSON client API under `/v1` ([`api`]): each route turns its JSON
+//! The same port serves the HTTP/JSON client API under `/v1` (`api`): each route turns its JSON
 //! into the gRPC request message and calls the gRPC service itself, so validation, limits and
 //! roles are the gRPC ones, not a second copy.
 //!
 //! Unless turned off (`baton serve --ui off`), the port also serves the web console under `/ui`
-//! ([`console`]): pages whose script reads that same `/v1` API with the user's token.
+//! (`console`): pages whose script reads that same `/v1` API with the user's token.
 
 mod api;
 mod console;

@@ -211,7 +211,7 @@ impl Sim {
         }
         let mut undone: Vec<u32> = Vec::new();
         for note in &d.notes {
-            if matches!(note.kind, "compensate_ok" | "compensate_skipped") {
+            if matches!(note.kind.as_str(), "compensate_ok" | "compensate_skipped") {
                 let i = note.branch.expect("compensation notes name their branch");
                 let order = tx.branches[i as usize]
                     .done_order

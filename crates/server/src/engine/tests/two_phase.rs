@@ -610,7 +610,10 @@ fn a_stuck_abort_writes_a_compact_history_and_never_gives_up() {
     apply(&mut tx, ok(1, Phase::Abort, 1));
     let notes = fail_attempts(&mut tx, 0, Phase::Abort, 1..=10_000, down_but_once);
     assert_compact(&notes, "abort_error");
-    let sent = notes.iter().filter(|n| n.kind == "abort_sent").count();
+    let sent = notes
+        .iter()
+        .filter(|n| n.kind.as_str() == "abort_sent")
+        .count();
     assert_eq!(sent, 13, "sent at attempts 2, 4, ..., 8192: {notes:#?}");
     assert_eq!(tx.state, TxState::Aborting, "the decision stands");
     let d = apply(&mut tx, ok(0, Phase::Abort, 10_001));

@@ -157,7 +157,7 @@ impl Sim {
         // A vote yes may be overtaken by the commit decision within the same decision, so the
         // notes, not the final statuses, say who prepared.
         for note in &d.notes {
-            let votes = match note.kind {
+            let votes = match note.kind.as_str() {
                 "prepare_ok" => &mut self.prepared,
                 "prepare_failed" => &mut self.voted_no,
                 _ => continue,
@@ -203,7 +203,10 @@ impl Sim {
             );
             self.decided = Some(commit);
         }
-        let decided_now = d.notes.iter().filter(|n| n.kind.ends_with("_decided"));
+        let decided_now = d
+            .notes
+            .iter()
+            .filter(|n| n.kind.as_str().ends_with("_decided"));
         assert!(decided_now.count() <= 1, "two decisions at once");
 
         // Property 2: commit is decided only from all-prepared.
