@@ -1,6 +1,6 @@
-//! `baton bench`: the reference workloads of DESIGN §9, run against an in-process coordinator,
-//! each next to a same-run raw-database baseline so the result is a ratio that holds on a noisy
-//! machine.
+//! `baton bench`: the reference workloads of docs/ARCHITECTURE.md §13, run against an in-process
+//! coordinator, each next to a same-run raw-database baseline so the result is a ratio that
+//! holds on a noisy machine.
 //!
 //! A run sets up a scratch log ([`scratch`]), starts the participants (a child process by default,
 //! see [`workloads`]) and a coordinator on loopback, then measures every (workload, concurrency)

@@ -25,7 +25,7 @@ use baton_tx::participant::{HandlerError, Participant, Reply, ServerHandle};
 /// How long a participant process may take to print its endpoint.
 const PARTICIPANT_START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A reference workload (DESIGN §9).
+/// A reference workload (docs/ARCHITECTURE.md §13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Workload {
     /// A 3-step saga whose participants succeed at once.

@@ -5,7 +5,7 @@
 //!
 //! - [`args`]: the flags, which are also the file's keys ([`ServeArgs`]);
 //! - [`config`]: durations, the file, and how the layers merge;
-//! - [`run`]: the merged settings checked and turned into the server's configuration, and the
+//! - `run`: the merged settings checked and turned into the server's configuration, and the
 //!   commands themselves.
 
 pub mod args;

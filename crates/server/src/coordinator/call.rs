@@ -26,9 +26,10 @@ pub enum StatusClass {
     Permanent,
 }
 
-/// The one place that maps participant status codes to retry behaviour (DESIGN §3).
+/// The one place that maps participant status codes to retry behaviour
+/// (docs/ARCHITECTURE.md §4.3).
 ///
-/// Codes DESIGN lists as transient, plus those that leave the outcome unknown (`UNKNOWN`,
+/// Codes that section lists as transient, plus those that leave the outcome unknown (`UNKNOWN`,
 /// `INTERNAL`, `CANCELLED`, `DATA_LOSS`: a crash or a proxy in between) are retried: with the
 /// stable key a repeat is harmless, while giving up would guess. The refusals are permanent.
 pub fn classify(code: Code) -> StatusClass {
@@ -513,7 +514,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn design_codes_are_classified_as_written() {
+    fn codes_are_classified_as_the_architecture_lists_them() {
         for code in [
             Code::Unavailable,
             Code::DeadlineExceeded,
