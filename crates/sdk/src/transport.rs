@@ -9,10 +9,14 @@
 //!
 //! A connection is made on first use and again after it breaks (by the next call); calls that
 //! were in flight on a broken connection fail with `UNAVAILABLE`, which the engine retries.
+//!
+//! Which channel `http://` endpoints get is a process-wide choice ([`ChannelKind`]): set once by
+//! [`set_plaintext_channel`] (`baton bench --grpc-channel`), else read once from the environment
+//! variable `BATON_GRPC_CHANNEL` (`h2` or `tonic`), else `h2`.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -23,7 +27,7 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 use tonic::body::Body;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 /// Flow-control windows offered to the peer: large enough that messages up to the size limits
@@ -31,12 +35,100 @@ use tonic::Status;
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 1 << 22;
 
+/// The environment variable that picks the channel for `http://` endpoints: `h2` or `tonic`.
+pub const CHANNEL_ENV: &str = "BATON_GRPC_CHANNEL";
+
+/// How often an idle or busy HTTP/2 connection made with tonic's `Channel` is PINGed.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a PING may go unanswered before the connection is dropped.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gRPC channel used for plain-text (`http://`) endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// [`H2Channel`]: unary calls over `h2` directly.
+    #[default]
+    H2,
+    /// tonic's `Channel`, as for `https://`.
+    Tonic,
+}
+
+impl std::str::FromStr for ChannelKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "h2" => Ok(ChannelKind::H2),
+            "tonic" => Ok(ChannelKind::Tonic),
+            other => Err(format!("expected h2 or tonic, not {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for ChannelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChannelKind::H2 => "h2",
+            ChannelKind::Tonic => "tonic",
+        })
+    }
+}
+
+static PLAINTEXT: OnceLock<ChannelKind> = OnceLock::new();
+
+/// Sets the channel for `http://` endpoints for the rest of the process. Call it before any
+/// channel is made; returns whether `kind` is now the choice (false: another was already fixed).
+pub fn set_plaintext_channel(kind: ChannelKind) -> bool {
+    *PLAINTEXT.get_or_init(|| kind) == kind
+}
+
+/// The channel for `http://` endpoints: as set by [`set_plaintext_channel`], else from
+/// [`CHANNEL_ENV`] (read once; an unknown value is logged and ignored), else [`ChannelKind::H2`].
+pub fn plaintext_channel() -> ChannelKind {
+    *PLAINTEXT.get_or_init(|| match std::env::var(CHANNEL_ENV) {
+        Ok(value) => value.parse().unwrap_or_else(|e| {
+            tracing::warn!(%e, "ignoring {CHANNEL_ENV}");
+            ChannelKind::default()
+        }),
+        Err(_) => ChannelKind::default(),
+    })
+}
+
+/// `endpoint` with HTTP/2 keepalive: a PING every [`KEEPALIVE_INTERVAL`], also while idle, and
+/// the connection dropped when no answer comes within [`KEEPALIVE_TIMEOUT`].
+pub fn with_keepalive(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+}
+
 /// A channel to one gRPC endpoint: tonic's `Channel` (used for TLS) or a [`H2Channel`].
 /// Cheap to clone; clones share the connection.
 #[derive(Clone, Debug)]
 pub enum GrpcChannel {
     Tonic(Channel),
     H2(H2Channel),
+}
+
+impl GrpcChannel {
+    /// A lazy channel to the plain-text endpoint `uri` (`http://host[:port]`), of the kind
+    /// [`plaintext_channel`] picks. `None` when the URI is not plain-text HTTP with a host.
+    /// Needs a Tokio runtime (tonic's channel spawns its task here).
+    pub fn plaintext(uri: &Uri, connect_timeout: Duration) -> Option<GrpcChannel> {
+        match plaintext_channel() {
+            ChannelKind::H2 => H2Channel::lazy(uri, connect_timeout).map(GrpcChannel::H2),
+            ChannelKind::Tonic => {
+                if uri.scheme() != Some(&Scheme::HTTP) || uri.host().is_none_or(str::is_empty) {
+                    return None;
+                }
+                let endpoint = Endpoint::from(uri.clone())
+                    .connect_timeout(connect_timeout)
+                    .tcp_nodelay(true);
+                Some(GrpcChannel::Tonic(with_keepalive(endpoint).connect_lazy()))
+            }
+        }
+    }
 }
 
 impl tower_service::Service<Request<Body>> for GrpcChannel {

@@ -554,8 +554,8 @@ fn is_unreachable(status: &Status) -> bool {
     status.code() == Code::Unavailable || std::error::Error::source(status).is_some()
 }
 
-/// The lazy channel to `addr`: h2 directly for `http://` (src/transport.rs), tonic's channel,
-/// which does TLS, for `https://`.
+/// The lazy channel to `addr`: for `http://` the process's choice (src/transport.rs,
+/// `BATON_GRPC_CHANNEL`), tonic's channel, which does TLS, for `https://`.
 fn channel(
     addr: &str,
     tls: Option<&tonic::transport::ClientTlsConfig>,
@@ -564,12 +564,12 @@ fn channel(
     if addr.starts_with("https://") {
         return Ok(GrpcChannel::Tonic(endpoint.connect_lazy()));
     }
-    crate::transport::H2Channel::lazy(endpoint.uri(), CONNECT_TIMEOUT)
-        .map(GrpcChannel::H2)
-        .ok_or_else(|| ClientError::InvalidAddress {
+    GrpcChannel::plaintext(endpoint.uri(), CONNECT_TIMEOUT).ok_or_else(|| {
+        ClientError::InvalidAddress {
             addr: addr.to_string(),
             reason: "expected http://host:port or https://host:port".into(),
-        })
+        }
+    })
 }
 
 fn endpoint(
@@ -581,7 +581,9 @@ fn endpoint(
         reason,
     };
     let endpoint = Endpoint::from_shared(addr.to_string())
-        .map(|e| e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true))
+        .map(|e| {
+            crate::transport::with_keepalive(e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true))
+        })
         .map_err(|e| invalid(e.to_string()))?;
     if !addr.starts_with("https://") {
         return Ok(endpoint);

@@ -24,7 +24,7 @@ use crate::model::Target;
 use crate::store::{StoreError, TxLog};
 use crate::tls::{ClientTls, Reloading, TlsError};
 use crate::transport::http::HttpParticipant;
-use crate::transport::{GrpcChannel, H2Channel};
+use crate::transport::{with_keepalive, GrpcChannel};
 
 pub use health::HealthConfig;
 pub use policy::{PickKey, Policy};
@@ -509,13 +509,15 @@ impl Registry {
                     self.config.connect_timeout,
                 ))
             }
-            // Plain text: h2 directly, without tonic's buffer task (src/transport.rs).
+            // Plain text: h2 directly, without tonic's buffer task, unless BATON_GRPC_CHANNEL
+            // says tonic (src/transport.rs).
             (None, None) => {
                 let uri: ::http::Uri = endpoint.parse().map_err(|_| bad())?;
-                let channel = || H2Channel::lazy(&uri, self.config.connect_timeout).ok_or_else(bad);
+                let channel =
+                    || GrpcChannel::plaintext(&uri, self.config.connect_timeout).ok_or_else(bad);
                 Door::Grpc(
                     (0..channels_per_endpoint())
-                        .map(|_| channel().map(GrpcChannel::H2))
+                        .map(|_| channel())
                         .collect::<Result<_, _>>()?,
                 )
             }
@@ -523,7 +525,8 @@ impl Registry {
                 let builder = Endpoint::from_shared(endpoint.to_string())
                     .map_err(|_| bad())?
                     .connect_timeout(self.config.connect_timeout)
-                    .tcp_nodelay(true)
+                    .tcp_nodelay(true);
+                let builder = with_keepalive(builder)
                     .tls_config(ClientTlsConfig::clone(&tls.current()))
                     .map_err(|_| bad())?;
                 Door::Grpc(
