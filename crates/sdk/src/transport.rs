@@ -9,6 +9,10 @@
 //!
 //! A connection is made on first use and again after it breaks (by the next call); calls that
 //! were in flight on a broken connection fail with `UNAVAILABLE`, which the engine retries.
+//! The connection's task PINGs the peer every [`KEEPALIVE_INTERVAL`] and drops the connection when
+//! no PONG comes within [`KEEPALIVE_TIMEOUT`] (a peer that vanished without a FIN or RST, so
+//! calls fail instead of hanging). The task belongs to the channel: it is aborted when the last
+//! clone of the channel (and the last response body read from it) is dropped.
 //!
 //! Which channel `http://` endpoints get is a process-wide choice ([`ChannelKind`]): set once by
 //! [`set_plaintext_channel`] (`baton bench --grpc-channel`), else read once from the environment
@@ -38,7 +42,7 @@ const CONNECTION_WINDOW: u32 = 1 << 22;
 /// The environment variable that picks the channel for `http://` endpoints: `h2` or `tonic`.
 pub const CHANNEL_ENV: &str = "BATON_GRPC_CHANNEL";
 
-/// How often an idle or busy HTTP/2 connection made with tonic's `Channel` is PINGed.
+/// How often an HTTP/2 connection, idle or busy, is PINGed (both channel kinds).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a PING may go unanswered before the connection is dropped.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -174,6 +178,35 @@ struct Inner {
     current: Mutex<Option<(u64, h2::client::SendRequest<Bytes>)>>,
     /// Held while connecting, so that a burst of calls makes one connection, not one each.
     connecting: tokio::sync::Mutex<u64>,
+    keepalive: Keepalive,
+    /// The tasks driving this channel's connections (the current one, and any older one still
+    /// finishing its calls): aborted when the channel is dropped.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// HTTP/2 keepalive of an [`H2Channel`]: a PING every `interval`; the connection is dropped when
+/// no PONG comes back within `timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            interval: KEEPALIVE_INTERVAL,
+            timeout: KEEPALIVE_TIMEOUT,
+        }
+    }
 }
 
 impl std::fmt::Debug for H2Channel {
@@ -192,6 +225,15 @@ impl H2Channel {
     /// A channel to `uri` (`http://host[:port]`), connecting on first use. `None` when the URI is
     /// not plain-text HTTP with a host.
     pub fn lazy(uri: &Uri, connect_timeout: Duration) -> Option<H2Channel> {
+        H2Channel::lazy_with(uri, connect_timeout, Keepalive::default())
+    }
+
+    /// Like [`lazy`](H2Channel::lazy), with the given keepalive.
+    pub fn lazy_with(
+        uri: &Uri,
+        connect_timeout: Duration,
+        keepalive: Keepalive,
+    ) -> Option<H2Channel> {
         if uri.scheme() != Some(&Scheme::HTTP) {
             return None;
         }
@@ -212,6 +254,8 @@ impl H2Channel {
                 connect_timeout,
                 current: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(0),
+                keepalive,
+                tasks: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -244,7 +288,7 @@ impl H2Channel {
         stream
             .set_nodelay(true)
             .map_err(|e| unavailable("connecting to", &e))?;
-        let (sender, connection) = h2::client::Builder::new()
+        let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .enable_push(false)
@@ -254,14 +298,26 @@ impl H2Channel {
         *generation += 1;
         let id = *generation;
         let inner: Weak<Inner> = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        let pings = connection.ping_pong();
+        let keepalive = self.inner.keepalive;
+        let task = tokio::spawn(async move {
+            let ended = tokio::select! {
+                ended = &mut connection => ended.err().map(|e| e.to_string()),
+                dead = keep_alive(pings, keepalive) => Some(dead),
+            };
+            if let Some(e) = ended {
                 tracing::debug!(error = %e, "participant connection ended");
             }
             if let Some(inner) = inner.upgrade() {
                 forget(&inner, id);
             }
+            // Dropping the connection here closes the socket and fails its calls in flight.
         });
+        {
+            let mut tasks = lock(&self.inner.tasks);
+            tasks.retain(|task| !task.is_finished());
+            tasks.push(task);
+        }
         *lock(&self.inner.current) = Some((id, sender.clone()));
         Ok((id, sender))
     }
@@ -309,11 +365,28 @@ impl H2Channel {
         Ok(Response::from_parts(
             head,
             Body::new(ResponseBody {
+                _channel: self.inner.clone(),
                 recv,
                 data_done: false,
                 done: false,
             }),
         ))
+    }
+}
+
+/// PINGs the peer every `keepalive.interval`; returns why the connection is to be dropped (a PING
+/// unanswered within `keepalive.timeout`, or failed). Never returns without PINGs to send.
+async fn keep_alive(pings: Option<h2::PingPong>, keepalive: Keepalive) -> String {
+    let Some(mut pings) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(keepalive.interval).await;
+        match tokio::time::timeout(keepalive.timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(e)) => return format!("keepalive PING failed: {e}"),
+            Err(_) => return format!("no PONG within {:?}", keepalive.timeout),
+        }
     }
 }
 
@@ -338,6 +411,8 @@ fn status(e: h2::Error) -> Status {
 /// A response body read from the HTTP/2 stream: data frames, then the trailers that carry the
 /// gRPC status.
 struct ResponseBody {
+    /// Keeps the connection's task running while the body is read.
+    _channel: Arc<Inner>,
     recv: h2::RecvStream,
     data_done: bool,
     done: bool,
@@ -380,5 +455,124 @@ impl http_body::Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    fn fast(interval_ms: u64, timeout_ms: u64) -> Keepalive {
+        Keepalive {
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    async fn channel_to(listener: &TcpListener, keepalive: Keepalive) -> H2Channel {
+        let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        H2Channel::lazy_with(&uri, Duration::from_secs(5), keepalive).unwrap()
+    }
+
+    fn tasks(channel: &H2Channel) -> Vec<tokio::task::AbortHandle> {
+        lock(&channel.inner.tasks)
+            .iter()
+            .map(|t| t.abort_handle())
+            .collect()
+    }
+
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not within 2s: {what}");
+    }
+
+    /// A peer that accepts and reads everything but never writes a byte (no SETTINGS, no PONG):
+    /// a host that vanished with the connection open looks like this.
+    async fn silent_peer(listener: TcpListener) {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0; 4096];
+        while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+        std::future::pending::<()>().await;
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_is_dropped_and_its_calls_fail() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let channel = channel_to(&listener, fast(50, 100)).await;
+        tokio::spawn(silent_peer(listener));
+        channel.connect().await.unwrap();
+        let request = Request::builder()
+            .uri("/baton.v1.Participant/Invoke")
+            .header("content-type", "application/grpc")
+            .body(Body::empty())
+            .unwrap();
+        let call = tokio::time::timeout(Duration::from_secs(2), channel.send(request))
+            .await
+            .expect("the call must fail once the PING goes unanswered, not hang");
+        assert_eq!(call.unwrap_err().code(), tonic::Code::Unavailable);
+        let task = tasks(&channel);
+        eventually("the connection is forgotten and its task ended", || {
+            lock(&channel.inner.current).is_none() && task.iter().all(|t| t.is_finished())
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_answers_pings_keeps_its_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let channel = channel_to(&listener, fast(20, 500)).await;
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::handshake(socket).await.unwrap();
+            // Polling the connection answers PINGs.
+            while let Some(Ok(_)) = connection.accept().await {}
+        });
+        channel.connect().await.unwrap();
+        let first = lock(&channel.inner.current).as_ref().map(|(id, _)| *id);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let later = lock(&channel.inner.current).as_ref().map(|(id, _)| *id);
+        assert_eq!(first, Some(1));
+        assert_eq!(later, first, "PINGs answered: the connection stays");
+        assert!(tasks(&channel).iter().all(|t| !t.is_finished()));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_channel_ends_its_connection_task() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let channel = channel_to(&listener, Keepalive::default()).await;
+        let peer = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0; 4096];
+            // Until EOF: the connection was closed.
+            while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+        channel.connect().await.unwrap();
+        let task = tasks(&channel);
+        assert_eq!(task.len(), 1);
+        // A sender outliving the channel would keep an unowned connection task running.
+        let (_, sender) = lock(&channel.inner.current).clone().unwrap();
+        let clone = channel.clone();
+        drop(channel);
+        tokio::task::yield_now().await;
+        assert!(!task[0].is_finished(), "a clone still holds the channel");
+        drop(clone);
+        eventually("the task ends with the last clone", || {
+            task[0].is_finished()
+        })
+        .await;
+        tokio::time::timeout(Duration::from_secs(2), peer)
+            .await
+            .expect("the peer sees the socket close")
+            .unwrap();
+        drop(sender);
     }
 }
