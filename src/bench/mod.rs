@@ -10,6 +10,7 @@
 
 pub mod baseline;
 pub mod cpu;
+pub mod external;
 pub mod measure;
 pub mod report;
 pub mod scratch;

@@ -67,6 +67,12 @@ pub struct BenchArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Drive a coordinator started apart (`baton serve --no-auth` on this machine, e.g.
+    /// 127.0.0.1:7600) instead of one in this process. The participants are still started here
+    /// on loopback; the baseline runs on --database-url (or a fresh database on the local server,
+    /// or --sqlite), which should be the coordinator's database server.
+    #[arg(long, value_name = "ADDR")]
+    pub external: Option<String>,
 }
 
 /// Options of the hidden `baton bench-participant`.
@@ -129,7 +135,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             on_interrupt.cancel();
         }
     });
-    let result = bench::run(&config, cancel).await;
+    let result = match &args.external {
+        Some(addr) => bench::external::run(&config, addr, cancel).await,
+        None => bench::run(&config, cancel).await,
+    };
     interrupt.abort();
     let report = result?;
     if args.json {

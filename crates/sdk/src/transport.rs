@@ -1,295 +1,102 @@
-//! The gRPC channel for plain-text (`http://`) endpoints: unary calls over HTTP/2 connections
-//! driven by `h2` directly.
+//! The gRPC channel to one endpoint: tonic's `Channel`, for `http://` and `https://` alike, with
+//! HTTP/2 keepalive.
 //!
-//! tonic's `Channel` passes every call through a buffer task, and hyper's client spawns one more
-//! task per request to wait for its response; each hop is a task wake-up, often on the other
-//! core. Here the calling task sends the request on the connection and awaits the response itself,
-//! so the connection's task is the only other one a call touches. `https://` endpoints keep
-//! tonic's `Channel`, which does TLS (see [`GrpcChannel`]).
-//!
-//! A connection is made on first use and again after it breaks (by the next call); calls that
-//! were in flight on a broken connection fail with `UNAVAILABLE`, which the engine retries.
+//! A hand-rolled channel over `h2` for `http://` endpoints (`H2Channel`, which skipped tonic's
+//! buffer task and hyper's task per request) was removed on 2026-12-06: in alternating
+//! `baton bench` rounds it did not buy the 10 % at W1 C=32 that would justify keeping a transport
+//! of our own (docs/BENCHMARKS.md, "gRPC channel: h2 or tonic").
 //!
 //! Shared with the coordinator (`baton-server`), which calls participants through it; hidden from
 //! the SDK's documentation because applications never use it directly.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use ::http::uri::{Authority, PathAndQuery, Scheme};
-use ::http::{Request, Response, Uri};
-use bytes::Bytes;
-use http_body::Frame;
-use http_body_util::BodyExt;
-use tokio::net::TcpStream;
-use tonic::body::Body;
-use tonic::transport::Channel;
-use tonic::Status;
+use ::http::uri::Scheme;
+use ::http::Uri;
+use tonic::transport::{Channel, Endpoint};
 
-/// Flow-control windows offered to the peer: large enough that messages up to the size limits
-/// never wait for a window update.
-const STREAM_WINDOW: u32 = 1 << 20;
-const CONNECTION_WINDOW: u32 = 1 << 22;
+/// A channel to one gRPC endpoint. Cheap to clone; clones share the connection.
+pub type GrpcChannel = Channel;
 
-/// A channel to one gRPC endpoint: tonic's `Channel` (used for TLS) or a [`H2Channel`].
-/// Cheap to clone; clones share the connection.
-#[derive(Clone, Debug)]
-pub enum GrpcChannel {
-    Tonic(Channel),
-    H2(H2Channel),
+/// How often an HTTP/2 connection, idle or busy, is PINGed.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a PING may go unanswered before the connection is dropped (its calls fail with
+/// `UNAVAILABLE` and the next call connects again).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `endpoint` with HTTP/2 keepalive: a PING every [`KEEPALIVE_INTERVAL`], also while idle, and
+/// the connection dropped when no answer comes within [`KEEPALIVE_TIMEOUT`]. A peer that vanished
+/// without a FIN or RST is noticed instead of hanging calls.
+pub fn with_keepalive(endpoint: Endpoint) -> Endpoint {
+    keepalive(endpoint, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
 }
 
-impl tower_service::Service<Request<Body>> for GrpcChannel {
-    type Response = Response<Body>;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<Response<Body>, Self::Error>> + Send + 'static>>;
+fn keepalive(endpoint: Endpoint, interval: Duration, timeout: Duration) -> Endpoint {
+    endpoint
+        .http2_keep_alive_interval(interval)
+        .keep_alive_timeout(timeout)
+        .keep_alive_while_idle(true)
+}
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match self {
-            GrpcChannel::Tonic(channel) => channel.poll_ready(cx).map_err(Into::into),
-            GrpcChannel::H2(_) => Poll::Ready(Ok(())),
-        }
+/// A lazy channel to the plain-text endpoint `uri` (`http://host[:port]`): no connection until
+/// the first call, and a new one after a connection breaks. `None` when the URI is not plain-text
+/// HTTP with a host. Needs a Tokio runtime (the channel spawns its task here).
+pub fn plaintext(uri: &Uri, connect_timeout: Duration) -> Option<GrpcChannel> {
+    if uri.scheme() != Some(&Scheme::HTTP) || uri.host().is_none_or(str::is_empty) {
+        return None;
+    }
+    let endpoint = Endpoint::from(uri.clone())
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true);
+    Some(with_keepalive(endpoint).connect_lazy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_plain_text_urls_with_a_host() {
+        let timeout = Duration::from_secs(1);
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        assert!(plaintext(&uri("http://127.0.0.1:7600"), timeout).is_some());
+        assert!(plaintext(&uri("https://127.0.0.1:7600"), timeout).is_none());
+        assert!(plaintext(&uri("/path"), timeout).is_none());
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        match self {
-            GrpcChannel::Tonic(channel) => {
-                let response = channel.call(request);
-                Box::pin(async move { response.await.map_err(Into::into) })
-            }
-            GrpcChannel::H2(channel) => {
-                let channel = channel.clone();
-                Box::pin(async move { channel.send(request).await.map_err(Into::into) })
-            }
-        }
-    }
-}
+    /// A peer that accepts and reads but never writes a byte (no SETTINGS, no PONG), as a host
+    /// that vanished with the connection open looks: the call fails once a PING goes unanswered.
+    #[tokio::test]
+    async fn a_silent_peer_fails_the_call_instead_of_hanging_it() {
+        use tokio::io::AsyncReadExt;
+        use tonic::codegen::Service;
 
-/// Unary gRPC calls to one `http://` endpoint over one HTTP/2 connection (see the module docs).
-#[derive(Clone)]
-pub struct H2Channel {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    authority: Authority,
-    /// `host:port`, as connected to.
-    addr: String,
-    connect_timeout: Duration,
-    /// The open connection, with a number that tells one connection from the next. Cleared by
-    /// the connection's task when the connection ends.
-    current: Mutex<Option<(u64, h2::client::SendRequest<Bytes>)>>,
-    /// Held while connecting, so that a burst of calls makes one connection, not one each.
-    connecting: tokio::sync::Mutex<u64>,
-}
-
-impl std::fmt::Debug for H2Channel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("H2Channel")
-            .field("addr", &self.inner.addr)
-            .finish_non_exhaustive()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl H2Channel {
-    /// A channel to `uri` (`http://host[:port]`), connecting on first use. `None` when the URI is
-    /// not plain-text HTTP with a host.
-    pub fn lazy(uri: &Uri, connect_timeout: Duration) -> Option<H2Channel> {
-        if uri.scheme() != Some(&Scheme::HTTP) {
-            return None;
-        }
-        let authority = uri.authority()?.clone();
-        let host = authority.host();
-        if host.is_empty() {
-            return None;
-        }
-        let addr = match authority.port_u16() {
-            Some(port) => format!("{host}:{port}"),
-            None => format!("{host}:80"),
-        };
-        // `host()` keeps an IPv6 literal's brackets, which is the form `host:port` parsing wants.
-        Some(H2Channel {
-            inner: Arc::new(Inner {
-                authority,
-                addr,
-                connect_timeout,
-                current: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(0),
-            }),
-        })
-    }
-
-    /// Connects now, so that an unreachable endpoint is reported at once.
-    pub async fn connect(&self) -> Result<(), Status> {
-        self.sender().await.map(drop)
-    }
-
-    /// The open connection's sender, connecting first when there is none.
-    async fn sender(&self) -> Result<(u64, h2::client::SendRequest<Bytes>), Status> {
-        if let Some(open) = lock(&self.inner.current).clone() {
-            return Ok(open);
-        }
-        let mut generation = self.inner.connecting.lock().await;
-        // Another call may have connected while this one waited.
-        if let Some(open) = lock(&self.inner.current).clone() {
-            return Ok(open);
-        }
-        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-            Status::unavailable(format!("{what} {}: {e}", self.inner.addr))
-        };
-        let stream = tokio::time::timeout(
-            self.inner.connect_timeout,
-            TcpStream::connect(&self.inner.addr),
-        )
-        .await
-        .map_err(|e| unavailable("connecting to", &e))?
-        .map_err(|e| unavailable("connecting to", &e))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| unavailable("connecting to", &e))?;
-        let (sender, connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .enable_push(false)
-            .handshake::<_, Bytes>(stream)
-            .await
-            .map_err(|e| unavailable("HTTP/2 handshake with", &e))?;
-        *generation += 1;
-        let id = *generation;
-        let inner: Weak<Inner> = Arc::downgrade(&self.inner);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "participant connection ended");
-            }
-            if let Some(inner) = inner.upgrade() {
-                forget(&inner, id);
-            }
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0; 4096];
+            while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
         });
-        *lock(&self.inner.current) = Some((id, sender.clone()));
-        Ok((id, sender))
-    }
-
-    /// Sends one unary request and returns the response, whose body streams from the connection.
-    async fn send(&self, request: Request<Body>) -> Result<Response<Body>, Status> {
-        let (mut head, body) = request.into_parts();
-        // A unary request's body is one encoded message, ready at once.
-        let data = body
-            .collect()
-            .await
-            .map_err(|e| Status::internal(format!("encoding the request: {e}")))?
-            .to_bytes();
-        let path = head
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        head.uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.inner.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| Status::internal(format!("request URI: {e}")))?;
-        head.version = ::http::Version::HTTP_2;
-        let head = Request::from_parts(head, ());
-
-        // A sender whose connection has just ended fails before anything is sent: forget that
-        // connection and try once more on a new one.
-        let (id, sender) = self.sender().await?;
-        let mut sender = match sender.ready().await {
-            Ok(ready) => ready,
-            Err(_) => {
-                forget(&self.inner, id);
-                let (_, sender) = self.sender().await?;
-                sender.ready().await.map_err(status)?
-            }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        let keepalive = keepalive(
+            endpoint,
+            Duration::from_millis(50),
+            Duration::from_millis(100),
+        );
+        let mut channel = keepalive.connect_lazy();
+        let request = ::http::Request::builder()
+            .uri(format!("http://{addr}/baton.v1.Participant/Invoke"))
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::empty())
+            .unwrap();
+        let call = async {
+            std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+            channel.call(request).await
         };
-        let (response, mut stream) = sender.send_request(head, data.is_empty()).map_err(status)?;
-        if !data.is_empty() {
-            stream.send_data(data, true).map_err(status)?;
-        }
-        let response = response.await.map_err(status)?;
-        let (head, recv) = response.into_parts();
-        Ok(Response::from_parts(
-            head,
-            Body::new(ResponseBody {
-                recv,
-                data_done: false,
-                done: false,
-            }),
-        ))
-    }
-}
-
-/// Drops the cached sender of connection `id`, if it is still the current one.
-fn forget(inner: &Inner, id: u64) {
-    let mut current = lock(&inner.current);
-    if current.as_ref().is_some_and(|(open, _)| *open == id) {
-        *current = None;
-    }
-}
-
-/// The status a transport error becomes: the connection being gone, or the peer refusing the
-/// stream before acting on it, is `UNAVAILABLE`; otherwise tonic's mapping of HTTP/2 errors.
-fn status(e: h2::Error) -> Status {
-    if e.is_io() || e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
-        Status::unavailable(format!("participant connection: {e}"))
-    } else {
-        Status::from_error(Box::new(e))
-    }
-}
-
-/// A response body read from the HTTP/2 stream: data frames, then the trailers that carry the
-/// gRPC status.
-struct ResponseBody {
-    recv: h2::RecvStream,
-    data_done: bool,
-    done: bool,
-}
-
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Read, so the peer may send as much again.
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                None => this.data_done = true,
-            }
-        }
-        let trailers = ready!(this.recv.poll_trailers(cx));
-        this.done = true;
-        match trailers {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
+        let outcome = tokio::time::timeout(Duration::from_secs(3), call)
+            .await
+            .expect("an unanswered PING must fail the call, not leave it hanging");
+        assert!(outcome.is_err());
     }
 }

@@ -186,18 +186,14 @@ impl Client {
         let mut last_error = None;
         let mut current = None;
         for (index, channel) in channels.iter_mut().enumerate() {
-            let connected = match channel {
-                GrpcChannel::H2(h2) => h2.connect().await.map_err(Into::into),
-                GrpcChannel::Tonic(lazy) => {
-                    match endpoint(&addrs[index], tls.as_ref())?.connect().await {
-                        Ok(connected) => {
-                            *lazy = connected;
-                            Ok(())
-                        }
-                        Err(e) => Err(e.into()),
+            let connected: Result<(), Box<dyn std::error::Error + Send + Sync>> =
+                match endpoint(&addrs[index], tls.as_ref())?.connect().await {
+                    Ok(connected) => {
+                        *channel = connected;
+                        Ok(())
                     }
-                }
-            };
+                    Err(e) => Err(e.into()),
+                };
             match connected {
                 Ok(()) => {
                     current = Some(index);
@@ -549,22 +545,21 @@ fn is_unreachable(status: &Status) -> bool {
     status.code() == Code::Unavailable || std::error::Error::source(status).is_some()
 }
 
-/// The lazy channel to `addr`: h2 directly for `http://` (src/transport.rs), tonic's channel,
-/// which does TLS, for `https://`.
+/// The lazy channel to `addr` (tonic's, with keepalive; TLS for `https://`).
 fn channel(
     addr: &str,
     tls: Option<&tonic::transport::ClientTlsConfig>,
 ) -> Result<GrpcChannel, ClientError> {
     let endpoint = endpoint(addr, tls)?;
     if addr.starts_with("https://") {
-        return Ok(GrpcChannel::Tonic(endpoint.connect_lazy()));
+        return Ok(endpoint.connect_lazy());
     }
-    crate::transport::H2Channel::lazy(endpoint.uri(), CONNECT_TIMEOUT)
-        .map(GrpcChannel::H2)
-        .ok_or_else(|| ClientError::InvalidAddress {
+    crate::transport::plaintext(endpoint.uri(), CONNECT_TIMEOUT).ok_or_else(|| {
+        ClientError::InvalidAddress {
             addr: addr.to_string(),
             reason: "expected http://host:port or https://host:port".into(),
-        })
+        }
+    })
 }
 
 fn endpoint(
@@ -576,7 +571,9 @@ fn endpoint(
         reason,
     };
     let endpoint = Endpoint::from_shared(addr.to_string())
-        .map(|e| e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true))
+        .map(|e| {
+            crate::transport::with_keepalive(e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true))
+        })
         .map_err(|e| invalid(e.to_string()))?;
     if !addr.starts_with("https://") {
         return Ok(endpoint);

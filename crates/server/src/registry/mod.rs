@@ -24,7 +24,7 @@ use crate::model::Target;
 use crate::store::{Participants, StoreError};
 use crate::tls::{ClientTls, Reloading, TlsError};
 use crate::transport::http::HttpParticipant;
-use crate::transport::{GrpcChannel, H2Channel};
+use crate::transport::{plaintext, with_keepalive, GrpcChannel};
 
 pub use health::HealthConfig;
 pub use policy::{PickKey, Policy};
@@ -509,13 +509,13 @@ impl Registry {
                     self.config.connect_timeout,
                 ))
             }
-            // Plain text: h2 directly, without tonic's buffer task (src/transport.rs).
+            // Plain text: tonic's channel with keepalive (baton_tx::transport).
             (None, None) => {
                 let uri: ::http::Uri = endpoint.parse().map_err(|_| bad())?;
-                let channel = || H2Channel::lazy(&uri, self.config.connect_timeout).ok_or_else(bad);
+                let channel = || plaintext(&uri, self.config.connect_timeout).ok_or_else(bad);
                 Door::Grpc(
                     (0..channels_per_endpoint())
-                        .map(|_| channel().map(GrpcChannel::H2))
+                        .map(|_| channel())
                         .collect::<Result<_, _>>()?,
                 )
             }
@@ -523,12 +523,13 @@ impl Registry {
                 let builder = Endpoint::from_shared(endpoint.to_string())
                     .map_err(|_| bad())?
                     .connect_timeout(self.config.connect_timeout)
-                    .tcp_nodelay(true)
+                    .tcp_nodelay(true);
+                let builder = with_keepalive(builder)
                     .tls_config(ClientTlsConfig::clone(&tls.current()))
                     .map_err(|_| bad())?;
                 Door::Grpc(
                     (0..channels_per_endpoint())
-                        .map(|_| GrpcChannel::Tonic(builder.connect_lazy()))
+                        .map(|_| builder.connect_lazy())
                         .collect(),
                 )
             }
