@@ -233,25 +233,3 @@ impl Sample {
         self.latencies.max().map_or(0.0, |d| d.as_secs_f64() * 1e3)
     }
 }
-
-/// Parses a duration such as `15s`, `500ms` or `1.5s` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        (text, 1.0)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a duration such as 15s or 500ms"))?;
-    if !value.is_finite() || value < 0.0 {
-        return Err(format!(
-            "{text:?}: a duration must be a non-negative number"
-        ));
-    }
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{text:?}: {e}"))
-}

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::report::{CellReport, Report};
 pub use self::workloads::Workload;
-use crate::cli::serve::ServeArgs;
+use baton_server::api::auth::AuthConfig;
 use baton_server::api::{self, ServeConfig, Serving};
 
 /// The local server used when no database URL is given: a fresh database is created on it for the
@@ -195,28 +195,17 @@ async fn measure_cells(
     Ok(cells)
 }
 
-/// A coordinator on a free loopback port, configured as `baton serve` would be by default.
+/// A coordinator on a free loopback port with `baton serve`'s defaults (the server's), no HTTP
+/// port (7601 may be a real coordinator's) and no authentication: it is in-process, on loopback,
+/// and the bench's own clients carry no token.
 async fn start_coordinator(
     database_url: &str,
     max_connections: u32,
 ) -> Result<Serving, BenchError> {
-    let config: ServeConfig = ServeArgs {
-        listen: Some(
-            "127.0.0.1:0"
-                .parse()
-                .map_err(|e| BenchError::Coordinator(format!("listen address: {e}")))?,
-        ),
-        // No health port: the bench does not need one, and 7601 may be a real coordinator's.
-        http_listen: Some("off".to_string()),
-        database_url: Some(database_url.to_string()),
-        id: Some(format!("baton-bench-{}", std::process::id())),
-        max_connections: Some(max_connections),
-        // In-process, on loopback, and the bench's own clients carry no token.
-        no_auth: Some(true),
-        ..ServeArgs::default()
-    }
-    .to_config()
-    .map_err(|e| BenchError::Coordinator(format!("{e:#}")))?;
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = ServeConfig::new(listen, database_url, AuthConfig::Disabled);
+    config.store.max_connections = max_connections;
+    config.coordinator.id = format!("baton-bench-{}", std::process::id());
     api::serve(config)
         .await
         .map_err(|e| BenchError::Coordinator(e.to_string()))

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::measure::{parse_duration, Latencies, Sample};
+use super::measure::{Latencies, Sample};
 use super::workloads::BatonSample;
 use super::*;
 
@@ -60,18 +60,6 @@ fn latencies_keep_fixed_memory_and_stay_within_two_percent() {
     }
     a.merge(&b);
     assert_eq!(a, all);
-}
-
-#[test]
-fn durations_take_seconds_and_milliseconds() {
-    assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
-    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-    assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-    assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-    assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-    assert!(parse_duration("fast").is_err());
-    assert!(parse_duration("-1s").is_err());
-    assert!(parse_duration("3h").is_err());
 }
 
 fn cell(workload: Workload, clients: usize, baton_ms: &[u64], base_ms: &[u64]) -> CellReport {

@@ -7,9 +7,8 @@ use std::time::Duration;
 use clap::ValueEnum;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::{
-    self, measure::parse_duration, BenchConfig, Participants, Protocol, Store, Workload,
-};
+use crate::bench::{self, BenchConfig, Participants, Protocol, Store, Workload};
+use crate::duration::parse_duration;
 
 /// Which workloads to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use baton_server::api::auth::{self, AuthConfig, TokenSpec, Tokens};
-use baton_server::api::{self, Limits, ServeConfig};
+use baton_server::api::{self, Limits, ServeConfig, DEFAULT_DRAIN};
 use baton_server::coordinator::Config;
 use baton_server::model::RetryPolicy;
 use baton_server::registry::{Policy, RegistryConfig};
@@ -20,8 +20,6 @@ use super::{DEFAULT_DATABASE_URL, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, NO_AUTH_C
 
 /// Per-call timeout of steps that set none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long open requests may take to finish on SIGTERM.
-const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 /// The longest a transaction's progress may wait before it is queued to the log.
 const MAX_PROGRESS_FLUSH: Duration = Duration::from_secs(10);
 

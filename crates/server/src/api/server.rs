@@ -41,6 +41,31 @@ pub struct ServeConfig {
     pub console: bool,
 }
 
+impl ServeConfig {
+    /// A coordinator on `listen` over the log at `database_url`, with every other setting at the
+    /// defaults `baton serve` uses: no HTTP port, migrations applied, no TLS, no console.
+    /// Authentication is a parameter because turning it off must be a visible choice.
+    pub fn new(listen: SocketAddr, database_url: impl Into<String>, auth: AuthConfig) -> Self {
+        ServeConfig {
+            listen,
+            http_listen: None,
+            database_url: database_url.into(),
+            store: StoreOptions::default(),
+            migrate: true,
+            coordinator: Config::default(),
+            registry: RegistryConfig::default(),
+            limits: Limits::default(),
+            drain: DEFAULT_DRAIN,
+            auth,
+            tls: None,
+            console: false,
+        }
+    }
+}
+
+/// How long open requests may take to finish at shutdown, by default.
+pub const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
