@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use baton_tx::transport::ChannelKind;
 use clap::ValueEnum;
 use tokio_util::sync::CancellationToken;
 
@@ -66,12 +67,22 @@ pub struct BenchArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// The gRPC channel for http:// endpoints (the bench clients' calls to the coordinator and the
+    /// in-process coordinator's calls to the participants): h2 (hand-rolled over the h2 crate) or
+    /// tonic (tonic's Channel). Default: $BATON_GRPC_CHANNEL, else h2. A coordinator started apart
+    /// (--external) reads BATON_GRPC_CHANNEL from its own environment.
+    #[arg(long, value_parser = parse_channel)]
+    pub grpc_channel: Option<ChannelKind>,
     /// Drive a coordinator started apart (`baton serve --no-auth` on this machine, e.g.
     /// 127.0.0.1:7600) instead of one in this process. The participants are still started here
     /// on loopback; the baseline runs on --database-url (or a fresh database on the local server,
     /// or --sqlite), which should be the coordinator's database server.
     #[arg(long, value_name = "ADDR")]
     pub external: Option<String>,
+}
+
+fn parse_channel(s: &str) -> Result<ChannelKind, String> {
+    s.parse()
 }
 
 /// Options of the hidden `baton bench-participant`.
@@ -134,6 +145,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             on_interrupt.cancel();
         }
     });
+    if let Some(kind) = args.grpc_channel {
+        anyhow::ensure!(
+            baton_tx::transport::set_plaintext_channel(kind),
+            "--grpc-channel {kind}: the channel kind was already fixed"
+        );
+    }
     let result = match &args.external {
         Some(addr) => bench::external::run(&config, addr, cancel).await,
         None => bench::run(&config, cancel).await,
@@ -143,7 +160,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.json {
         super::print_json(&report.to_json())?;
     } else {
-        super::print_out(&report.to_table())?;
+        super::print_out(&format!(
+            "grpc channel (http://): {}\n{}",
+            baton_tx::transport::plaintext_channel(),
+            report.to_table()
+        ))?;
     }
     Ok(())
 }

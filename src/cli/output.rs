@@ -367,8 +367,8 @@ fn time_json(t: Option<SystemTime>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use baton_tx::client::{StepKind, StepStatus, Target, TxKind};
+    use std::time::Duration;
 
     #[test]
     fn table_aligns_columns_without_trailing_blanks() {

@@ -186,14 +186,18 @@ impl Client {
         let mut last_error = None;
         let mut current = None;
         for (index, channel) in channels.iter_mut().enumerate() {
-            let connected: Result<(), Box<dyn std::error::Error + Send + Sync>> =
-                match endpoint(&addrs[index], tls.as_ref())?.connect().await {
-                    Ok(connected) => {
-                        *channel = connected;
-                        Ok(())
+            let connected = match channel {
+                GrpcChannel::H2(h2) => h2.connect().await.map_err(Into::into),
+                GrpcChannel::Tonic(lazy) => {
+                    match endpoint(&addrs[index], tls.as_ref())?.connect().await {
+                        Ok(connected) => {
+                            *lazy = connected;
+                            Ok(())
+                        }
+                        Err(e) => Err(e.into()),
                     }
-                    Err(e) => Err(e.into()),
-                };
+                }
+            };
             match connected {
                 Ok(()) => {
                     current = Some(index);
@@ -545,16 +549,17 @@ fn is_unreachable(status: &Status) -> bool {
     status.code() == Code::Unavailable || std::error::Error::source(status).is_some()
 }
 
-/// The lazy channel to `addr` (tonic's, with keepalive; TLS for `https://`).
+/// The lazy channel to `addr`: for `http://` the process's choice (src/transport.rs,
+/// `BATON_GRPC_CHANNEL`), tonic's channel, which does TLS, for `https://`.
 fn channel(
     addr: &str,
     tls: Option<&tonic::transport::ClientTlsConfig>,
 ) -> Result<GrpcChannel, ClientError> {
     let endpoint = endpoint(addr, tls)?;
     if addr.starts_with("https://") {
-        return Ok(endpoint.connect_lazy());
+        return Ok(GrpcChannel::Tonic(endpoint.connect_lazy()));
     }
-    crate::transport::plaintext(endpoint.uri(), CONNECT_TIMEOUT).ok_or_else(|| {
+    GrpcChannel::plaintext(endpoint.uri(), CONNECT_TIMEOUT).ok_or_else(|| {
         ClientError::InvalidAddress {
             addr: addr.to_string(),
             reason: "expected http://host:port or https://host:port".into(),

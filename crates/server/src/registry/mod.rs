@@ -24,7 +24,7 @@ use crate::model::Target;
 use crate::store::{Participants, StoreError};
 use crate::tls::{ClientTls, Reloading, TlsError};
 use crate::transport::http::HttpParticipant;
-use crate::transport::{plaintext, with_keepalive, GrpcChannel};
+use crate::transport::{with_keepalive, GrpcChannel};
 
 pub use health::HealthConfig;
 pub use policy::{PickKey, Policy};
@@ -509,10 +509,12 @@ impl Registry {
                     self.config.connect_timeout,
                 ))
             }
-            // Plain text: tonic's channel with keepalive (baton_tx::transport).
+            // Plain text: h2 directly, without tonic's buffer task, unless BATON_GRPC_CHANNEL
+            // says tonic (src/transport.rs).
             (None, None) => {
                 let uri: ::http::Uri = endpoint.parse().map_err(|_| bad())?;
-                let channel = || plaintext(&uri, self.config.connect_timeout).ok_or_else(bad);
+                let channel =
+                    || GrpcChannel::plaintext(&uri, self.config.connect_timeout).ok_or_else(bad);
                 Door::Grpc(
                     (0..channels_per_endpoint())
                         .map(|_| channel())
@@ -529,7 +531,7 @@ impl Registry {
                     .map_err(|_| bad())?;
                 Door::Grpc(
                     (0..channels_per_endpoint())
-                        .map(|_| builder.connect_lazy())
+                        .map(|_| GrpcChannel::Tonic(builder.connect_lazy()))
                         .collect(),
                 )
             }

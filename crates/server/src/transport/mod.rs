@@ -1,5 +1,5 @@
-//! How the coordinator reaches participants: gRPC over the SDK's channels ([`GrpcChannel`], tonic's
-//! with keepalive), and HTTP/JSON ([`http`]).
+//! How the coordinator reaches participants: gRPC over the SDK's channels
+//! ([`GrpcChannel`], [`H2Channel`]), and HTTP/JSON ([`http`]).
 
 pub mod http;
 
