@@ -43,16 +43,27 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     /// A coordinator on `listen` over the log at `database_url`, with every other setting at the
-    /// defaults `baton serve` uses: no HTTP port, migrations applied, no TLS, no console.
+    /// defaults `baton serve` uses (one log writer on SQLite, a write connection per log writer):
+    /// no HTTP port, migrations applied, no TLS, no console.
     /// Authentication is a parameter because turning it off must be a visible choice.
     pub fn new(listen: SocketAddr, database_url: impl Into<String>, auth: AuthConfig) -> Self {
+        let database_url = database_url.into();
+        let mut coordinator = Config::default();
+        // SQLite has one writer at a time: a second log writer would only wait for the lock.
+        if store::is_sqlite_url(&database_url) {
+            coordinator.log_writers = 1;
+        }
         ServeConfig {
             listen,
             http_listen: None,
-            database_url: database_url.into(),
-            store: StoreOptions::default(),
+            store: StoreOptions {
+                // Each log writer holds one connection of its own.
+                write_connections: coordinator.log_writers as u32,
+                ..StoreOptions::default()
+            },
+            database_url,
             migrate: true,
-            coordinator: Config::default(),
+            coordinator,
             registry: RegistryConfig::default(),
             limits: Limits::default(),
             drain: DEFAULT_DRAIN,
