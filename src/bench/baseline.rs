@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::gauges::{Gauges, Readings};
 use super::measure::{Recorder, Sample, Timing, CALL_TIMEOUT};
 use super::{BenchError, Workload};
 
@@ -177,11 +178,12 @@ impl Baseline {
         plan: Plan,
         clients: usize,
         timing: Timing,
+        gauges: &Gauges,
         cancel: &CancellationToken,
-    ) -> Result<Sample, BenchError> {
+    ) -> Result<(Sample, Readings), BenchError> {
         let payload = vec![0x5a_u8; PAYLOAD_BYTES];
         let mut loops: JoinSet<Recorder> = JoinSet::new();
-        match &self.backend {
+        let window = match &self.backend {
             Backend::Postgres { url } => {
                 let mut conns = Vec::with_capacity(clients);
                 for _ in 0..clients {
@@ -201,6 +203,7 @@ impl Baseline {
                         recorder
                     });
                 }
+                window
             }
             Backend::Sqlite { pool } => {
                 let window = timing.window_from_now();
@@ -216,10 +219,12 @@ impl Baseline {
                         recorder
                     });
                 }
+                window
             }
-        }
-        let recorders = loops.join_all().await;
-        Ok(Sample::merge(recorders, timing.duration))
+        };
+        let (recorders, readings) =
+            tokio::join!(loops.join_all(), gauges.during(window, None, cancel));
+        Ok((Sample::merge(recorders, timing.duration), readings))
     }
 
     /// Drops the baseline's tables (they matter when the database is the user's).

@@ -11,7 +11,9 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{baseline, measure, scratch, workloads, BenchConfig, BenchError, CellReport, Report};
+use super::{
+    baseline, gauges, measure, scratch, workloads, BenchConfig, BenchError, CellReport, Report,
+};
 
 /// The coordinator address as the client wants it: `http://` added when no scheme is given.
 pub fn coordinator_url(addr: &str) -> String {
@@ -50,7 +52,17 @@ async fn run_on(
         workloads::ParticipantHost::start(&config.participants, config.protocol).await?;
     let result = match baseline::Baseline::prepare(&scratch.baseline_url).await {
         Ok(baseline) => {
-            let cells = cells(config, coordinator, &baseline, &participants, cancel).await;
+            let gauges = gauges::Gauges::connect(&scratch.baseline_url).await;
+            let cells = cells(
+                config,
+                coordinator,
+                &baseline,
+                &gauges,
+                &participants,
+                cancel,
+            )
+            .await;
+            gauges.close().await;
             baseline.finish().await;
             cells
         }
@@ -76,6 +88,7 @@ async fn cells(
     config: &BenchConfig,
     coordinator: &str,
     baseline: &baseline::Baseline,
+    gauges: &gauges::Gauges,
     participants: &workloads::ParticipantHost,
     cancel: &CancellationToken,
 ) -> Result<Vec<CellReport>, BenchError> {
@@ -91,16 +104,35 @@ async fn cells(
     for &workload in &config.workloads {
         for &clients in config.concurrency.iter().filter(|&&c| c > 0) {
             tracing::info!(%workload, clients, "baseline");
-            let base = baseline
-                .run(baseline::Plan::of(workload), clients, timing, cancel)
+            let (base, base_readings) = baseline
+                .run(
+                    baseline::Plan::of(workload),
+                    clients,
+                    timing,
+                    gauges,
+                    cancel,
+                )
                 .await?;
             interrupted()?;
             tracing::info!(%workload, clients, coordinator, "baton (external)");
-            let baton =
-                workloads::run(workload, coordinator, participants, clients, timing, cancel)
-                    .await?;
+            let baton = workloads::run(
+                workload,
+                coordinator,
+                participants,
+                clients,
+                timing,
+                gauges,
+                cancel,
+            )
+            .await?;
             interrupted()?;
-            cells.push(CellReport::new(workload, clients, baton, base));
+            cells.push(CellReport::new(
+                workload,
+                clients,
+                baton,
+                base,
+                base_readings,
+            ));
         }
     }
     Ok(cells)

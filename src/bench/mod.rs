@@ -11,6 +11,7 @@
 pub mod baseline;
 pub mod cpu;
 pub mod external;
+pub mod gauges;
 pub mod measure;
 pub mod report;
 pub mod scratch;
@@ -146,7 +147,9 @@ async fn run_cells(
     cancel: &CancellationToken,
 ) -> Result<Report, BenchError> {
     let baseline = baseline::Baseline::prepare(&scratch.baseline_url).await?;
-    let cells = measure_cells(config, &baseline, serving, participants, cancel).await;
+    let gauges = gauges::Gauges::connect(&scratch.baseline_url).await;
+    let cells = measure_cells(config, &baseline, &gauges, serving, participants, cancel).await;
+    gauges.close().await;
     baseline.finish().await;
     Ok(Report {
         store: scratch.describe(),
@@ -162,6 +165,7 @@ async fn run_cells(
 async fn measure_cells(
     config: &BenchConfig,
     baseline: &baseline::Baseline,
+    gauges: &gauges::Gauges,
     serving: &Serving,
     participants: &workloads::ParticipantHost,
     cancel: &CancellationToken,
@@ -182,14 +186,28 @@ async fn measure_cells(
         for &clients in config.concurrency.iter().filter(|&&c| c > 0) {
             tracing::info!(%workload, clients, "baseline");
             let plan = baseline::Plan::of(workload);
-            let base = baseline.run(plan, clients, timing, cancel).await?;
+            let (base, base_readings) = baseline.run(plan, clients, timing, gauges, cancel).await?;
             interrupted()?;
             tracing::info!(%workload, clients, "baton");
             let endpoint = serving.endpoint();
-            let baton =
-                workloads::run(workload, &endpoint, participants, clients, timing, cancel).await?;
+            let baton = workloads::run(
+                workload,
+                &endpoint,
+                participants,
+                clients,
+                timing,
+                gauges,
+                cancel,
+            )
+            .await?;
             interrupted()?;
-            cells.push(CellReport::new(workload, clients, baton, base));
+            cells.push(CellReport::new(
+                workload,
+                clients,
+                baton,
+                base,
+                base_readings,
+            ));
         }
     }
     Ok(cells)

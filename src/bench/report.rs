@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::baseline::Plan;
+use super::gauges::Readings;
 use super::measure::Sample;
 use super::workloads::{BatonSample, Workload};
 
@@ -30,6 +31,13 @@ pub struct CellReport {
     pub coordinator_cpu_ms_per_tx: Option<f64>,
     /// CPU time of the participant process per transaction (`None` when in process).
     pub participant_cpu_ms_per_tx: Option<f64>,
+    /// Bytes of WAL the database server wrote per transaction (`None` on SQLite).
+    pub wal_bytes_per_tx: Option<f64>,
+    /// How busy the whole machine was over the window (user, system and interrupt time as a
+    /// share of all CPU time), in percent.
+    pub machine_busy_pct: Option<f64>,
+    /// CPU time the hypervisor gave to others over the window, in percent.
+    pub machine_steal_pct: Option<f64>,
     pub baseline: BaselineReport,
     /// Baton's throughput over the baseline's; `None` when the baseline finished nothing.
     pub ratio_to_baseline: Option<f64>,
@@ -46,17 +54,32 @@ pub struct BaselineReport {
     pub errors: u64,
     pub error_samples: Vec<String>,
     pub commits_per_tx: u32,
+    pub wal_bytes_per_tx: Option<f64>,
+    pub machine_busy_pct: Option<f64>,
+    pub machine_steal_pct: Option<f64>,
 }
 
 impl CellReport {
     /// Summarises the samples of one cell.
-    pub fn new(workload: Workload, concurrency: usize, baton: BatonSample, base: Sample) -> Self {
+    pub fn new(
+        workload: Workload,
+        concurrency: usize,
+        baton: BatonSample,
+        base: Sample,
+        base_readings: Readings,
+    ) -> Self {
         let s = &baton.sample;
         let finished = s.count() + s.errors;
         let per_tx = |cpu: Option<Duration>| {
             cpu.filter(|_| finished > 0)
                 .map(|cpu| round(cpu.as_secs_f64() * 1e3 / finished as f64, 3))
         };
+        let wal_per_tx = |sample: &Sample, wal: Option<u64>| {
+            let finished = sample.count() + sample.errors;
+            wal.filter(|_| finished > 0)
+                .map(|bytes| round(bytes as f64 / finished as f64, 0))
+        };
+        let pct = |share: Option<f64>| share.map(|s| round(s * 100.0, 1));
         let baseline = BaselineReport {
             transactions: base.count(),
             tps: round(base.throughput(), 1),
@@ -66,6 +89,9 @@ impl CellReport {
             errors: base.errors,
             error_samples: base.error_samples.clone(),
             commits_per_tx: Plan::of(workload).commits(),
+            wal_bytes_per_tx: wal_per_tx(&base, base_readings.wal_bytes),
+            machine_busy_pct: pct(base_readings.machine_busy),
+            machine_steal_pct: pct(base_readings.machine_steal),
         };
         let base_tps = base.throughput();
         CellReport {
@@ -78,8 +104,11 @@ impl CellReport {
             max_ms: round(s.max_ms(), 3),
             errors: s.errors,
             error_samples: s.error_samples.clone(),
-            coordinator_cpu_ms_per_tx: per_tx(baton.bench_cpu),
-            participant_cpu_ms_per_tx: per_tx(baton.participant_cpu),
+            coordinator_cpu_ms_per_tx: per_tx(baton.readings.bench_cpu),
+            participant_cpu_ms_per_tx: per_tx(baton.readings.participant_cpu),
+            wal_bytes_per_tx: wal_per_tx(s, baton.readings.wal_bytes),
+            machine_busy_pct: pct(baton.readings.machine_busy),
+            machine_steal_pct: pct(baton.readings.machine_steal),
             baseline,
             ratio_to_baseline: (base_tps > 0.0).then(|| round(s.throughput() / base_tps, 3)),
         }
@@ -155,7 +184,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<4} {:>4} | {:>9} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} | {:>9} {:>8} {:>8} | {:>6}",
+            "{:<4} {:>4} | {:>9} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>7} {:>5} | {:>9} {:>8} {:>8} {:>8} {:>5} | {:>6}",
             "load",
             "C",
             "tx/s",
@@ -165,16 +194,22 @@ impl Report {
             "errors",
             "coord cpu",
             "part cpu",
+            "wal B",
+            "busy",
             "base tx/s",
             "base p50",
             "base p99",
+            "base wal",
+            "busy",
             "ratio"
         );
         let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
+        let bytes = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
+        let pct = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}%"));
         for c in &self.cells {
             let _ = writeln!(
                 out,
-                "{:<4} {:>4} | {:>9.1} {:>8.3} {:>8.3} {:>8.3} {:>6} {:>9} {:>9} | {:>9.1} {:>8.3} {:>8.3} | {:>6}",
+                "{:<4} {:>4} | {:>9.1} {:>8.3} {:>8.3} {:>8.3} {:>6} {:>9} {:>9} {:>7} {:>5} | {:>9.1} {:>8.3} {:>8.3} {:>8} {:>5} | {:>6}",
                 c.workload,
                 c.concurrency,
                 c.tps,
@@ -184,9 +219,13 @@ impl Report {
                 c.errors,
                 ms(c.coordinator_cpu_ms_per_tx),
                 ms(c.participant_cpu_ms_per_tx),
+                bytes(c.wal_bytes_per_tx),
+                pct(c.machine_busy_pct),
                 c.baseline.tps,
                 c.baseline.p50_ms,
                 c.baseline.p99_ms,
+                bytes(c.baseline.wal_bytes_per_tx),
+                pct(c.baseline.machine_busy_pct),
                 c.ratio_to_baseline
                     .map_or_else(|| "-".to_string(), |r| format!("{r:.2}x")),
             );
@@ -194,8 +233,10 @@ impl Report {
         let _ = writeln!(
             out,
             "cpu columns: ms of CPU per transaction; coord = the bench process (coordinator and \
-             clients), part = the participant process. Baseline: the workload's durable writes, \
-             one commit per statement ({} per saga for w1/w2, {} per 2PC for w3).",
+             clients), part = the participant process. wal B: bytes of WAL the database server \
+             wrote per transaction; busy: the whole machine's CPU in use. Baseline: the \
+             workload's durable writes, one commit per statement ({} per saga for w1/w2, {} per \
+             2PC for w3).",
             Plan::Saga.commits(),
             Plan::TwoPhase.commits()
         );

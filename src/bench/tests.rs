@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::gauges::Readings;
 use super::measure::{Latencies, Sample};
 use super::workloads::BatonSample;
 use super::*;
@@ -71,15 +72,19 @@ fn cell(workload: Workload, clients: usize, baton_ms: &[u64], base_ms: &[u64]) -
             error_samples: vec!["boom".into()],
             window,
         },
-        bench_cpu: Some(Duration::from_millis(50)),
-        participant_cpu: None,
+        readings: Readings {
+            bench_cpu: Some(Duration::from_millis(50)),
+            wal_bytes: Some(10_000),
+            machine_busy: Some(0.875),
+            ..Readings::default()
+        },
     };
     let base = Sample {
         latencies: ms(base_ms),
         window,
         ..Sample::default()
     };
-    CellReport::new(workload, clients, baton, base)
+    CellReport::new(workload, clients, baton, base, Readings::default())
 }
 
 fn report(cells: Vec<CellReport>) -> Report {
@@ -107,6 +112,10 @@ fn a_cell_summarises_its_samples_against_the_baseline() {
     assert_eq!(c.coordinator_cpu_ms_per_tx, Some(10.0));
     assert_eq!(c.participant_cpu_ms_per_tx, None);
     assert_eq!(c.baseline.commits_per_tx, 5);
+    // WAL per finished transaction too; none read for the baseline here.
+    assert_eq!(c.wal_bytes_per_tx, Some(2000.0));
+    assert_eq!(c.machine_busy_pct, Some(87.5));
+    assert_eq!(c.baseline.wal_bytes_per_tx, None);
     // No baseline transactions: no ratio rather than infinity.
     assert_eq!(cell(Workload::W1, 1, &[1], &[]).ratio_to_baseline, None);
 }
@@ -155,6 +164,10 @@ fn each_workload_has_its_baseline_plan() {
     let c = cell(Workload::W3, 1, &[1, 2], &[1]);
     assert_eq!(c.workload, "w3");
     assert_eq!(c.baseline.commits_per_tx, 5);
+    // WAL per finished transaction too; none read for the baseline here.
+    assert_eq!(c.wal_bytes_per_tx, Some(2000.0));
+    assert_eq!(c.machine_busy_pct, Some(87.5));
+    assert_eq!(c.baseline.wal_bytes_per_tx, None);
 }
 
 #[test]

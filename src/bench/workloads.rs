@@ -17,8 +17,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::measure::{Recorder, Sample, Timing, Window, CALL_TIMEOUT};
-use super::{cpu, BenchError, Participants, Protocol};
+use super::gauges::{Gauges, Readings};
+use super::measure::{Recorder, Sample, Timing, CALL_TIMEOUT};
+use super::{BenchError, Participants, Protocol};
 use baton_tx::client::{Client, Definition, Saga, Step, TwoPhase, TwoPhaseBranch, TxState};
 use baton_tx::participant::{HandlerError, Participant, Reply, ServerHandle};
 
@@ -306,10 +307,8 @@ async fn spawn_process(exe: &Path, protocol: Protocol) -> Result<ParticipantHost
 #[derive(Clone, Debug, Default)]
 pub struct BatonSample {
     pub sample: Sample,
-    /// CPU time of this process (coordinator and clients) during the window.
-    pub bench_cpu: Option<Duration>,
-    /// CPU time of the participant process during the window (none when in process).
-    pub participant_cpu: Option<Duration>,
+    /// CPU, machine and WAL readings over the window.
+    pub readings: Readings,
 }
 
 /// One closed-loop cell of `workload` with `clients` clients against the coordinator at
@@ -320,6 +319,7 @@ pub async fn run(
     participants: &ParticipantHost,
     clients: usize,
     timing: Timing,
+    gauges: &Gauges,
     cancel: &CancellationToken,
 ) -> Result<BatonSample, BenchError> {
     // One connection per client, as separate application instances would have.
@@ -334,7 +334,6 @@ pub async fn run(
     let request = workload.request(participants.endpoint());
     let expected = workload.expected();
     let window = timing.window_from_now();
-    let cpu = tokio::spawn(cpu_during(window, participants.pid(), cancel.clone()));
     let mut loops: JoinSet<Recorder> = JoinSet::new();
     for client in connected {
         let (request, cancel) = (request.clone(), cancel.clone());
@@ -348,12 +347,13 @@ pub async fn run(
             recorder
         });
     }
-    let recorders = loops.join_all().await;
-    let (bench_cpu, participant_cpu) = cpu.await.unwrap_or((None, None));
+    let (recorders, readings) = tokio::join!(
+        loops.join_all(),
+        gauges.during(window, participants.pid(), cancel)
+    );
     Ok(BatonSample {
         sample: Sample::merge(recorders, timing.duration),
-        bench_cpu,
-        participant_cpu,
+        readings,
     })
 }
 
@@ -370,36 +370,4 @@ async fn one(client: &Client, request: Definition, expected: TxState) -> Result<
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no outcome within {CALL_TIMEOUT:?}")),
     }
-}
-
-/// CPU time of this process and of `participant` between the window's start and end.
-async fn cpu_during(
-    window: Window,
-    participant: Option<u32>,
-    cancel: CancellationToken,
-) -> (Option<Duration>, Option<Duration>) {
-    let wait = |until| {
-        let cancel = cancel.clone();
-        async move {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => true,
-                _ = cancel.cancelled() => false,
-            }
-        }
-    };
-    if !wait(window.start).await {
-        return (None, None);
-    }
-    let before = (
-        cpu::process_cpu(None),
-        participant.and_then(|p| cpu::process_cpu(Some(p))),
-    );
-    if !wait(window.end).await {
-        return (None, None);
-    }
-    let after = (
-        cpu::process_cpu(None),
-        participant.and_then(|p| cpu::process_cpu(Some(p))),
-    );
-    (cpu::delta(before.0, after.0), cpu::delta(before.1, after.1))
 }
