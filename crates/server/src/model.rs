@@ -47,6 +47,45 @@ impl RetryPolicy {
     }
 }
 
+// The stored definition (JSON, `baton_definitions.definition`) leaves out a field that holds
+// its stored default: a W1 saga's definition is about half as long, and a saga's definition is
+// most of the log volume it writes (docs/BENCHMARKS.md, "Log volume"). These defaults belong to
+// the stored format, not to the API: rows written with them are read back with them, so they
+// must never change, whatever the coordinator's own defaults become.
+
+/// A call's timeout when the stored definition names none.
+const STORED_TIMEOUT_MS: u64 = 10_000;
+/// A call's retry policy when the stored definition names none.
+const STORED_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 5,
+    initial_backoff_ms: 100,
+    max_backoff_ms: 10_000,
+};
+
+fn stored_timeout_ms() -> u64 {
+    STORED_TIMEOUT_MS
+}
+
+fn is_stored_timeout_ms(ms: &u64) -> bool {
+    *ms == STORED_TIMEOUT_MS
+}
+
+fn stored_retry() -> RetryPolicy {
+    STORED_RETRY
+}
+
+fn is_stored_retry(retry: &RetryPolicy) -> bool {
+    *retry == STORED_RETRY
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_compensatable(kind: &StepKind) -> bool {
+    *kind == StepKind::Compensatable
+}
+
 /// One saga step as the application defined it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepDef {
@@ -54,14 +93,22 @@ pub struct StepDef {
     pub target: Target,
     pub action: String,
     /// `None` when there is nothing to undo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensate: Option<String>,
-    #[serde(with = "base64_bytes")]
+    #[serde(with = "base64_bytes", default, skip_serializing_if = "Vec::is_empty")]
     pub payload: Vec<u8>,
+    #[serde(default, skip_serializing_if = "is_compensatable")]
     pub kind: StepKind,
     /// Steps of one stage run concurrently; stages run in increasing order.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub stage: u32,
     /// Per-call timeout.
+    #[serde(
+        default = "stored_timeout_ms",
+        skip_serializing_if = "is_stored_timeout_ms"
+    )]
     pub timeout_ms: u64,
+    #[serde(default = "stored_retry", skip_serializing_if = "is_stored_retry")]
     pub retry: RetryPolicy,
 }
 
@@ -93,9 +140,14 @@ pub struct BranchDef {
     pub name: String,
     pub target: Target,
     pub action: String,
-    #[serde(with = "base64_bytes")]
+    #[serde(with = "base64_bytes", default, skip_serializing_if = "Vec::is_empty")]
     pub payload: Vec<u8>,
+    #[serde(
+        default = "stored_timeout_ms",
+        skip_serializing_if = "is_stored_timeout_ms"
+    )]
     pub timeout_ms: u64,
+    #[serde(default = "stored_retry", skip_serializing_if = "is_stored_retry")]
     pub retry: RetryPolicy,
 }
 
@@ -281,5 +333,58 @@ mod tests {
         });
         let json = serde_json::to_string(&def).unwrap();
         assert_eq!(serde_json::from_str::<Definition>(&json).unwrap(), def);
+    }
+
+    #[test]
+    fn stored_definitions_leave_out_defaults_and_read_both_forms() {
+        let step = |stage, compensate: Option<&str>, payload: Vec<u8>| StepDef {
+            name: format!("s{stage}"),
+            target: Target::Endpoint("http://127.0.0.1:1".into()),
+            action: "do".into(),
+            compensate: compensate.map(Into::into),
+            payload,
+            kind: StepKind::Compensatable,
+            stage,
+            timeout_ms: 10_000,
+            retry: RetryPolicy::default(),
+        };
+        let def = Definition::Saga(SagaDef {
+            steps: vec![step(0, Some("undo"), vec![7; 3]), step(1, None, Vec::new())],
+        });
+        let json = serde_json::to_string(&def).unwrap();
+        assert_eq!(
+            json,
+            r#"{"saga":{"steps":[{"name":"s0","target":{"endpoint":"http://127.0.0.1:1"},"action":"do","compensate":"undo","payload":"BwcH"},{"name":"s1","target":{"endpoint":"http://127.0.0.1:1"},"action":"do","stage":1}]}}"#
+        );
+        assert_eq!(serde_json::from_str::<Definition>(&json).unwrap(), def);
+        // Values other than the stored defaults are written out and read back.
+        let mut other = step(2, None, Vec::new());
+        other.kind = StepKind::Pivot;
+        other.timeout_ms = 250;
+        other.retry.max_attempts = 1;
+        let other = Definition::Saga(SagaDef { steps: vec![other] });
+        let json = serde_json::to_string(&other).unwrap();
+        assert!(
+            json.contains(r#""kind":"pivot""#) && json.contains(r#""timeout_ms":250"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Definition>(&json).unwrap(), other);
+        // Rows written before the compact form spell every field out.
+        let full = r#"{"saga":{"steps":[{"name":"s1","target":{"endpoint":"http://127.0.0.1:1"},"action":"do","compensate":null,"payload":"","kind":"compensatable","stage":1,"timeout_ms":10000,"retry":{"max_attempts":5,"initial_backoff_ms":100,"max_backoff_ms":10000}}]}}"#;
+        assert_eq!(
+            serde_json::from_str::<Definition>(full).unwrap(),
+            Definition::Saga(SagaDef {
+                steps: vec![step(1, None, Vec::new())]
+            })
+        );
+        let two_phase = r#"{"two_phase":{"branches":[{"name":"b","target":{"service":"svc"},"action":"pay"}],"prepare_timeout_ms":5}}"#;
+        let Definition::TwoPhase(tp) = serde_json::from_str::<Definition>(two_phase).unwrap()
+        else {
+            panic!("a two-phase definition");
+        };
+        assert_eq!(
+            (tp.branches[0].timeout_ms, tp.branches[0].retry),
+            (10_000, RetryPolicy::default())
+        );
     }
 }
