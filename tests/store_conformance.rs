@@ -1426,9 +1426,24 @@ async fn pg_fenced_update_stays_a_key_lookup_as_the_table_grows() {
     let log = PgLog::connect(&db.url, &options).await.expect("connect");
     log.migrate().await.expect("migrate");
     let mut rec = create(&log, new_tx("c1", TxState::Running)).await;
+    // Each update also writes a branch row: the first time a new one (inserted), then the same
+    // one again (updated), so that the cached plan covers both ways a branch row is written.
+    let mut attempts = 0;
+    let mut with_branch = |rec: &TxRecord| {
+        attempts += 1;
+        let mut up = update_of(rec);
+        up.branches = vec![BranchRecord {
+            index: 0,
+            name: "a".into(),
+            status: StepStatus::Running,
+            attempts,
+            ..BranchRecord::default()
+        }];
+        up
+    };
     for _ in 0..10 {
         assert_eq!(
-            apply_one(&log, update_of(&rec)).await,
+            apply_one(&log, with_branch(&rec)).await,
             WriteOutcome::Updated
         );
         rec = get(&log, rec.id).await;
@@ -1439,31 +1454,49 @@ async fn pg_fenced_update_stays_a_key_lookup_as_the_table_grows() {
         "WITH grown AS (
             INSERT INTO baton_transactions (id, kind, state)
             SELECT gen_random_uuid(), 'saga', 'committed' FROM generate_series(1, 20000)
-            RETURNING id)
-         INSERT INTO baton_definitions (tx_id, definition) SELECT id, '{}' FROM grown",
+            RETURNING id), defined AS (
+         INSERT INTO baton_definitions (tx_id, definition) SELECT id, '{}' FROM grown)
+         INSERT INTO baton_branches (tx_id, idx, name, state)
+         SELECT id, 0, 'a', 'succeeded' FROM grown",
     )
     .execute(&mut conn)
     .await
-    .expect("grow the table");
+    .expect("grow the tables");
     // A backend publishes its table statistics when it goes idle, at most once a second; a
     // statement more than a second after its last flush publishes everything before it.
     flushed(&log, &rec).await;
-    let before = scans(&mut conn).await;
+    let before = [
+        scans(&mut conn, "baton_transactions").await,
+        scans(&mut conn, "baton_branches").await,
+    ];
 
     const UPDATES: i64 = 20;
     for _ in 0..UPDATES {
         assert_eq!(
-            apply_one(&log, update_of(&rec)).await,
+            apply_one(&log, with_branch(&rec)).await,
             WriteOutcome::Updated
         );
     }
     flushed(&log, &rec).await;
-    let after = scans(&mut conn).await;
-    assert_eq!(
-        after.0, before.0,
-        "the fenced update scanned the whole table ({before:?} -> {after:?} sequential, index scans)"
-    );
-    assert!(after.1 >= before.1 + UPDATES, "{before:?} -> {after:?}");
+    let after = [
+        scans(&mut conn, "baton_transactions").await,
+        scans(&mut conn, "baton_branches").await,
+    ];
+    for (table, (before, after)) in ["transactions", "branches"]
+        .iter()
+        .zip(before.iter().zip(&after))
+    {
+        assert_eq!(
+            after.0, before.0,
+            "the fenced update scanned all {table} ({before:?} -> {after:?} sequential, index scans)"
+        );
+        assert!(
+            after.1 >= before.1 + UPDATES,
+            "{table}: {before:?} -> {after:?}"
+        );
+    }
+    let branch = get(&log, rec.id).await.branches.remove(0);
+    assert_eq!((branch.status, branch.attempts), (StepStatus::Running, 30));
 }
 
 /// Waits a second, then writes through `log`'s writer connection, whose backend thereby
@@ -1473,12 +1506,12 @@ async fn flushed(log: &PgLog, rec: &TxRecord) {
     assert_eq!(apply_one(log, update_of(rec)).await, WriteOutcome::Updated);
 }
 
-/// Sequential and index scans of `baton_transactions` so far, as the statistics view shows them.
-async fn scans(conn: &mut sqlx::PgConnection) -> (i64, i64) {
+/// Sequential and index scans of `table` so far, as the statistics view shows them.
+async fn scans(conn: &mut sqlx::PgConnection, table: &str) -> (i64, i64) {
     sqlx::query_as(
-        "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables
-         WHERE relname = 'baton_transactions'",
+        "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = $1",
     )
+    .bind(table)
     .fetch_one(conn)
     .await
     .expect("table statistics")

@@ -191,9 +191,12 @@ fn created(first: usize) -> String {
             "timestamptz",
         ],
     );
-    format!(
-        "created AS (
-            INSERT INTO baton_transactions
+    // A key-less transaction is inserted plainly. Only one with an idempotency key needs
+    // `ON CONFLICT`, whose speculative insertion writes a second WAL record per row (the
+    // confirmation) and takes a speculative lock, so the two are split.
+    let insert = |keyed: bool| {
+        format!(
+            "INSERT INTO baton_transactions
                 (id, kind, state, labels, idempotency_key, owner, epoch, deadline_at, last_seq,
                  created_at, updated_at)
             SELECT i.id, i.kind, i.state, i.labels::jsonb, i.key, i.owner, i.epoch,
@@ -201,14 +204,28 @@ fn created(first: usize) -> String {
             FROM UNNEST({arrays})
                 AS i(id, kind, state, definition, labels, key, owner, epoch, deadline_at,
                      last_seq, created_at)
-            ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING id, owner, epoch
-        ), defined AS (
+            WHERE i.key IS {not} NULL
+            {conflict}
+            RETURNING id, owner, epoch",
+            not = if keyed { "NOT" } else { "" },
+            conflict = if keyed {
+                "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+            } else {
+                ""
+            },
+        )
+    };
+    format!(
+        "created_plain AS ({plain}), created_keyed AS ({keyed}),
+        created AS (SELECT * FROM created_plain UNION ALL SELECT * FROM created_keyed),
+        defined AS (
             INSERT INTO baton_definitions (tx_id, definition)
             SELECT d.id, d.definition
             FROM UNNEST(${id}::uuid[], ${definition}::text[]) AS d(id, definition)
             WHERE d.id IN (SELECT id FROM created)
         )",
+        plain = insert(false),
+        keyed = insert(true),
         id = first,
         definition = first + 3,
     )
@@ -246,20 +263,40 @@ fn branches(first: usize) -> String {
             "uuid", "bigint", "text", "text", "bigint", "bytea", "text", "bigint",
         ],
     );
+    // A branch row already written is updated, a new one inserted. `INSERT … ON CONFLICT DO
+    // UPDATE` would do both, but its speculative insertion costs every new row a second WAL
+    // record and a lock; a saga's branch rows are mostly new. Both parts read the rows as they
+    // were before the statement, so each branch goes to exactly one of them; no other statement
+    // writes a transaction's branches meanwhile, since they are written only joined to its
+    // fenced update, which holds its row lock until the commit.
+    let given = |alias: &str| {
+        format!(
+            "(SELECT * FROM UNNEST({arrays})
+                AS b(tx_id, idx, name, state, attempts, output, last_error, done_order)
+              LIMIT cardinality(${first}::uuid[])) AS {alias}"
+        )
+    };
     format!(
-        "branches AS (
+        "branches_old AS (
+            UPDATE baton_branches t
+            SET name = b.name, state = b.state, attempts = b.attempts, output = b.output,
+                last_error = b.last_error, done_order = b.done_order
+            FROM {old}
+            JOIN updated ON updated.id = b.tx_id
+            WHERE t.tx_id = b.tx_id AND t.idx = b.idx
+        ), branches_new AS (
             INSERT INTO baton_branches
                 (tx_id, idx, name, state, attempts, output, last_error, done_order)
             SELECT b.tx_id, b.idx, b.name, b.state, b.attempts, b.output, b.last_error,
                    b.done_order
-            FROM UNNEST({arrays})
-                AS b(tx_id, idx, name, state, attempts, output, last_error, done_order)
+            FROM {new}
             JOIN updated ON updated.id = b.tx_id
-            ON CONFLICT (tx_id, idx) DO UPDATE SET
-                name = excluded.name, state = excluded.state, attempts = excluded.attempts,
-                output = excluded.output, last_error = excluded.last_error,
-                done_order = excluded.done_order
-        )"
+            WHERE NOT EXISTS (
+                SELECT 1 FROM baton_branches t WHERE t.tx_id = b.tx_id AND t.idx = b.idx
+            )
+        )",
+        old = given("b"),
+        new = given("b"),
     )
 }
 
