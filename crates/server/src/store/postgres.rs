@@ -25,7 +25,7 @@ use super::{
     StoreOptions, TxLog, WriteOutcome, BRANCH_COLUMNS, FINAL_SQL, MAX_PURGE_BATCH,
     PARTICIPANT_COLUMNS, RESTING_SQL,
 };
-use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord};
+use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord, TxState};
 
 mod batch;
 pub mod hosts;
@@ -418,8 +418,27 @@ impl TxLog for PgLog {
     async fn list(&self, filter: &ListFilter) -> Result<Vec<TxRecord>, StoreError> {
         let mut q = QueryBuilder::new(format!("SELECT {TX_COLUMNS} FROM {TX_TABLES} WHERE TRUE"));
         if !filter.states.is_empty() {
-            let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
-            q.push(" AND state = ANY(").push_bind(states).push(")");
+            // One arm per index that serves a part of the states (migration 0008): unfinished
+            // ones, `committed`, and the other final states. Each arm implies the predicate of
+            // its partial index, so a filter mixing them can still use both indexes.
+            let mut groups: [Vec<&str>; 3] = Default::default();
+            for state in &filter.states {
+                let group = match state {
+                    s if !s.is_resting() => 0,
+                    TxState::Committed => 1,
+                    _ => 2,
+                };
+                groups[group].push(state.as_str());
+            }
+            let mut separator = " AND (";
+            for group in groups.into_iter().filter(|g| !g.is_empty()) {
+                q.push(separator)
+                    .push("state = ANY(")
+                    .push_bind(group)
+                    .push(")");
+                separator = " OR ";
+            }
+            q.push(")");
         }
         if !filter.labels.is_empty() {
             // Implied by a non-empty filter; lets the partial GIN index serve it (migration 0006).
@@ -427,11 +446,27 @@ impl TxLog for PgLog {
                 .push_bind(Json(&filter.labels))
                 .push("::jsonb");
         }
+        // The primary key serves a time range: ids are UUIDv7 from the clock that set
+        // `created_at` (migration 0008). The id bounds only narrow the scan; `created_at` decides.
         if let Some(after) = filter.created_after {
-            q.push(" AND created_at >= ").push_bind(after);
+            q.push(" AND id >= ")
+                .push_bind(
+                    after
+                        .checked_sub_signed(ID_TIME_SLACK)
+                        .map_or(Uuid::nil(), v7_floor),
+                )
+                .push(" AND created_at >= ")
+                .push_bind(after);
         }
         if let Some(before) = filter.created_before {
-            q.push(" AND created_at < ").push_bind(before);
+            q.push(" AND id < ")
+                .push_bind(
+                    before
+                        .checked_add_signed(ID_TIME_SLACK)
+                        .map_or(Uuid::from_u128(u128::MAX), v7_floor),
+                )
+                .push(" AND created_at < ")
+                .push_bind(before);
         }
         if let Some(before_id) = filter.before_id {
             q.push(" AND id < ").push_bind(before_id.0);
@@ -799,5 +834,38 @@ impl super::LogRow for PgRow {
         column: &str,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(self.try_get(column)?)
+    }
+}
+
+/// How far a transaction's id time may be from its `created_at`: both are read from the
+/// accepting coordinator's clock at the same moment, so a bound this wide never excludes a row
+/// that the `created_at` test would keep, and still lets the primary key narrow a time range.
+const ID_TIME_SLACK: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// The smallest UUIDv7 of the millisecond of `at` (clamped to the 48-bit range): every id
+/// created in that millisecond or later sorts at or above it, every earlier one below.
+fn v7_floor(at: DateTime<Utc>) -> Uuid {
+    let ms = u128::try_from(at.timestamp_millis())
+        .unwrap_or(0)
+        .min((1 << 48) - 1);
+    Uuid::from_u128(ms << 80)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v7_floor_orders_ids_by_their_millisecond() {
+        let at = Utc::now();
+        let id = TxId::new().0;
+        let ms = chrono::TimeDelta::milliseconds(1);
+        let second = chrono::TimeDelta::seconds(1);
+        assert!(v7_floor(at - second) <= id, "{id} from {at}");
+        assert!(id < v7_floor(at + second), "{id} from {at}");
+        assert!(v7_floor(at) < v7_floor(at + ms));
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        assert_eq!(v7_floor(epoch - second), Uuid::nil());
+        assert_eq!(v7_floor(epoch + ms), Uuid::from_u128(1 << 80));
     }
 }
