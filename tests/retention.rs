@@ -88,7 +88,7 @@ async fn counts(db: &TestDb) -> (i64, i64, i64) {
         .fetch_one(&mut conn)
         .await
         .expect("count");
-    let events: i64 = sqlx::query_scalar(&one("baton_events"))
+    let events: i64 = sqlx::query_scalar(&one("baton_event_runs"))
         .fetch_one(&mut conn)
         .await
         .expect("count");
@@ -196,7 +196,7 @@ async fn the_sweep_keeps_the_log_flat_and_deletes_only_old_finished_transactions
     assert_eq!(branches, 1 + 2, "only the survivors' branches are left");
     let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
     let orphans: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM baton_events e \
+        "SELECT count(*) FROM baton_event_runs e \
          WHERE NOT EXISTS (SELECT 1 FROM baton_transactions t WHERE t.id = e.tx_id)",
     )
     .fetch_one(&mut conn)

@@ -1024,6 +1024,26 @@ async fn events_page_by_seq(log: &dyn Store) {
         (one[0].seq, one[0].branch, one[0].detail.as_str()),
         (5, Some(1), "detail of 5")
     );
+    // Pages that cross from one write's events to the next's.
+    let rec = get(log, rec.id).await;
+    let mut up = update_of(&rec);
+    up.events = (7..=8)
+        .map(|seq| event(seq, EventKind::ExecuteOk, None))
+        .collect();
+    assert_eq!(apply_one(log, up).await, WriteOutcome::Updated);
+    assert_eq!(
+        seqs(log.events(rec.id, 5, 2).await.expect("events")),
+        [6, 7]
+    );
+    assert_eq!(
+        seqs(log.events(rec.id, 0, 100).await.expect("events")),
+        (1..=8).collect::<Vec<_>>()
+    );
+    let last = log.events(rec.id, 7, 100).await.expect("events");
+    assert_eq!(
+        (last[0].seq, last[0].kind, last[0].branch),
+        (8, EventKind::ExecuteOk, None)
+    );
 }
 
 async fn participants_register_expire_deregister(log: &dyn Store) {
@@ -1256,12 +1276,88 @@ async fn pg_definitions_survive_their_move_to_a_table_of_their_own() {
     let _ = conn.close().await;
 }
 
+/// Migration 0009 turns each event into a run of one; the history reads the same and grows on.
+#[tokio::test]
+async fn pg_events_survive_their_move_to_runs() {
+    use sqlx::Connection;
+    let db = support::db::fresh_database().await;
+    let earlier = tempfile::tempdir().expect("temp dir");
+    let mut files: Vec<_> = std::fs::read_dir("migrations/postgres")
+        .expect("migrations")
+        .map(|e| e.expect("migration").path())
+        .collect();
+    files.sort();
+    for file in files.iter().filter(|f| f.file_name().unwrap() < "0009") {
+        std::fs::copy(file, earlier.path().join(file.file_name().unwrap())).expect("copy");
+    }
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::migrate::Migrator::new(earlier.path())
+        .await
+        .expect("migrations 0001-0008")
+        .run(&mut conn)
+        .await
+        .expect("migrate to 0008");
+    let id = TxId::new();
+    sqlx::query(
+        "WITH tx AS (
+            INSERT INTO baton_transactions (id, kind, state, owner, epoch, last_seq)
+            VALUES ($1, 'saga', 'running', 'c1', 1, 3)),
+         def AS (INSERT INTO baton_definitions (tx_id, definition) VALUES ($1, $2))
+         INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail, owner, epoch)
+         VALUES ($1, 1, now(), 'accepted', NULL, 'saga with 1 step', 'c1', 1),
+                ($1, 2, now(), 'execute_sent', 0, '', 'c1', 1),
+                ($1, 3, now(), 'execute_ok', 0, 'fine', 'c1', 1)",
+    )
+    .bind(id.0)
+    .bind(serde_json::to_string(&saga(&["reserve"])).expect("definition as JSON"))
+    .execute(&mut conn)
+    .await
+    .expect("a transaction of before 0009");
+
+    let log = PgLog::connect(&db.url, &StoreOptions::default())
+        .await
+        .expect("connect");
+    log.migrate().await.expect("migrate to the end");
+    let events = log.events(id, 0, 100).await.expect("events");
+    let read: Vec<_> = events
+        .iter()
+        .map(|e| (e.seq, e.kind, e.branch, e.detail.as_str()))
+        .collect();
+    assert_eq!(
+        read,
+        [
+            (1, EventKind::Accepted, None, "saga with 1 step"),
+            (2, EventKind::ExecuteSent, Some(0), ""),
+            (3, EventKind::ExecuteOk, Some(0), "fine"),
+        ]
+    );
+    let rec = get(&log, id).await;
+    let mut up = update_of(&rec);
+    up.events = vec![event(4, EventKind::Committed, None)];
+    assert_eq!(apply_one(&log, up).await, WriteOutcome::Updated);
+    let seqs: Vec<u64> = log
+        .events(id, 2, 100)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [3, 4]);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM baton_event_runs WHERE tx_id = $1")
+        .bind(id.0)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count runs");
+    assert_eq!(runs, 4, "three migrated events, one new run");
+    let _ = conn.close().await;
+}
+
 /// After the test set an event's kind to `teleported`, which no coordinator writes: reading the
 /// history fails with a corrupt row that names it.
-async fn teleported_event_is_corrupt(log: &dyn Store, id: TxId) {
+async fn teleported_event_is_corrupt(log: &dyn Store, id: TxId, events_table: &str) {
     match log.events(id, 0, 100).await {
         Err(StoreError::Corrupt { table, detail }) => {
-            assert_eq!(table, "baton_events");
+            assert_eq!(table, events_table);
             assert!(detail.contains("teleported"), "{detail}");
         }
         other => panic!("expected Corrupt, got {other:?}"),
@@ -1328,12 +1424,16 @@ async fn pg_unknown_state_text_is_corrupt() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
     // An event kind this coordinator does not know is a corrupt row, not a panic.
-    sqlx::query("UPDATE baton_events SET kind = 'teleported' WHERE tx_id = $1 AND seq = 2")
-        .bind(rec.id.0)
-        .execute(&mut conn)
-        .await
-        .expect("corrupt an event");
-    teleported_event_is_corrupt(&log, rec.id).await;
+    let corrupted = sqlx::query(
+        "UPDATE baton_event_runs SET kind[2 - first_seq + 1] = 'teleported'
+         WHERE tx_id = $1 AND first_seq <= 2 AND first_seq + cardinality(kind) > 2",
+    )
+    .bind(rec.id.0)
+    .execute(&mut conn)
+    .await
+    .expect("corrupt an event");
+    assert_eq!(corrupted.rows_affected(), 1);
+    teleported_event_is_corrupt(&log, rec.id, "baton_event_runs").await;
 }
 
 /// The log writer commits several batches at once, yet each transaction's writes land in the
@@ -1546,7 +1646,7 @@ async fn sqlite_unknown_state_text_is_corrupt() {
         .execute(&mut conn)
         .await
         .expect("corrupt an event");
-    teleported_event_is_corrupt(&log, rec.id).await;
+    teleported_event_is_corrupt(&log, rec.id, "baton_events").await;
 }
 
 #[tokio::test]

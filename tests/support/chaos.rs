@@ -58,7 +58,7 @@ pub fn check_saga(ledger: &Ledger, tx: &baton_tx::client::Transaction, fail: boo
 pub async fn check_event_writers(url: &str) {
     let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
     let shared: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
-        "SELECT tx_id, epoch, count(DISTINCT owner) FROM baton_events \
+        "SELECT tx_id, epoch, count(DISTINCT owner) FROM baton_event_runs \
          GROUP BY tx_id, epoch HAVING count(DISTINCT owner) > 1 LIMIT 5",
     )
     .fetch_all(&mut conn)
@@ -70,11 +70,11 @@ pub async fn check_event_writers(url: &str) {
     );
     let (events, unsigned, epochs): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE owner IS NULL OR epoch IS NULL), \
-                count(DISTINCT (tx_id, epoch)) FROM baton_events",
+                count(DISTINCT (tx_id, epoch)) FROM baton_event_runs",
     )
     .fetch_one(&mut conn)
     .await
     .unwrap();
     assert_eq!(unsigned, 0, "every event names its writer");
-    eprintln!("{events} events in {epochs} (transaction, epoch) pairs, each with one writer");
+    eprintln!("{events} event runs in {epochs} (transaction, epoch) pairs, each with one writer");
 }

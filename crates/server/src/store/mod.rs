@@ -668,6 +668,7 @@ fn with_pending(definition: &Definition, rows: Vec<BranchRecord>) -> Vec<BranchR
 
 /// The event row decoded; `at` and ids are already typed by the backend.
 fn event_record(
+    table: &'static str,
     tx_id: TxId,
     seq: i64,
     at: DateTime<Utc>,
@@ -675,19 +676,18 @@ fn event_record(
     branch: Option<i64>,
     detail: String,
 ) -> Result<EventRecord, StoreError> {
-    const TABLE: &str = "baton_events";
     Ok(EventRecord {
         tx_id,
         seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt {
-            table: TABLE,
+            table: table,
             detail: format!("transaction {tx_id}: seq {seq} is negative"),
         })?,
         at,
         kind: kind.parse().map_err(|detail| StoreError::Corrupt {
-            table: TABLE,
+            table: table,
             detail: format!("transaction {tx_id} event {seq}: {detail}"),
         })?,
-        branch: branch.map(|b| to_u32(TABLE, "branch", b)).transpose()?,
+        branch: branch.map(|b| to_u32(table, "branch", b)).transpose()?,
         detail,
     })
 }
@@ -801,12 +801,18 @@ fn coordinator(row: &impl LogRow) -> Result<CoordinatorRecord, StoreError> {
     })
 }
 
-/// A `baton_events` row of transaction `tx_id` (`seq, at, kind, branch, detail`).
-fn event_row(tx_id: TxId, row: &impl LogRow) -> Result<EventRecord, StoreError> {
+/// One event of transaction `tx_id` as a row (`seq, at, kind, branch, detail`) read from
+/// `table`: SQLite's `baton_events`, or PostgreSQL's `baton_event_runs` unnested.
+fn event_row(
+    table: &'static str,
+    tx_id: TxId,
+    row: &impl LogRow,
+) -> Result<EventRecord, StoreError> {
     event_record(
+        table,
         tx_id,
         row.int("seq")?,
-        row.time("baton_events", "at")?,
+        row.time(table, "at")?,
         row.text("kind")?,
         row.opt_int("branch")?,
         row.text("detail")?,

@@ -488,9 +488,17 @@ impl TxLog for PgLog {
         after_seq: u64,
         limit: u32,
     ) -> Result<Vec<EventRecord>, StoreError> {
+        // The runs from the one holding `after_seq + 1` on (migration 0009), unnested.
         let rows = sqlx::query(
-            "SELECT seq, at, kind, branch, detail FROM baton_events \
-             WHERE tx_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            "SELECT r.first_seq + e.n - 1 AS seq, e.at, e.kind, e.branch, e.detail
+             FROM baton_event_runs r
+             CROSS JOIN LATERAL unnest(r.at, r.kind, r.branch, r.detail)
+                 WITH ORDINALITY AS e(at, kind, branch, detail, n)
+             WHERE r.tx_id = $1
+               AND r.first_seq >= (SELECT coalesce(max(first_seq), 0) FROM baton_event_runs
+                                   WHERE tx_id = $1 AND first_seq <= $2 + 1)
+               AND r.first_seq + e.n - 1 > $2
+             ORDER BY 1 LIMIT $3",
         )
         .bind(id.0)
         .bind(to_i64(after_seq))
@@ -498,7 +506,9 @@ impl TxLog for PgLog {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
-        rows.iter().map(|row| event_row(id, row)).collect()
+        rows.iter()
+            .map(|row| event_row("baton_event_runs", id, row))
+            .collect()
     }
 
     async fn claim(
@@ -775,7 +785,7 @@ impl Retention for PgLog {
             ), branches AS (
                 DELETE FROM baton_branches WHERE tx_id IN (SELECT id FROM gone)
             ), events AS (
-                DELETE FROM baton_events WHERE tx_id IN (SELECT id FROM gone)
+                DELETE FROM baton_event_runs WHERE tx_id IN (SELECT id FROM gone)
             )
             SELECT count(*) FROM gone"
         ))

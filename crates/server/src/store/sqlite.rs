@@ -384,7 +384,9 @@ impl TxLog for SqliteLog {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        rows.iter().map(|row| event_row(id, row)).collect()
+        rows.iter()
+            .map(|row| event_row("baton_events", id, row))
+            .collect()
     }
 
     async fn claim(

@@ -92,10 +92,10 @@ pub(super) async fn apply(
     }
     let mut events = Events::default();
     for (_, new) in &plan.creates {
-        events.extend(new.id, &new.events);
+        events.extend(new.id, &new.events)?;
     }
     for (up, _) in &plan.updates {
-        events.extend(up.id, &up.events);
+        events.extend(up.id, &up.events)?;
     }
     // A batch of one kind (always so under light load) takes a statement without the other
     // kind's parts: fewer parameters to bind and fewer sub-statements to start.
@@ -300,7 +300,9 @@ fn branches(first: usize) -> String {
     )
 }
 
-/// The events of the transactions in `written` (a relation of `id, owner, epoch`).
+/// The events of the transactions in `written` (a relation of `id, owner, epoch`), one run row
+/// per transaction (migration 0009): a batch holds one write of each transaction, and a write's
+/// events are consecutive ([`Events::extend`] checks it).
 fn events(first: usize, written: &str) -> String {
     let arrays = arrays(
         first,
@@ -308,10 +310,13 @@ fn events(first: usize, written: &str) -> String {
     );
     format!(
         "events AS (
-            INSERT INTO baton_events (tx_id, seq, at, kind, branch, detail, owner, epoch)
-            SELECT e.tx_id, e.seq, e.at, e.kind, e.branch, e.detail, w.owner, w.epoch
+            INSERT INTO baton_event_runs (tx_id, first_seq, at, kind, branch, detail, owner, epoch)
+            SELECT e.tx_id, min(e.seq), array_agg(e.at ORDER BY e.seq),
+                   array_agg(e.kind ORDER BY e.seq), array_agg(e.branch ORDER BY e.seq),
+                   array_agg(e.detail ORDER BY e.seq), w.owner, w.epoch
             FROM UNNEST({arrays}) AS e(tx_id, seq, at, kind, branch, detail)
             JOIN {written} AS w ON w.id = e.tx_id
+            GROUP BY e.tx_id, w.owner, w.epoch
         )"
     )
 }
@@ -504,7 +509,24 @@ struct Events<'a> {
 }
 
 impl<'a> Events<'a> {
-    fn extend(&mut self, id: TxId, events: &'a [super::super::NewEvent]) {
+    /// Adds the events of one write of transaction `id`; they must be consecutive, since their
+    /// run stores only the first seq.
+    fn extend(&mut self, id: TxId, events: &'a [super::super::NewEvent]) -> Result<(), StoreError> {
+        if let Some(first) = events.first() {
+            let consecutive = events
+                .iter()
+                .zip(first.seq..)
+                .all(|(event, seq)| event.seq == seq);
+            if !consecutive {
+                return Err(StoreError::Corrupt {
+                    table: "baton_event_runs",
+                    detail: format!(
+                        "transaction {id}: a write's events are not consecutive ({:?})",
+                        events.iter().map(|e| e.seq).collect::<Vec<_>>()
+                    ),
+                });
+            }
+        }
         for e in events {
             self.tx.push(id.0);
             self.seq.push(to_i64(e.seq));
@@ -513,6 +535,7 @@ impl<'a> Events<'a> {
             self.branch.push(e.branch.map(i64::from));
             self.detail.push(e.detail.as_str());
         }
+        Ok(())
     }
 }
 
