@@ -19,7 +19,9 @@ fn main() -> ExitCode {
     let mut builder = if matches!(cli.command, Command::BenchParticipant(_)) {
         tokio::runtime::Builder::new_current_thread()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
+        let mut multi = tokio::runtime::Builder::new_multi_thread();
+        multi.worker_threads(cli.worker_threads());
+        multi
     };
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,

@@ -227,3 +227,14 @@ fn the_console_is_on_unless_ui_is_off() {
         .console()
         .unwrap());
 }
+
+#[test]
+fn worker_threads_default_to_half_the_cpus_and_can_be_set() {
+    assert_eq!(default_worker_threads(1), 1);
+    assert_eq!(default_worker_threads(2), 1);
+    assert_eq!(default_worker_threads(8), 4);
+    let cli = Cli::try_parse_from(["baton", "serve", "--worker-threads", "3"]).unwrap();
+    assert_eq!(cli.worker_threads(), 3);
+    let err = Cli::try_parse_from(["baton", "--worker-threads", "0", "serve"]).unwrap_err();
+    assert!(err.to_string().contains("worker-threads"), "{err}");
+}
