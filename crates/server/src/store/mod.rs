@@ -679,12 +679,12 @@ fn event_record(
     Ok(EventRecord {
         tx_id,
         seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt {
-            table: table,
+            table,
             detail: format!("transaction {tx_id}: seq {seq} is negative"),
         })?,
         at,
         kind: kind.parse().map_err(|detail| StoreError::Corrupt {
-            table: table,
+            table,
             detail: format!("transaction {tx_id} event {seq}: {detail}"),
         })?,
         branch: branch.map(|b| to_u32(table, "branch", b)).transpose()?,
