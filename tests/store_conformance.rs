@@ -1014,6 +1014,11 @@ async fn events_page_by_seq(log: &dyn Store) {
     );
     assert!(log.events(rec.id, 6, 100).await.expect("events").is_empty());
     assert!(log
+        .events(rec.id, u64::MAX, 100)
+        .await
+        .expect("events past the largest seq")
+        .is_empty());
+    assert!(log
         .events(TxId::new(), 0, 100)
         .await
         .expect("events")

@@ -496,7 +496,7 @@ impl TxLog for PgLog {
                  WITH ORDINALITY AS e(at, kind, branch, detail, n)
              WHERE r.tx_id = $1
                AND r.first_seq >= (SELECT coalesce(max(first_seq), 0) FROM baton_event_runs
-                                   WHERE tx_id = $1 AND first_seq <= $2 + 1)
+                                   WHERE tx_id = $1 AND first_seq - 1 <= $2)
                AND r.first_seq + e.n - 1 > $2
              ORDER BY 1 LIMIT $3",
         )
