@@ -301,23 +301,25 @@ fn branches(first: usize) -> String {
 }
 
 /// The events of the transactions in `written` (a relation of `id, owner, epoch`), one run row
-/// per transaction (migration 0009): a batch holds one write of each transaction, and a write's
-/// events are consecutive ([`Events::extend`] checks it).
+/// per transaction (migration 0009): a batch holds one write of each, and a write's events are
+/// consecutive ([`Events::extend`] checks it). The events are bound as four flat arrays and each
+/// run as its transaction, first seq and the bounds of its slice of them, so that PostgreSQL
+/// only slices, without grouping or sorting.
 fn events(first: usize, written: &str) -> String {
-    let arrays = arrays(
-        first,
-        &["uuid", "bigint", "timestamptz", "text", "bigint", "text"],
-    );
+    let runs = arrays(first + 4, &["uuid", "bigint", "int", "int"]);
     format!(
         "events AS (
             INSERT INTO baton_event_runs (tx_id, first_seq, at, kind, branch, detail, owner, epoch)
-            SELECT e.tx_id, min(e.seq), array_agg(e.at ORDER BY e.seq),
-                   array_agg(e.kind ORDER BY e.seq), array_agg(e.branch ORDER BY e.seq),
-                   array_agg(e.detail ORDER BY e.seq), w.owner, w.epoch
-            FROM UNNEST({arrays}) AS e(tx_id, seq, at, kind, branch, detail)
-            JOIN {written} AS w ON w.id = e.tx_id
-            GROUP BY e.tx_id, w.owner, w.epoch
-        )"
+            SELECT r.tx_id, r.first_seq, (${at}::timestamptz[])[r.lo:r.hi],
+                   (${kind}::text[])[r.lo:r.hi], (${branch}::bigint[])[r.lo:r.hi],
+                   (${detail}::text[])[r.lo:r.hi], w.owner, w.epoch
+            FROM UNNEST({runs}) AS r(tx_id, first_seq, lo, hi)
+            JOIN {written} AS w ON w.id = r.tx_id
+        )",
+        at = first,
+        kind = first + 1,
+        branch = first + 2,
+        detail = first + 3,
     )
 }
 
@@ -404,12 +406,14 @@ fn bind_updates<'q>(query: Written<'q>, u: &'q Updates<'_>) -> Written<'q> {
 
 fn bind_events<'q>(query: Written<'q>, e: &'q Events<'_>) -> Written<'q> {
     query
-        .bind(&e.tx)
-        .bind(&e.seq)
         .bind(&e.at)
         .bind(&e.kind)
         .bind(&e.branch)
         .bind(&e.detail)
+        .bind(&e.run_tx)
+        .bind(&e.run_first)
+        .bind(&e.run_lo)
+        .bind(&e.run_hi)
 }
 
 /// New transactions as parallel arrays.
@@ -500,12 +504,16 @@ impl<'a> Updates<'a> {
 /// New events of several transactions as parallel arrays.
 #[derive(Default)]
 struct Events<'a> {
-    tx: Vec<Uuid>,
-    seq: Vec<i64>,
     at: Vec<DateTime<Utc>>,
     kind: Vec<&'a str>,
     branch: Vec<Option<i64>>,
     detail: Vec<&'a str>,
+    /// Per run: its transaction, first seq, and its slice of the arrays above (1-based, both
+    /// ends included, as PostgreSQL slices).
+    run_tx: Vec<Uuid>,
+    run_first: Vec<i64>,
+    run_lo: Vec<i32>,
+    run_hi: Vec<i32>,
 }
 
 impl<'a> Events<'a> {
@@ -527,14 +535,25 @@ impl<'a> Events<'a> {
                 });
             }
         }
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        let slice_bound = |n: usize| {
+            i32::try_from(n).map_err(|_| StoreError::Corrupt {
+                table: "baton_event_runs",
+                detail: format!("a batch of more than {} events", i32::MAX),
+            })
+        };
+        self.run_tx.push(id.0);
+        self.run_first.push(to_i64(first.seq));
+        self.run_lo.push(slice_bound(self.kind.len() + 1)?);
         for e in events {
-            self.tx.push(id.0);
-            self.seq.push(to_i64(e.seq));
             self.at.push(e.at);
             self.kind.push(e.kind.as_str());
             self.branch.push(e.branch.map(i64::from));
             self.detail.push(e.detail.as_str());
         }
+        self.run_hi.push(slice_bound(self.kind.len())?);
         Ok(())
     }
 }
