@@ -678,7 +678,11 @@ async fn sdks_and_cli_send_their_tokens() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&tx_id));
     let out = cli(&["tx", "list"], None);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("UNAUTHENTICATED"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("UNAUTHENTICATED"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     server.shutdown().await;
 }

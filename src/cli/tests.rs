@@ -229,10 +229,13 @@ fn the_console_is_on_unless_ui_is_off() {
 }
 
 #[test]
-fn worker_threads_default_to_half_the_cpus_and_can_be_set() {
-    assert_eq!(default_worker_threads(1), 1);
-    assert_eq!(default_worker_threads(2), 1);
-    assert_eq!(default_worker_threads(8), 4);
+fn worker_threads_default_per_command_and_can_be_set() {
+    let serve = Cli::try_parse_from(["baton", "serve"]).unwrap();
+    assert_eq!(default_worker_threads(&serve.command, 2), 2);
+    let bench = Cli::try_parse_from(["baton", "bench"]).unwrap();
+    assert_eq!(default_worker_threads(&bench.command, 1), 1);
+    assert_eq!(default_worker_threads(&bench.command, 2), 1);
+    assert_eq!(default_worker_threads(&bench.command, 8), 4);
     let cli = Cli::try_parse_from(["baton", "serve", "--worker-threads", "3"]).unwrap();
     assert_eq!(cli.worker_threads(), 3);
     let err = Cli::try_parse_from(["baton", "--worker-threads", "0", "serve"]).unwrap_err();
