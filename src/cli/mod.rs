@@ -46,9 +46,9 @@ impl Cli {
 /// One thread per CPU, except for `bench`: half of them, at least one. The bench runs its
 /// coordinator, its clients, its participants and the database on one machine, where a task
 /// woken on another thread costs a thread wake-up each time, more than the second thread gained
-/// on 2 CPUs (docs/BENCHMARKS.md). A coordinator keeps one thread per CPU by default: with one
-/// thread on a loaded 2-CPU machine, an end-to-end test of the CLI against an authenticating
-/// coordinator failed twice, not yet explained.
+/// on 2 CPUs (docs/BENCHMARKS.md). A coordinator keeps one thread per CPU by default until one
+/// thread has been run as long as two have; `--worker-threads 1` is the setting for a small
+/// machine shared with its database.
 pub fn default_worker_threads(command: &Command, cpus: usize) -> usize {
     match command {
         Command::Bench(_) => (cpus / 2).max(1),

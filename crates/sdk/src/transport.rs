@@ -360,10 +360,19 @@ impl H2Channel {
             }
         };
         let (response, mut stream) = sender.send_request(head, data.is_empty()).map_err(status)?;
-        if !data.is_empty() {
-            stream.send_data(data, true).map_err(status)?;
-        }
-        let response = response.await.map_err(status)?;
+        let sent = match data.is_empty() {
+            true => Ok(()),
+            false => stream.send_data(data, true),
+        };
+        // A server may answer and close the stream before it has read the request, as a gRPC
+        // server does with a call it refuses outright (no token: `UNAUTHENTICATED`). Sending the
+        // body then fails ("inactive stream"), but the answer is the call's outcome: read it,
+        // and report the failed send only when there is no answer.
+        let response = match (response.await, sent) {
+            (Ok(response), _) => response,
+            (Err(e), Ok(())) => return Err(status(e)),
+            (Err(_), Err(send)) => return Err(status(send)),
+        };
         let (head, recv) = response.into_parts();
         Ok(Response::from_parts(
             head,
