@@ -1230,28 +1230,38 @@ async fn concurrent_claimers_never_share_work(log: &dyn Store) {
 
 // ---- backend-specific behaviour ----
 
-/// Migration 0007 moves every definition out of its transaction's row: a transaction written
-/// before it reads back whole after it, and takes updates.
-#[tokio::test]
-async fn pg_definitions_survive_their_move_to_a_table_of_their_own() {
+/// A connection to `url` after the PostgreSQL migrations numbered below `first_left_out` only.
+async fn migrated_before(url: &str, first_left_out: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
-    let db = support::db::fresh_database().await;
     let earlier = tempfile::tempdir().expect("temp dir");
     let mut files: Vec<_> = std::fs::read_dir("migrations/postgres")
         .expect("migrations")
         .map(|e| e.expect("migration").path())
         .collect();
     files.sort();
-    for file in files.iter().filter(|f| f.file_name().unwrap() < "0007") {
+    for file in files
+        .iter()
+        .filter(|f| f.file_name().unwrap().to_str().unwrap() < first_left_out)
+    {
         std::fs::copy(file, earlier.path().join(file.file_name().unwrap())).expect("copy");
     }
-    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
     sqlx::migrate::Migrator::new(earlier.path())
         .await
-        .expect("migrations 0001-0006")
+        .expect("earlier migrations")
         .run(&mut conn)
         .await
-        .expect("migrate to 0006");
+        .unwrap_or_else(|e| panic!("migrate to before {first_left_out}: {e}"));
+    conn
+}
+
+/// Migration 0007 moves every definition out of its transaction's row: a transaction written
+/// before it reads back whole after it, and takes updates.
+#[tokio::test]
+async fn pg_definitions_survive_their_move_to_a_table_of_their_own() {
+    use sqlx::Connection;
+    let db = support::db::fresh_database().await;
+    let mut conn = migrated_before(&db.url, "0007").await;
     let id = TxId::new();
     let definition = saga(&["reserve", "charge"]);
     sqlx::query(
@@ -1286,22 +1296,7 @@ async fn pg_definitions_survive_their_move_to_a_table_of_their_own() {
 async fn pg_events_survive_their_move_to_runs() {
     use sqlx::Connection;
     let db = support::db::fresh_database().await;
-    let earlier = tempfile::tempdir().expect("temp dir");
-    let mut files: Vec<_> = std::fs::read_dir("migrations/postgres")
-        .expect("migrations")
-        .map(|e| e.expect("migration").path())
-        .collect();
-    files.sort();
-    for file in files.iter().filter(|f| f.file_name().unwrap() < "0009") {
-        std::fs::copy(file, earlier.path().join(file.file_name().unwrap())).expect("copy");
-    }
-    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-    sqlx::migrate::Migrator::new(earlier.path())
-        .await
-        .expect("migrations 0001-0008")
-        .run(&mut conn)
-        .await
-        .expect("migrate to 0008");
+    let mut conn = migrated_before(&db.url, "0009").await;
     let id = TxId::new();
     sqlx::query(
         "WITH tx AS (

@@ -269,19 +269,17 @@ fn branches(first: usize) -> String {
     // were before the statement, so each branch goes to exactly one of them; no other statement
     // writes a transaction's branches meanwhile, since they are written only joined to its
     // fenced update, which holds its row lock until the commit.
-    let given = |alias: &str| {
-        format!(
-            "(SELECT * FROM UNNEST({arrays})
-                AS b(tx_id, idx, name, state, attempts, output, last_error, done_order)
-              LIMIT cardinality(${first}::uuid[])) AS {alias}"
-        )
-    };
+    let given = format!(
+        "(SELECT * FROM UNNEST({arrays})
+            AS b(tx_id, idx, name, state, attempts, output, last_error, done_order)
+          LIMIT cardinality(${first}::uuid[])) AS b"
+    );
     format!(
         "branches_old AS (
             UPDATE baton_branches t
             SET name = b.name, state = b.state, attempts = b.attempts, output = b.output,
                 last_error = b.last_error, done_order = b.done_order
-            FROM {old}
+            FROM {given}
             JOIN updated ON updated.id = b.tx_id
             WHERE t.tx_id = b.tx_id AND t.idx = b.idx
         ), branches_new AS (
@@ -289,14 +287,12 @@ fn branches(first: usize) -> String {
                 (tx_id, idx, name, state, attempts, output, last_error, done_order)
             SELECT b.tx_id, b.idx, b.name, b.state, b.attempts, b.output, b.last_error,
                    b.done_order
-            FROM {new}
+            FROM {given}
             JOIN updated ON updated.id = b.tx_id
             WHERE NOT EXISTS (
                 SELECT 1 FROM baton_branches t WHERE t.tx_id = b.tx_id AND t.idx = b.idx
             )
         )",
-        old = given("b"),
-        new = given("b"),
     )
 }
 
