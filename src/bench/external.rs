@@ -11,9 +11,7 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    baseline, gauges, measure, scratch, workloads, BenchConfig, BenchError, CellReport, Report,
-};
+use super::{baseline, gauges, scratch, workloads, BenchConfig, BenchError, Report};
 
 /// The coordinator address as the client wants it: `http://` added when no scheme is given.
 pub fn coordinator_url(addr: &str) -> String {
@@ -53,11 +51,11 @@ async fn run_on(
     let result = match baseline::Baseline::prepare(&scratch.baseline_url).await {
         Ok(baseline) => {
             let gauges = gauges::Gauges::connect(&scratch.baseline_url).await;
-            let cells = cells(
+            let cells = super::measure_cells(
                 config,
-                coordinator,
                 &baseline,
                 &gauges,
+                coordinator,
                 &participants,
                 cancel,
             )
@@ -81,61 +79,6 @@ async fn run_on(
     });
     participants.stop().await;
     report
-}
-
-/// Every (workload, concurrency) cell, each right after its baseline.
-async fn cells(
-    config: &BenchConfig,
-    coordinator: &str,
-    baseline: &baseline::Baseline,
-    gauges: &gauges::Gauges,
-    participants: &workloads::ParticipantHost,
-    cancel: &CancellationToken,
-) -> Result<Vec<CellReport>, BenchError> {
-    let timing = measure::Timing {
-        warmup: config.warmup,
-        duration: config.duration,
-    };
-    let interrupted = || match cancel.is_cancelled() {
-        true => Err(BenchError::Interrupted),
-        false => Ok(()),
-    };
-    let mut cells = Vec::new();
-    for &workload in &config.workloads {
-        for &clients in config.concurrency.iter().filter(|&&c| c > 0) {
-            tracing::info!(%workload, clients, "baseline");
-            let (base, base_readings) = baseline
-                .run(
-                    baseline::Plan::of(workload),
-                    clients,
-                    timing,
-                    gauges,
-                    cancel,
-                )
-                .await?;
-            interrupted()?;
-            tracing::info!(%workload, clients, coordinator, "baton (external)");
-            let baton = workloads::run(
-                workload,
-                coordinator,
-                participants,
-                clients,
-                timing,
-                gauges,
-                cancel,
-            )
-            .await?;
-            interrupted()?;
-            cells.push(CellReport::new(
-                workload,
-                clients,
-                baton,
-                base,
-                base_readings,
-            ));
-        }
-    }
-    Ok(cells)
 }
 
 #[cfg(test)]

@@ -148,7 +148,8 @@ async fn run_cells(
 ) -> Result<Report, BenchError> {
     let baseline = baseline::Baseline::prepare(&scratch.baseline_url).await?;
     let gauges = gauges::Gauges::connect(&scratch.baseline_url).await;
-    let cells = measure_cells(config, &baseline, &gauges, serving, participants, cancel).await;
+    let endpoint = serving.endpoint();
+    let cells = measure_cells(config, &baseline, &gauges, &endpoint, participants, cancel).await;
     gauges.close().await;
     baseline.finish().await;
     Ok(Report {
@@ -161,12 +162,13 @@ async fn run_cells(
     })
 }
 
-/// Every (workload, concurrency) cell, each right after its baseline.
+/// Every (workload, concurrency) cell against the coordinator at `coordinator`, each right after
+/// its baseline; in-process and external runs alike.
 async fn measure_cells(
     config: &BenchConfig,
     baseline: &baseline::Baseline,
     gauges: &gauges::Gauges,
-    serving: &Serving,
+    coordinator: &str,
     participants: &workloads::ParticipantHost,
     cancel: &CancellationToken,
 ) -> Result<Vec<CellReport>, BenchError> {
@@ -188,11 +190,10 @@ async fn measure_cells(
             let plan = baseline::Plan::of(workload);
             let (base, base_readings) = baseline.run(plan, clients, timing, gauges, cancel).await?;
             interrupted()?;
-            tracing::info!(%workload, clients, "baton");
-            let endpoint = serving.endpoint();
+            tracing::info!(%workload, clients, coordinator, "baton");
             let baton = workloads::run(
                 workload,
-                &endpoint,
+                coordinator,
                 participants,
                 clients,
                 timing,
