@@ -479,7 +479,12 @@ async fn nul_text_reads_back_the_same_from_both_stores() {
 
 // ---- (c) the driver never loops on a refused write ----
 
-/// The database refuses the branch row of the step named `poison` (a CHECK constraint: SQLSTATE
+/// A CHECK constraint (SQLSTATE 23514) that refuses a transaction row whose branches include one
+/// named `poison`.
+const REFUSES_POISON: &str = "ALTER TABLE baton_transactions ADD CONSTRAINT refuses_poison \
+     CHECK (branches IS NULL OR NOT jsonb_path_exists(branches, '$.*.name ? (@ == \"poison\")'))";
+
+/// The database refuses the branch state of the step named `poison` (a CHECK constraint: SQLSTATE
 /// 23514), so the saga's progress can never be recorded once that step starts. The transaction
 /// comes to rest `failed` with a last_error naming the refused write, instead of being re-read
 /// and its calls re-sent forever; calls stop; a cancel is refused with why; a saga beside it is
@@ -488,11 +493,7 @@ async fn nul_text_reads_back_the_same_from_both_stores() {
 async fn a_refused_progress_write_ends_the_transaction_failed() {
     let db = fresh_database().await;
     let store: Arc<dyn Store> = pg_store(&db).await;
-    execute(
-        &db,
-        "ALTER TABLE baton_branches ADD CONSTRAINT refuses_poison CHECK (name <> 'poison')",
-    )
-    .await;
+    execute(&db, REFUSES_POISON).await;
     let (endpoint, counting) = participant().await;
     let (other_endpoint, _) = participant().await;
     let co = coordinator(store.clone());
@@ -561,11 +562,7 @@ async fn a_refused_progress_write_ends_the_transaction_failed() {
 async fn a_transaction_that_cannot_be_recorded_at_all_is_parked() {
     let db = fresh_database().await;
     let store: Arc<dyn Store> = pg_store(&db).await;
-    execute(
-        &db,
-        "ALTER TABLE baton_branches ADD CONSTRAINT refuses_poison CHECK (name <> 'poison')",
-    )
-    .await;
+    execute(&db, REFUSES_POISON).await;
     execute(
         &db,
         "ALTER TABLE baton_transactions ADD CONSTRAINT never_failed \

@@ -84,10 +84,14 @@ async fn counts(db: &TestDb) -> (i64, i64, i64) {
         .fetch_one(&mut conn)
         .await
         .expect("count");
-    let branches: i64 = sqlx::query_scalar(&one("baton_branches"))
-        .fetch_one(&mut conn)
-        .await
-        .expect("count");
+    // Branch states live in their transaction's row (long outputs apart, in baton_branch_data).
+    let branches: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum((SELECT count(*) FROM jsonb_object_keys(branches))), 0)::bigint \
+         FROM baton_transactions",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("count");
     let events: i64 = sqlx::query_scalar(&one("baton_event_runs"))
         .fetch_one(&mut conn)
         .await
@@ -198,6 +202,14 @@ async fn the_sweep_keeps_the_log_flat_and_deletes_only_old_finished_transactions
     let orphans: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM baton_event_runs e \
          WHERE NOT EXISTS (SELECT 1 FROM baton_transactions t WHERE t.id = e.tx_id)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("count");
+    assert_eq!(orphans, 0);
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM baton_branch_data d \
+         WHERE NOT EXISTS (SELECT 1 FROM baton_transactions t WHERE t.id = d.tx_id)",
     )
     .fetch_one(&mut conn)
     .await

@@ -1352,6 +1352,115 @@ async fn pg_events_survive_their_move_to_runs() {
     let _ = conn.close().await;
 }
 
+/// Migration 0010 moves branch rows into their transaction's row; a long output stays apart.
+/// Branches read the same after it, including a pending one, and take updates.
+#[tokio::test]
+async fn pg_branches_survive_their_move_into_the_row() {
+    use sqlx::Connection;
+    let db = support::db::fresh_database().await;
+    let mut conn = migrated_before(&db.url, "0010").await;
+    let id = TxId::new();
+    let long = vec![b'x'; 300];
+    sqlx::query(
+        "WITH tx AS (
+            INSERT INTO baton_transactions (id, kind, state, owner, epoch, last_seq)
+            VALUES ($1, 'saga', 'running', 'c1', 1, 1)),
+         def AS (INSERT INTO baton_definitions (tx_id, definition) VALUES ($1, $2)),
+         run AS (
+            INSERT INTO baton_event_runs (tx_id, first_seq, at, kind, branch, detail, owner, epoch)
+            VALUES ($1, 1, ARRAY[now()], ARRAY['accepted'], ARRAY[NULL::bigint],
+                    ARRAY['saga with 4 steps'], 'c1', 1))
+         INSERT INTO baton_branches
+            (tx_id, idx, name, state, attempts, output, last_error, done_order)
+         VALUES ($1, 0, 'reserve', 'succeeded', 1, '\\x00ff0a'::bytea, NULL, 1),
+                ($1, 1, 'charge', 'succeeded', 2, $3, 'a first \"try\" failed', 2),
+                ($1, 2, 'ship', 'running', 1, NULL, NULL, NULL)",
+    )
+    .bind(id.0)
+    .bind(
+        serde_json::to_string(&saga(&["reserve", "charge", "ship", "notify"])).expect("definition"),
+    )
+    .bind(&long)
+    .execute(&mut conn)
+    .await
+    .expect("a transaction of before 0010");
+
+    let log = PgLog::connect(&db.url, &StoreOptions::default())
+        .await
+        .expect("connect");
+    log.migrate().await.expect("migrate to the end");
+    let rec = get(&log, id).await;
+    let read: Vec<_> = rec
+        .branches
+        .iter()
+        .map(|b| {
+            (
+                b.index,
+                b.name.as_str(),
+                b.status,
+                b.attempts,
+                b.output.clone(),
+                b.last_error.as_deref(),
+                b.done_order,
+            )
+        })
+        .collect();
+    assert_eq!(
+        read,
+        [
+            (
+                0,
+                "reserve",
+                StepStatus::Succeeded,
+                1,
+                Some(vec![0, 255, 10]),
+                None,
+                Some(1)
+            ),
+            (
+                1,
+                "charge",
+                StepStatus::Succeeded,
+                2,
+                Some(long.clone()),
+                Some("a first \"try\" failed"),
+                Some(2)
+            ),
+            (2, "ship", StepStatus::Running, 1, None, None, None),
+            (3, "notify", StepStatus::Pending, 0, None, None, None),
+        ]
+    );
+    let apart: i64 = sqlx::query_scalar("SELECT count(*) FROM baton_branch_data WHERE tx_id = $1")
+        .bind(id.0)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count data kept apart");
+    assert_eq!(apart, 1, "only the long output is kept apart");
+
+    let mut up = update_of(&rec);
+    up.branches = vec![BranchRecord {
+        index: 2,
+        name: "ship".into(),
+        status: StepStatus::Succeeded,
+        attempts: 1,
+        output: Some(b"shipped".to_vec()),
+        done_order: Some(3),
+        ..BranchRecord::default()
+    }];
+    up.events = vec![event(2, EventKind::ExecuteOk, Some(2))];
+    assert_eq!(apply_one(&log, up).await, WriteOutcome::Updated);
+    let after = get(&log, id).await;
+    assert_eq!(
+        after.branches[..2],
+        rec.branches[..2],
+        "the other branches stay"
+    );
+    assert_eq!(after.branches[2].status, StepStatus::Succeeded);
+    assert_eq!(after.branches[2].output.as_deref(), Some(&b"shipped"[..]));
+    assert_eq!(after.branches[3].status, StepStatus::Pending);
+    let _ = conn.close().await;
+}
+
 /// After the test set an event's kind to `teleported`, which no coordinator writes: reading the
 /// history fails with a corrupt row that names it.
 async fn teleported_event_is_corrupt(log: &dyn Store, id: TxId, events_table: &str) {
@@ -1391,22 +1500,31 @@ async fn pg_unknown_state_text_is_corrupt() {
         .execute(&mut conn)
         .await
         .expect("repair the row");
-    // A branch row is written when its branch first changes; write one with a bad state.
-    sqlx::query(
-        "INSERT INTO baton_branches (tx_id, idx, name, state) VALUES ($1, 0, 'a', 'melted')",
-    )
-    .bind(rec.id.0)
-    .execute(&mut conn)
-    .await
-    .expect("corrupt the branch");
-    assert!(matches!(
-        log.get(rec.id).await,
-        Err(StoreError::Corrupt {
-            table: "baton_branches",
-            ..
-        })
-    ));
-    sqlx::query("DELETE FROM baton_branches WHERE tx_id = $1")
+    // A branch's state is written into the row when the branch first changes; write one with a
+    // bad state, then one kept apart whose data is missing.
+    for (branches, says) in [
+        (r#"{"0": {"name": "a", "state": "melted"}}"#, "melted"),
+        (
+            r#"{"0": {"name": "a", "state": "running", "apart": true}}"#,
+            "missing",
+        ),
+        (r#"{"zero": {"name": "a", "state": "running"}}"#, "zero"),
+    ] {
+        sqlx::query("UPDATE baton_transactions SET branches = $2::jsonb WHERE id = $1")
+            .bind(rec.id.0)
+            .bind(branches)
+            .execute(&mut conn)
+            .await
+            .expect("corrupt the branch");
+        match log.get(rec.id).await {
+            Err(StoreError::Corrupt { table, detail }) => {
+                assert_eq!(table, "baton_transactions.branches");
+                assert!(detail.contains(says), "{detail}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+    sqlx::query("UPDATE baton_transactions SET branches = NULL WHERE id = $1")
         .bind(rec.id.0)
         .execute(&mut conn)
         .await
@@ -1526,8 +1644,9 @@ async fn pg_fenced_update_stays_a_key_lookup_as_the_table_grows() {
     let log = PgLog::connect(&db.url, &options).await.expect("connect");
     log.migrate().await.expect("migrate");
     let mut rec = create(&log, new_tx("c1", TxState::Running)).await;
-    // Each update also writes a branch row: the first time a new one (inserted), then the same
-    // one again (updated), so that the cached plan covers both ways a branch row is written.
+    // Each update also writes a branch whose output is too long for the row, so that its data
+    // is kept apart: the first time a new row of baton_branch_data (inserted), then the same one
+    // again (updated), so that the cached plan covers both ways that row is written.
     let mut attempts = 0;
     let mut with_branch = |rec: &TxRecord| {
         attempts += 1;
@@ -1537,6 +1656,7 @@ async fn pg_fenced_update_stays_a_key_lookup_as_the_table_grows() {
             name: "a".into(),
             status: StepStatus::Running,
             attempts,
+            output: Some(vec![attempts as u8; 300]),
             ..BranchRecord::default()
         }];
         up
@@ -1556,8 +1676,8 @@ async fn pg_fenced_update_stays_a_key_lookup_as_the_table_grows() {
             SELECT gen_random_uuid(), 'saga', 'committed' FROM generate_series(1, 20000)
             RETURNING id), defined AS (
          INSERT INTO baton_definitions (tx_id, definition) SELECT id, '{}' FROM grown)
-         INSERT INTO baton_branches (tx_id, idx, name, state)
-         SELECT id, 0, 'a', 'succeeded' FROM grown",
+         INSERT INTO baton_branch_data (tx_id, idx, output)
+         SELECT id, 0, '\\x00' FROM grown",
     )
     .execute(&mut conn)
     .await
@@ -1567,7 +1687,7 @@ async fn pg_fenced_update_stays_a_key_lookup_as_the_table_grows() {
     flushed(&log, &rec).await;
     let before = [
         scans(&mut conn, "baton_transactions").await,
-        scans(&mut conn, "baton_branches").await,
+        scans(&mut conn, "baton_branch_data").await,
     ];
 
     const UPDATES: i64 = 20;
@@ -1580,7 +1700,7 @@ async fn pg_fenced_update_stays_a_key_lookup_as_the_table_grows() {
     flushed(&log, &rec).await;
     let after = [
         scans(&mut conn, "baton_transactions").await,
-        scans(&mut conn, "baton_branches").await,
+        scans(&mut conn, "baton_branch_data").await,
     ];
     for (table, (before, after)) in ["transactions", "branches"]
         .iter()
@@ -1597,6 +1717,7 @@ async fn pg_fenced_update_stays_a_key_lookup_as_the_table_grows() {
     }
     let branch = get(&log, rec.id).await.branches.remove(0);
     assert_eq!((branch.status, branch.attempts), (StepStatus::Running, 30));
+    assert_eq!(branch.output, Some(vec![30; 300]));
 }
 
 /// Waits a second, then writes through `log`'s writer connection, whose backend thereby

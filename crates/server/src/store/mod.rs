@@ -581,8 +581,11 @@ impl RawTx {
     }
 }
 
-/// A `baton_branches` row as either backend reads it.
+/// A branch as either backend reads it: a `baton_branches` row on SQLite, an entry of the
+/// transaction row's `branches` on PostgreSQL.
 struct RawBranch {
+    /// Where it was read from, for errors.
+    table: &'static str,
     tx_id: TxId,
     index: i64,
     name: String,
@@ -595,20 +598,20 @@ struct RawBranch {
 
 impl RawBranch {
     fn into_record(self) -> Result<BranchRecord, StoreError> {
-        const TABLE: &str = "baton_branches";
+        let table = self.table;
         Ok(BranchRecord {
-            index: to_u32(TABLE, "idx", self.index)?,
+            index: to_u32(table, "idx", self.index)?,
             status: self.state.parse().map_err(|detail| StoreError::Corrupt {
-                table: TABLE,
+                table,
                 detail: format!("transaction {} branch {}: {detail}", self.tx_id, self.index),
             })?,
             name: self.name,
-            attempts: to_u32(TABLE, "attempts", self.attempts)?,
+            attempts: to_u32(table, "attempts", self.attempts)?,
             output: self.output,
             last_error: self.last_error,
             done_order: self
                 .done_order
-                .map(|d| to_u32(TABLE, "done_order", d))
+                .map(|d| to_u32(table, "done_order", d))
                 .transpose()?,
         })
     }
@@ -766,6 +769,7 @@ fn raw_tx(row: &impl LogRow) -> Result<RawTx, StoreError> {
 
 fn raw_branch(row: &impl LogRow) -> Result<RawBranch, StoreError> {
     Ok(RawBranch {
+        table: "baton_branches",
         tx_id: row.id("tx_id")?,
         index: row.int("idx")?,
         name: row.text("name")?,

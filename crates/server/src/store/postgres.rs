@@ -6,6 +6,7 @@
 //! `batch`); a batch the set form cannot express is applied one statement per write, in one
 //! database transaction.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,14 +21,14 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    age_ms, assemble, clamp_limit, coordinator, db_err, event_row, participant, raw_branch, raw_tx,
-    to_i64, Health, ListFilter, LogWrite, Membership, Participants, Retention, StoreError,
-    StoreOptions, TxLog, WriteOutcome, BRANCH_COLUMNS, FINAL_SQL, MAX_PURGE_BATCH,
-    PARTICIPANT_COLUMNS, RESTING_SQL,
+    age_ms, assemble, clamp_limit, coordinator, db_err, event_row, participant, raw_tx, to_i64,
+    Health, ListFilter, LogWrite, Membership, Participants, Retention, StoreError, StoreOptions,
+    TxLog, WriteOutcome, FINAL_SQL, MAX_PURGE_BATCH, PARTICIPANT_COLUMNS, RESTING_SQL,
 };
 use crate::model::{CoordinatorRecord, EventRecord, ParticipantRecord, TxId, TxRecord, TxState};
 
 mod batch;
+mod branches;
 pub mod hosts;
 
 /// The PostgreSQL log.
@@ -51,11 +52,14 @@ pub struct PgLog {
 /// tables share no column name, so none needs its table's name.
 const TX_COLUMNS: &str = "id, kind, state, definition, \
      labels::text AS labels, idempotency_key, owner, epoch, stage, last_error, cancel_requested, \
-     deadline_at, created_at, updated_at, last_seq";
+     deadline_at, created_at, updated_at, last_seq, branches::text AS branches";
 
 /// A transaction's row and its definition, kept apart because only the row is ever updated
 /// (migration 0007).
 const TX_TABLES: &str = "baton_transactions JOIN baton_definitions ON tx_id = id";
+
+/// A `baton_branch_data` row: transaction, branch index, output, error.
+type KeptApart = (Uuid, i64, Option<Vec<u8>>, Option<String>);
 
 type KeptWrites = Arc<std::sync::Mutex<Vec<PoolConnection<Postgres>>>>;
 
@@ -248,26 +252,40 @@ impl PgLog {
             .push(conn);
     }
 
-    /// Attaches the branches of `rows` (read in one query) to them.
+    /// Decodes `rows` with the branch states their rows hold, reading what is kept apart of
+    /// them in one query (migration 0010).
     async fn with_branches(&self, rows: Vec<PgRow>) -> Result<Vec<TxRecord>, StoreError> {
         let txs = rows.iter().map(raw_tx).collect::<Result<Vec<_>, _>>()?;
-        let ids: Vec<Uuid> = txs.iter().map(|t| t.id.0).collect();
-        let branches = if ids.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query(&format!(
-                "SELECT {BRANCH_COLUMNS} FROM baton_branches WHERE tx_id = ANY($1) \
-                 ORDER BY tx_id, idx"
-            ))
-            .bind(&ids)
+        let columns = rows
+            .iter()
+            .map(|row| row.try_get::<Option<String>, _>("branches"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        let apart: Vec<Uuid> = txs
+            .iter()
+            .zip(&columns)
+            .filter(|(_, column)| branches::has_apart(column.as_deref()))
+            .map(|(tx, _)| tx.id.0)
+            .collect();
+        let mut data = HashMap::new();
+        if !apart.is_empty() {
+            let kept: Vec<KeptApart> = sqlx::query_as(
+                "SELECT tx_id, idx, output, last_error FROM baton_branch_data \
+                 WHERE tx_id = ANY($1)",
+            )
+            .bind(&apart)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| self.err(e))?
-            .iter()
-            .map(raw_branch)
-            .collect::<Result<Vec<_>, _>>()?
-        };
-        assemble(txs, branches)
+            .map_err(|e| self.err(e))?;
+            for (tx_id, idx, output, last_error) in kept {
+                data.insert((TxId(tx_id), idx), branches::Apart { output, last_error });
+            }
+        }
+        let mut all = Vec::new();
+        for (tx, column) in txs.iter().zip(&columns) {
+            all.extend(branches::decode(tx.id, column.as_deref(), &data)?);
+        }
+        assemble(txs, all)
     }
 }
 
@@ -765,8 +783,8 @@ impl Retention for PgLog {
         }
         // One statement, one transaction. SKIP LOCKED keeps concurrent sweepers (other
         // coordinators, `baton tx purge`) from queueing behind each other; final rows are never
-        // written by the hot path, so nothing there waits on these locks. Definitions, branches
-        // and events have no foreign keys (migrations 0005, 0007) and are deleted with their
+        // written by the hot path, so nothing there waits on these locks. Definitions, branch
+        // data and events have no foreign keys (migrations 0005, 0007, 0009, 0010) and are deleted with their
         // transaction in the same statement; cancel requests go with the row (ON DELETE CASCADE).
         let done: i64 = sqlx::query_scalar(&format!(
             "WITH gone AS (
@@ -782,8 +800,8 @@ impl Retention for PgLog {
                 RETURNING id
             ), definitions AS (
                 DELETE FROM baton_definitions WHERE tx_id IN (SELECT id FROM gone)
-            ), branches AS (
-                DELETE FROM baton_branches WHERE tx_id IN (SELECT id FROM gone)
+            ), branch_data AS (
+                DELETE FROM baton_branch_data WHERE tx_id IN (SELECT id FROM gone)
             ), events AS (
                 DELETE FROM baton_event_runs WHERE tx_id IN (SELECT id FROM gone)
             )

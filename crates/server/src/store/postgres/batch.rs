@@ -28,6 +28,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::super::{db_err, to_i64, LogWrite, NewTx, StoreError, TxUpdate, WriteOutcome};
+use super::branches;
 use crate::model::TxId;
 
 /// How a batch is applied as sets.
@@ -88,7 +89,7 @@ pub(super) async fn apply(
     }
     let mut updates = Updates::default();
     for (up, _) in &plan.updates {
-        updates.push(up);
+        updates.push(up)?;
     }
     let mut events = Events::default();
     for (_, new) in &plan.creates {
@@ -236,18 +237,23 @@ fn updated(first: usize) -> String {
         first,
         &[
             "uuid", "text", "bigint", "bigint", "text", "bigint", "text", "bool", "bool", "bigint",
+            "text",
         ],
     );
+    // The changed branches are merged into the row's object by index (migration 0010); a write
+    // that changes none leaves the column as it is, so a value stored out of line is not copied.
     format!(
         "updated AS (
             UPDATE baton_transactions t
             SET state = u.state, stage = u.stage, last_error = u.last_error,
                 cancel_requested = u.cancel_requested,
                 owner = CASE WHEN u.release THEN NULL ELSE t.owner END,
-                last_seq = GREATEST(t.last_seq, u.max_seq), updated_at = now()
+                last_seq = GREATEST(t.last_seq, u.max_seq), updated_at = now(),
+                branches = CASE WHEN u.branches IS NULL THEN t.branches
+                                ELSE coalesce(t.branches, '{{}}'::jsonb) || u.branches::jsonb END
             FROM (SELECT * FROM UNNEST({arrays})
                     AS u(id, owner, epoch, expected, state, stage, last_error,
-                         cancel_requested, release, max_seq)
+                         cancel_requested, release, max_seq, branches)
                   LIMIT cardinality(${first}::uuid[])) AS u
             WHERE t.id = u.id AND t.owner = u.owner AND t.epoch = u.epoch
               AND t.last_seq = u.expected
@@ -256,43 +262,20 @@ fn updated(first: usize) -> String {
     )
 }
 
-fn branches(first: usize) -> String {
-    let arrays = arrays(
-        first,
-        &[
-            "uuid", "bigint", "text", "text", "bigint", "bytea", "text", "bigint",
-        ],
-    );
-    // A branch row already written is updated, a new one inserted. `INSERT … ON CONFLICT DO
-    // UPDATE` would do both, but its speculative insertion costs every new row a second WAL
-    // record and a lock; a saga's branch rows are mostly new. Both parts read the rows as they
-    // were before the statement, so each branch goes to exactly one of them; no other statement
-    // writes a transaction's branches meanwhile, since they are written only joined to its
-    // fenced update, which holds its row lock until the commit.
-    let given = format!(
-        "(SELECT * FROM UNNEST({arrays})
-            AS b(tx_id, idx, name, state, attempts, output, last_error, done_order)
-          LIMIT cardinality(${first}::uuid[])) AS b"
-    );
+/// Outputs and errors too long for the row ([`branches::INLINE_MAX`]), written whole with the
+/// update that changes their branch. Rare: a batch without any binds empty arrays.
+fn branch_data(first: usize) -> String {
+    let arrays = arrays(first, &["uuid", "bigint", "bytea", "text"]);
     format!(
-        "branches_old AS (
-            UPDATE baton_branches t
-            SET name = b.name, state = b.state, attempts = b.attempts, output = b.output,
-                last_error = b.last_error, done_order = b.done_order
-            FROM {given}
-            JOIN updated ON updated.id = b.tx_id
-            WHERE t.tx_id = b.tx_id AND t.idx = b.idx
-        ), branches_new AS (
-            INSERT INTO baton_branches
-                (tx_id, idx, name, state, attempts, output, last_error, done_order)
-            SELECT b.tx_id, b.idx, b.name, b.state, b.attempts, b.output, b.last_error,
-                   b.done_order
-            FROM {given}
-            JOIN updated ON updated.id = b.tx_id
-            WHERE NOT EXISTS (
-                SELECT 1 FROM baton_branches t WHERE t.tx_id = b.tx_id AND t.idx = b.idx
-            )
-        )",
+        "branch_data AS (
+            INSERT INTO baton_branch_data (tx_id, idx, output, last_error)
+            SELECT d.tx_id, d.idx, d.output, d.last_error
+            FROM (SELECT * FROM UNNEST({arrays}) AS d(tx_id, idx, output, last_error)
+                  LIMIT cardinality(${first}::uuid[])) AS d
+            JOIN updated ON updated.id = d.tx_id
+            ON CONFLICT (tx_id, idx) DO UPDATE
+            SET output = excluded.output, last_error = excluded.last_error
+        )"
     )
 }
 
@@ -323,19 +306,20 @@ fn events(first: usize, written: &str) -> String {
 /// branch and event rows of updates: a transaction whose owner, epoch or history differ matches
 /// no row, and the joins on `updated` then write nothing of it. A duplicate idempotency key
 /// inserts nothing, and the joins on `created` then add no definition or event rows for it.
-/// The definition goes to a table of its own, never updated (migration 0007). Branch rows are
-/// written when a branch first changes (pending ones are implied by the definition). `plan`
-/// keeps every transaction to one of the two lists, so the sub-statements never touch the same
-/// row. Parameters: creates from $1, updates from $12, branches from $22, events from $30.
+/// The definition goes to a table of its own, never updated (migration 0007). A branch's state
+/// is written into the row when the branch first changes (pending ones are implied by the
+/// definition). `plan` keeps every transaction to one of the two lists, so the sub-statements
+/// never touch the same row. Parameters: creates from $1, updates from $12, branch data kept
+/// apart from $23, events from $27.
 static MIXED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH {}, {}, {}, {}
         SELECT id, true FROM created UNION ALL SELECT id, false FROM updated",
         created(1),
         updated(12),
-        branches(22),
+        branch_data(23),
         events(
-            30,
+            27,
             "(SELECT id, owner, epoch FROM created UNION ALL SELECT id, owner, epoch FROM updated)"
         ),
     )
@@ -350,13 +334,13 @@ static CREATES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// [`MIXED`] for updates only: updates from $1, branches from $11, events from $19.
+/// [`MIXED`] for updates only: updates from $1, branch data from $12, events from $16.
 static UPDATES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH {}, {}, {} SELECT id, false FROM updated",
         updated(1),
-        branches(11),
-        events(19, "updated")
+        branch_data(12),
+        events(16, "updated")
     )
 });
 
@@ -390,14 +374,11 @@ fn bind_updates<'q>(query: Written<'q>, u: &'q Updates<'_>) -> Written<'q> {
         .bind(&u.cancel)
         .bind(&u.release)
         .bind(&u.max_seq)
-        .bind(&u.b_tx)
-        .bind(&u.b_idx)
-        .bind(&u.b_name)
-        .bind(&u.b_state)
-        .bind(&u.b_attempts)
-        .bind(&u.b_output)
-        .bind(&u.b_error)
-        .bind(&u.b_done)
+        .bind(&u.branches)
+        .bind(&u.d_tx)
+        .bind(&u.d_idx)
+        .bind(&u.d_output)
+        .bind(&u.d_error)
 }
 
 fn bind_events<'q>(query: Written<'q>, e: &'q Events<'_>) -> Written<'q> {
@@ -448,7 +429,8 @@ impl<'a> Creates<'a> {
     }
 }
 
-/// Folded updates and their changed branches as parallel arrays.
+/// Folded updates, with their changed branches as one JSON object each, and the branch data
+/// kept apart, as parallel arrays.
 #[derive(Default)]
 struct Updates<'a> {
     id: Vec<Uuid>,
@@ -461,18 +443,15 @@ struct Updates<'a> {
     cancel: Vec<bool>,
     release: Vec<bool>,
     max_seq: Vec<i64>,
-    b_tx: Vec<Uuid>,
-    b_idx: Vec<i64>,
-    b_name: Vec<&'a str>,
-    b_state: Vec<&'a str>,
-    b_attempts: Vec<i64>,
-    b_output: Vec<Option<&'a [u8]>>,
-    b_error: Vec<Option<&'a str>>,
-    b_done: Vec<Option<i64>>,
+    branches: Vec<Option<String>>,
+    d_tx: Vec<Uuid>,
+    d_idx: Vec<i64>,
+    d_output: Vec<Option<&'a [u8]>>,
+    d_error: Vec<Option<&'a str>>,
 }
 
 impl<'a> Updates<'a> {
-    fn push(&mut self, up: &'a TxUpdate) {
+    fn push(&mut self, up: &'a TxUpdate) -> Result<(), StoreError> {
         self.id.push(up.id.0);
         self.owner.push(up.owner.as_str());
         self.epoch.push(up.epoch);
@@ -484,16 +463,14 @@ impl<'a> Updates<'a> {
         self.release.push(up.release);
         self.max_seq
             .push(to_i64(up.events.iter().map(|e| e.seq).max().unwrap_or(0)));
-        for b in &up.branches {
-            self.b_tx.push(up.id.0);
-            self.b_idx.push(i64::from(b.index));
-            self.b_name.push(b.name.as_str());
-            self.b_state.push(b.status.as_str());
-            self.b_attempts.push(i64::from(b.attempts));
-            self.b_output.push(b.output.as_deref());
-            self.b_error.push(b.last_error.as_deref());
-            self.b_done.push(b.done_order.map(i64::from));
+        self.branches.push(branches::encode(&up.branches)?);
+        for b in up.branches.iter().filter(|b| branches::apart(b)) {
+            self.d_tx.push(up.id.0);
+            self.d_idx.push(i64::from(b.index));
+            self.d_output.push(b.output.as_deref());
+            self.d_error.push(b.last_error.as_deref());
         }
+        Ok(())
     }
 }
 
