@@ -183,7 +183,8 @@ impl Definition {
     }
 }
 
-/// One step's persisted state (a `baton_branches` row).
+/// One step's persisted state (an entry of the transaction row's `branches` on PostgreSQL, a
+/// `baton_branches` row on SQLite).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BranchRecord {
     pub index: u32,

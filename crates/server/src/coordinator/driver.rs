@@ -391,7 +391,7 @@ impl Driver {
     /// with a `last_error` naming the refused write and the database's reason, and no text of
     /// the refused write. For a saga, branches the log shows in flight, or that memory knows were
     /// called, are recorded `unknown` (they may have run), so an operator's retry compensates
-    /// them; if that write is refused too (a branch row itself is the trouble), the transaction
+    /// them; if that write is refused too (a branch state itself is the trouble), the transaction
     /// row and its history alone are written. If everything is refused, the driver parks.
     async fn give_up(&mut self, reason: &str, refused: &[NewEvent]) -> Result<(), Stop> {
         self.work.abort_all();

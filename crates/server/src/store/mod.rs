@@ -617,8 +617,7 @@ impl RawBranch {
     }
 }
 
-/// Builds records from transaction rows and the branch rows of all of them (in any order of
-/// transactions, index order within one).
+/// Builds records from transaction rows and the stored branches of all of them (in any order).
 fn assemble(txs: Vec<RawTx>, branches: Vec<RawBranch>) -> Result<Vec<TxRecord>, StoreError> {
     let mut records = txs
         .into_iter()
@@ -638,8 +637,8 @@ fn assemble(txs: Vec<RawTx>, branches: Vec<RawBranch>) -> Result<Vec<TxRecord>, 
 }
 
 /// A transaction's branches, with a pending one for every branch of its definition that has no
-/// row: a branch row is written when its branch first changes, not when the transaction is
-/// created, which saves a saga's creation one row per step.
+/// stored state: a branch's state is written when its branch first changes, not when the
+/// transaction is created, which saves a saga's creation one entry per step.
 fn with_pending(definition: &Definition, rows: Vec<BranchRecord>) -> Vec<BranchRecord> {
     let names = definition.branch_names();
     if rows.len() >= names.len() {
