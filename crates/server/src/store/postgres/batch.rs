@@ -98,14 +98,18 @@ pub(super) async fn apply(
     for (up, _) in &plan.updates {
         events.extend(up.id, &up.events)?;
     }
-    // A batch of one kind (always so under light load) takes a statement without the other
+    // A batch of one write (always so under light load) binds its values as they are: no
+    // `UNNEST` to read, no join to make. A batch of one kind takes a statement without the other
     // kind's parts: fewer parameters to bind and fewer sub-statements to start.
-    let query = match (plan.creates.is_empty(), plan.updates.is_empty()) {
-        (false, true) => bind_events(
+    let one_run = events.run_tx.len() == 1;
+    let query = match (plan.creates.len(), plan.updates.len()) {
+        (1, 0) if one_run && creates.key[0].is_none() => create_one(&creates, &events),
+        (0, 1) if one_run && updates.d_tx.is_empty() => update_one(&updates, &events),
+        (_, 0) => bind_events(
             bind_creates(sqlx::query_as(CREATES.as_str()), &creates),
             &events,
         ),
-        (true, false) => bind_events(
+        (0, _) => bind_events(
             bind_updates(sqlx::query_as(UPDATES.as_str()), &updates),
             &events,
         ),
@@ -343,6 +347,78 @@ static UPDATES: LazyLock<String> = LazyLock::new(|| {
         events(16, "updated")
     )
 });
+
+/// [`CREATES`] for a batch of one key-less transaction with one event run, its values bound as
+/// they are. Without an `ON CONFLICT` the inserts either all happen or fail the statement, so the
+/// definition and the run need no join to the transaction's insert.
+const CREATE_ONE: &str = "WITH created AS (
+        INSERT INTO baton_transactions
+            (id, kind, state, labels, owner, epoch, deadline_at, last_seq, created_at, updated_at)
+        VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $9)
+        RETURNING id
+    ), defined AS (
+        INSERT INTO baton_definitions (tx_id, definition) VALUES ($1, $10)
+    ), events AS (
+        INSERT INTO baton_event_runs (tx_id, first_seq, at, kind, branch, detail, owner, epoch)
+        VALUES ($1, $11, $12, $13, $14, $15, $5, $6)
+    )
+    SELECT id, true FROM created";
+
+/// [`UPDATES`] for a batch of one update with one event run and no branch data kept apart, its
+/// values bound as they are; the run is written only if the fenced update matched.
+const UPDATE_ONE: &str = "WITH updated AS (
+        UPDATE baton_transactions t
+        SET state = $5, stage = $6, last_error = $7, cancel_requested = $8,
+            owner = CASE WHEN $9 THEN NULL ELSE t.owner END,
+            last_seq = GREATEST(t.last_seq, $10), updated_at = now(),
+            branches = CASE WHEN $11::text IS NULL THEN t.branches
+                            ELSE coalesce(t.branches, '{}'::jsonb) || $11::jsonb END
+        WHERE t.id = $1 AND t.owner = $2 AND t.epoch = $3 AND t.last_seq = $4
+        RETURNING t.id
+    ), events AS (
+        INSERT INTO baton_event_runs (tx_id, first_seq, at, kind, branch, detail, owner, epoch)
+        SELECT id, $12, $13, $14, $15, $16, $2, $3 FROM updated
+    )
+    SELECT id, false FROM updated";
+
+fn create_one<'q>(c: &'q Creates<'_>, e: &'q Events<'_>) -> Written<'q> {
+    sqlx::query_as(CREATE_ONE)
+        .bind(c.id[0])
+        .bind(c.kind[0])
+        .bind(c.state[0])
+        .bind(&c.labels[0])
+        .bind(c.owner[0])
+        .bind(c.epoch[0])
+        .bind(c.deadline[0])
+        .bind(c.last_seq[0])
+        .bind(c.created[0])
+        .bind(&c.definition[0])
+        .bind(e.run_first[0])
+        .bind(&e.at)
+        .bind(&e.kind)
+        .bind(&e.branch)
+        .bind(&e.detail)
+}
+
+fn update_one<'q>(u: &'q Updates<'_>, e: &'q Events<'_>) -> Written<'q> {
+    sqlx::query_as(UPDATE_ONE)
+        .bind(u.id[0])
+        .bind(u.owner[0])
+        .bind(u.epoch[0])
+        .bind(u.expected[0])
+        .bind(u.state[0])
+        .bind(u.stage[0])
+        .bind(u.last_error[0])
+        .bind(u.cancel[0])
+        .bind(u.release[0])
+        .bind(u.max_seq[0])
+        .bind(&u.branches[0])
+        .bind(e.run_first[0])
+        .bind(&e.at)
+        .bind(&e.kind)
+        .bind(&e.branch)
+        .bind(&e.detail)
+}
 
 type Written<'q> =
     sqlx::query::QueryAs<'q, sqlx::Postgres, (Uuid, bool), sqlx::postgres::PgArguments>;
