@@ -199,22 +199,16 @@ async fn the_sweep_keeps_the_log_flat_and_deletes_only_old_finished_transactions
     let (_, branches, events) = counts(&db).await;
     assert_eq!(branches, 1 + 2, "only the survivors' branches are left");
     let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-    let orphans: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM baton_event_runs e \
-         WHERE NOT EXISTS (SELECT 1 FROM baton_transactions t WHERE t.id = e.tx_id)",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .expect("count");
-    assert_eq!(orphans, 0);
-    let orphans: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM baton_branch_data d \
-         WHERE NOT EXISTS (SELECT 1 FROM baton_transactions t WHERE t.id = d.tx_id)",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .expect("count");
-    assert_eq!(orphans, 0);
+    for child in ["baton_event_runs", "baton_branch_data"] {
+        let orphans: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {child} c \
+             WHERE NOT EXISTS (SELECT 1 FROM baton_transactions t WHERE t.id = c.tx_id)"
+        ))
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+        assert_eq!(orphans, 0, "{child} rows without their transaction");
+    }
     assert!(events > 0);
     let definitions: i64 = sqlx::query_scalar("SELECT count(*) FROM baton_definitions")
         .fetch_one(&mut conn)

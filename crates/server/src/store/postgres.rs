@@ -283,7 +283,7 @@ impl PgLog {
         }
         let mut all = Vec::new();
         for (tx, column) in txs.iter().zip(&columns) {
-            all.extend(branches::decode(tx.id, column.as_deref(), &data)?);
+            all.extend(branches::decode(tx.id, column.as_deref(), &mut data)?);
         }
         assemble(txs, all)
     }

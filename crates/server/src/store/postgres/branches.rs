@@ -101,12 +101,12 @@ pub(super) struct Apart {
 }
 
 /// Decodes a row's `branches` column (text) into branch rows, taking what is kept apart from
-/// `data` (by transaction and index), which the caller reads beforehand in one query for the
+/// `data` (by transaction and index, taken out of it), which the caller reads beforehand in one query for the
 /// rows that [`has_apart`].
 pub(super) fn decode(
     tx_id: TxId,
     column: Option<&str>,
-    data: &HashMap<(TxId, i64), Apart>,
+    data: &mut HashMap<(TxId, i64), Apart>,
 ) -> Result<Vec<RawBranch>, StoreError> {
     let Some(text) = column else {
         return Ok(Vec::new());
@@ -123,10 +123,10 @@ pub(super) fn decode(
             .parse()
             .map_err(|_| corrupt(format!("branch key {key:?} is not an index")))?;
         let (output, last_error) = if entry.apart {
-            let kept = data.get(&(tx_id, index)).ok_or_else(|| {
+            let kept = data.remove(&(tx_id, index)).ok_or_else(|| {
                 corrupt(format!("branch {index}: its data kept apart is missing"))
             })?;
-            (kept.output.clone(), kept.last_error.clone())
+            (kept.output, kept.last_error)
         } else {
             let output = entry
                 .output
@@ -209,7 +209,7 @@ mod tests {
                 last_error: Some("e".repeat(INLINE_MAX + 1)),
             },
         );
-        let read: Vec<BranchRecord> = decode(id, Some(&text), &data)
+        let read: Vec<BranchRecord> = decode(id, Some(&text), &mut data)
             .unwrap()
             .into_iter()
             .map(|raw| raw.into_record().unwrap())
@@ -227,10 +227,10 @@ mod tests {
         let text = encode(&[branch(3, Some(vec![1; INLINE_MAX + 1]), None)])
             .unwrap()
             .unwrap();
-        let err = decode(id, Some(&text), &HashMap::new()).err().unwrap();
+        let err = decode(id, Some(&text), &mut HashMap::new()).err().unwrap();
         assert!(err.to_string().contains("missing"), "{err}");
         assert!(encode(&[]).unwrap().is_none());
-        assert!(decode(id, None, &HashMap::new()).unwrap().is_empty());
+        assert!(decode(id, None, &mut HashMap::new()).unwrap().is_empty());
         assert!(!has_apart(None));
     }
 }
