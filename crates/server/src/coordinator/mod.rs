@@ -521,7 +521,7 @@ impl Coordinator {
         }
         let mut total = 0;
         loop {
-            let n = self.claim_some().await?;
+            let n = self.claim_some(Claim::All).await?;
             total += n;
             if n == 0 {
                 break;
@@ -532,7 +532,7 @@ impl Coordinator {
 
     /// Claims up to one batch of unowned or orphaned transactions, as far as the in-flight limit
     /// allows, and starts driving them.
-    async fn claim_some(self: &Arc<Self>) -> Result<usize, CoordError> {
+    async fn claim_some(self: &Arc<Self>, scope: Claim) -> Result<usize, CoordError> {
         let room = self
             .inflight
             .available_permits()
@@ -549,14 +549,14 @@ impl Coordinator {
         if driving.is_cancelled() {
             return Ok(0);
         }
-        let claimed = self
-            .store
-            .claim(
-                &self.config.id,
-                self.config.lease.as_millis() as u64,
-                room as u32,
-            )
-            .await?;
+        let lease_ms = self.config.lease.as_millis() as u64;
+        let claimed = match scope {
+            Claim::All => self.store.claim(&self.config.id, lease_ms, room as u32),
+            Claim::Lapsed => self
+                .store
+                .claim_lapsed(&self.config.id, lease_ms, room as u32),
+        }
+        .await?;
         let n = claimed.len();
         self.metrics.claimed(n as u64);
         for tx in claimed {
@@ -633,6 +633,7 @@ impl Coordinator {
         self.tracker.spawn(async move {
             let mut tick = tokio::time::interval(this.config.claim_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticks: u32 = 0;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -642,10 +643,19 @@ impl Coordinator {
                     continue;
                 }
                 this.take_cancel_requests().await;
+                // Most ticks claim from nobody and from lapsed coordinators only; one in
+                // `FULL_CLAIM_EVERY` also takes transactions whose owner has no row at all (one
+                // removed by hand), at the cost of reading the whole unfinished index.
+                ticks = ticks.wrapping_add(1);
+                let scope = if ticks % FULL_CLAIM_EVERY == 0 {
+                    Claim::All
+                } else {
+                    Claim::Lapsed
+                };
                 // Keep claiming while batches come back full: a dead peer's backlog is taken
                 // at database speed, not one batch per tick.
                 loop {
-                    match this.claim_some().await {
+                    match this.claim_some(scope).await {
                         Ok(n) if n >= this.config.claim_batch as usize => continue,
                         Ok(_) => break,
                         Err(e) => {
@@ -769,7 +779,9 @@ impl Coordinator {
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "could not hand back transactions; they resume after the lease")
+                // The row stays, so that peers see its lease lapse and claim what it held.
+                tracing::warn!(error = %e, "could not hand back transactions; they resume after the lease");
+                return;
             }
         }
         if let Err(e) = self.store.remove_coordinator(&self.config.id).await {
@@ -818,6 +830,19 @@ impl Coordinator {
 
 /// Live events a transaction's watchers may fall behind before they re-read the log.
 const LIVE_EVENTS: usize = 16;
+
+/// Which transactions a claim looks at (see [`crate::store::TxLog::claim_lapsed`]).
+#[derive(Clone, Copy)]
+enum Claim {
+    /// Unowned ones and those of coordinators whose heartbeat lapsed.
+    Lapsed,
+    /// Also those whose owner has no coordinator row.
+    All,
+}
+
+/// One claim tick in this many is a [`Claim::All`]: every minute at the default two-second
+/// interval. Start-up claims are always `All`.
+const FULL_CLAIM_EVERY: u32 = 30;
 
 /// The refusal text for a verb on a resting transaction.
 pub fn resting_refusal(tx: &TxRecord, verb: &str) -> String {

@@ -327,6 +327,19 @@ pub trait TxLog: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<TxRecord>, StoreError>;
 
+    /// As [`TxLog::claim`], but only transactions owned by nobody or by a coordinator whose row is
+    /// there with a heartbeat older than `lease_ms`: owners with no row at all are left to
+    /// `claim`. This is the claim a coordinator runs every few seconds. It reads only those
+    /// owners' index entries, while `claim` reads every unfinished entry, and on PostgreSQL the
+    /// index keeps one for each transaction finished since the table's last vacuum (millions on
+    /// a busy, growing table), each read again by every such claim.
+    async fn claim_lapsed(
+        &self,
+        owner: &str,
+        lease_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<TxRecord>, StoreError>;
+
     /// Hands back every unfinished transaction `owner` holds: owner cleared and `epoch + 1`, so
     /// that any coordinator (this one after a restart, or another) claims them at once and the
     /// old drivers are fenced. Returns how many.

@@ -254,7 +254,11 @@ impl PgLog {
 
     /// Decodes `rows` with the branch states their rows hold, reading what is kept apart of
     /// them in one query (migration 0010).
-    async fn with_branches(&self, rows: Vec<PgRow>) -> Result<Vec<TxRecord>, StoreError> {
+    async fn with_branches<'e>(
+        &self,
+        db: impl sqlx::PgExecutor<'e>,
+        rows: Vec<PgRow>,
+    ) -> Result<Vec<TxRecord>, StoreError> {
         let txs = rows.iter().map(raw_tx).collect::<Result<Vec<_>, _>>()?;
         let columns = rows
             .iter()
@@ -274,7 +278,7 @@ impl PgLog {
                  WHERE tx_id = ANY($1)",
             )
             .bind(&apart)
-            .fetch_all(&self.pool)
+            .fetch_all(db)
             .await
             .map_err(|e| self.err(e))?;
             for (tx_id, idx, output, last_error) in kept {
@@ -287,6 +291,57 @@ impl PgLog {
         }
         assemble(txs, all)
     }
+
+    /// The records of rows a claim took in `tx`, oldest first, read in that transaction and
+    /// committed only once they are whole: a claim that fails (a database error, a corrupt row)
+    /// leaves nothing owned that no driver runs.
+    async fn claimed(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        rows: Vec<PgRow>,
+    ) -> Result<Vec<TxRecord>, StoreError> {
+        let mut claimed = self.with_branches(&mut *tx, rows).await?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        claimed.sort_by_key(|r| r.id);
+        Ok(claimed)
+    }
+}
+
+/// The text of a claim. `None`: the full claim (`$1` claimer, `$2` lease in ms, `$3` limit),
+/// which reads every entry of the unfinished index. `Some(true)`: transactions owned by nobody
+/// (`$1` claimer, `$2` limit); `Some(false)`: those of the lapsed coordinator `$3` (and `$4` the
+/// lease). Those two each read one owner's range of the index, in its order, so no plan can walk
+/// the whole index (or the table by id) to fill the limit. The lapsed owner is checked again in
+/// the statement: a heartbeat that arrived since the list was read keeps its transactions.
+/// Public only for the plan tests.
+#[doc(hidden)]
+pub fn claim_sql(lapsed: Option<bool>) -> String {
+    let (which, order) = match lapsed {
+        None => (
+            "(owner IS NULL OR (owner <> $1 AND NOT EXISTS (
+                SELECT 1 FROM baton_coordinators c
+                WHERE c.id = t.owner
+                  AND c.heartbeat_at > now() - $2 * interval '1 millisecond')))",
+            "id LIMIT $3",
+        ),
+        Some(true) => ("t.owner IS NULL", "t.owner, t.id LIMIT $2"),
+        Some(false) => (
+            "t.owner = $3 AND NOT EXISTS (
+                SELECT 1 FROM baton_coordinators c
+                WHERE c.id = $3 AND c.heartbeat_at > now() - $4 * interval '1 millisecond')",
+            "t.owner, t.id LIMIT $2",
+        ),
+    };
+    format!(
+        "UPDATE baton_transactions SET owner = $1, epoch = epoch + 1, updated_at = now()
+         FROM baton_definitions
+         WHERE tx_id = id AND id IN (
+            SELECT id FROM baton_transactions t
+            WHERE state NOT IN {RESTING_SQL} AND {which}
+            ORDER BY {order}
+            FOR UPDATE SKIP LOCKED)
+         RETURNING {TX_COLUMNS}"
+    )
 }
 
 impl Drop for PgLog {
@@ -430,7 +485,7 @@ impl TxLog for PgLog {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
-        Ok(self.with_branches(rows).await?.pop())
+        Ok(self.with_branches(&self.pool, rows).await?.pop())
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<TxRecord>, StoreError> {
@@ -538,30 +593,54 @@ impl TxLog for PgLog {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(&format!(
-            "UPDATE baton_transactions SET owner = $1, epoch = epoch + 1, updated_at = now()
-             FROM baton_definitions
-             WHERE tx_id = id AND id IN (
-                SELECT id FROM baton_transactions t
-                WHERE state NOT IN {RESTING_SQL}
-                  AND (owner IS NULL OR (owner <> $1 AND NOT EXISTS (
-                        SELECT 1 FROM baton_coordinators c
-                        WHERE c.id = t.owner
-                          AND c.heartbeat_at > now() - $2 * interval '1 millisecond')))
-                ORDER BY id
-                LIMIT $3
-                FOR UPDATE SKIP LOCKED)
-             RETURNING {TX_COLUMNS}"
-        ))
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let rows = sqlx::query(&claim_sql(None))
+            .bind(owner)
+            .bind(to_i64(lease_ms))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.claimed(tx, rows).await
+    }
+
+    async fn claim_lapsed(
+        &self,
+        owner: &str,
+        lease_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<TxRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // One database transaction: a failure anywhere leaves nothing claimed and undriven.
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let lapsed: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM baton_coordinators
+             WHERE id <> $1 AND heartbeat_at <= now() - $2 * interval '1 millisecond'
+             ORDER BY id",
+        )
         .bind(owner)
         .bind(to_i64(lease_ms))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
-        let mut claimed = self.with_branches(rows).await?;
-        claimed.sort_by_key(|r| r.id);
-        Ok(claimed)
+        // Unowned transactions first, then each lapsed coordinator's, one index range at a
+        // time (see `claim_sql`): live owners' ranges are never read.
+        let mut rows = Vec::new();
+        for from in std::iter::once(None).chain(lapsed.iter().map(Some)) {
+            let room = i64::from(limit) - rows.len() as i64;
+            if room <= 0 {
+                break;
+            }
+            let query = claim_sql(Some(from.is_none()));
+            let mut query = sqlx::query(&query).bind(owner).bind(room);
+            if let Some(from) = from {
+                query = query.bind(from).bind(to_i64(lease_ms));
+            }
+            rows.extend(query.fetch_all(&mut *tx).await.map_err(|e| self.err(e))?);
+        }
+        self.claimed(tx, rows).await
     }
 
     async fn release_owned(&self, owner: &str) -> Result<u64, StoreError> {
@@ -598,10 +677,15 @@ impl TxLog for PgLog {
         owner: &str,
         limit: u32,
     ) -> Result<Vec<(TxId, String)>, StoreError> {
+        // Runs every claim tick. Each request looks up its transaction by id (OFFSET 0 keeps the
+        // lookup from being flattened into a join that the planner could drive from the owner's
+        // range of the unfinished index, which holds an entry for every transaction the owner
+        // finished since the last vacuum).
         let rows = sqlx::query(&format!(
-            "SELECT r.tx_id, r.reason FROM baton_cancel_requests r \
-             JOIN baton_transactions t ON t.id = r.tx_id \
-             WHERE t.owner = $1 AND t.state NOT IN {RESTING_SQL} \
+            "SELECT r.tx_id, r.reason FROM baton_cancel_requests r, LATERAL ( \
+                SELECT 1 FROM baton_transactions t \
+                WHERE t.id = r.tx_id AND t.owner = $1 AND t.state NOT IN {RESTING_SQL} \
+                OFFSET 0) owned \
              ORDER BY r.requested_at LIMIT $2"
         ))
         .bind(owner)
@@ -630,6 +714,7 @@ impl TxLog for PgLog {
         owner: &str,
         expected_epoch: i64,
     ) -> Result<Option<TxRecord>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         let rows = sqlx::query(&format!(
             "UPDATE baton_transactions SET owner = $2, epoch = epoch + 1, updated_at = now() \
              FROM baton_definitions \
@@ -638,10 +723,10 @@ impl TxLog for PgLog {
         .bind(id.0)
         .bind(owner)
         .bind(expected_epoch)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
-        Ok(self.with_branches(rows).await?.pop())
+        Ok(self.claimed(tx, rows).await?.pop())
     }
 }
 

@@ -426,6 +426,42 @@ impl TxLog for SqliteLog {
         Ok(claimed)
     }
 
+    async fn claim_lapsed(
+        &self,
+        owner: &str,
+        lease_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<TxRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let rows = sqlx::query(&format!(
+            "UPDATE baton_transactions SET owner = ?1, epoch = epoch + 1, updated_at = ?2
+             WHERE id IN (
+                SELECT id FROM baton_transactions t
+                WHERE state NOT IN {RESTING_SQL}
+                  AND (owner IS NULL OR (owner <> ?1 AND EXISTS (
+                        SELECT 1 FROM baton_coordinators c
+                        WHERE c.id = t.owner AND c.heartbeat_at <= ?2 - ?3)))
+                ORDER BY id
+                LIMIT ?4)
+             RETURNING {TX_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(now)
+        .bind(to_i64(lease_ms))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let mut claimed = Self::with_branches(&mut tx, rows).await?;
+        tx.commit().await.map_err(db_err)?;
+        claimed.sort_by_key(|r| r.id);
+        Ok(claimed)
+    }
+
     async fn release_owned(&self, owner: &str) -> Result<u64, StoreError> {
         let done = sqlx::query(&format!(
             "UPDATE baton_transactions SET owner = NULL, epoch = epoch + 1, updated_at = ? \
