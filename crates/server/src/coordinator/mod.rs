@@ -647,7 +647,7 @@ impl Coordinator {
                 // `FULL_CLAIM_EVERY` also takes transactions whose owner has no row at all (one
                 // removed by hand), at the cost of reading the whole unfinished index.
                 ticks = ticks.wrapping_add(1);
-                let scope = if ticks % FULL_CLAIM_EVERY == 0 {
+                let scope = if ticks.is_multiple_of(FULL_CLAIM_EVERY) {
                     Claim::All
                 } else {
                     Claim::Lapsed

@@ -307,6 +307,9 @@ impl PgLog {
     }
 }
 
+/// How many lapsed coordinators a tick's claim takes work from (the most recently lapsed).
+const LAPSED_PER_TICK: i64 = 32;
+
 /// The text of a claim. `None`: the full claim (`$1` claimer, `$2` lease in ms, `$3` limit),
 /// which reads every entry of the unfinished index. `Some(true)`: transactions owned by nobody
 /// (`$1` claimer, `$2` limit); `Some(false)`: those of the lapsed coordinator `$3` (and `$4` the
@@ -615,13 +618,16 @@ impl TxLog for PgLog {
         }
         // One database transaction: a failure anywhere leaves nothing claimed and undriven.
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        // The most recently lapsed coordinators, a bounded number: rows of coordinators that
+        // died long ago stay in the table, and their work is left to the full claim.
         let lapsed: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM baton_coordinators
              WHERE id <> $1 AND heartbeat_at <= now() - $2 * interval '1 millisecond'
-             ORDER BY id",
+             ORDER BY heartbeat_at DESC, id LIMIT $3",
         )
         .bind(owner)
         .bind(to_i64(lease_ms))
+        .bind(LAPSED_PER_TICK)
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
