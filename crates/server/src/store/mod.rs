@@ -329,10 +329,11 @@ pub trait TxLog: Send + Sync + 'static {
 
     /// As [`TxLog::claim`], but only transactions owned by nobody or by a coordinator whose row is
     /// there with a heartbeat older than `lease_ms`: owners with no row at all are left to
-    /// `claim` (PostgreSQL also leaves it the owners lapsed before the 32 most recently lapsed). This is the claim a coordinator runs every few seconds. It reads only those
-    /// owners' index entries, while `claim` reads every unfinished entry, and on PostgreSQL the
-    /// index keeps one for each transaction finished since the table's last vacuum (millions on
-    /// a busy, growing table), each read again by every such claim.
+    /// `claim` (PostgreSQL also leaves it the owners lapsed before the 32 most recently lapsed).
+    /// This is the claim a coordinator runs every few seconds. It reads only those owners' index
+    /// entries, while `claim` reads every unfinished entry, and on PostgreSQL the index keeps one
+    /// for each transaction finished since the table's last vacuum (millions on a busy, growing
+    /// table), each read again by every such claim.
     async fn claim_lapsed(
         &self,
         owner: &str,

@@ -39,6 +39,51 @@ const TX_COLUMNS: &str = "id, kind, state, definition, labels, idempotency_key, 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl SqliteLog {
+    /// Claims unfinished transactions of nobody, or of another coordinator with no live row
+    /// (`claim`) or, `lapsed_only`, with a row whose heartbeat lapsed (`claim_lapsed`).
+    async fn claim_where(
+        &self,
+        owner: &str,
+        lease_ms: u64,
+        limit: u32,
+        lapsed_only: bool,
+    ) -> Result<Vec<TxRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (exists, compared) = if lapsed_only {
+            ("EXISTS", "<=")
+        } else {
+            ("NOT EXISTS", ">")
+        };
+        let now = now_ms();
+        // The write lock serialises claimers, which is what SKIP LOCKED buys on Postgres.
+        let mut tx = self.begin_write().await?;
+        let rows = sqlx::query(&format!(
+            "UPDATE baton_transactions SET owner = ?1, epoch = epoch + 1, updated_at = ?2
+             WHERE id IN (
+                SELECT id FROM baton_transactions t
+                WHERE state NOT IN {RESTING_SQL}
+                  AND (owner IS NULL OR (owner <> ?1 AND {exists} (
+                        SELECT 1 FROM baton_coordinators c
+                        WHERE c.id = t.owner AND c.heartbeat_at {compared} ?2 - ?3)))
+                ORDER BY id
+                LIMIT ?4)
+             RETURNING {TX_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(now)
+        .bind(to_i64(lease_ms))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let mut claimed = Self::with_branches(&mut tx, rows).await?;
+        tx.commit().await.map_err(db_err)?;
+        claimed.sort_by_key(|r| r.id);
+        Ok(claimed)
+    }
+
     /// Opens (creating if missing) the store at `sqlite://path`, `sqlite:path` or
     /// `sqlite::memory:`. Fails with [`StoreError::Locked`] if another process has the file open.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
@@ -395,35 +440,7 @@ impl TxLog for SqliteLog {
         lease_ms: u64,
         limit: u32,
     ) -> Result<Vec<TxRecord>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let now = now_ms();
-        // The write lock serialises claimers, which is what SKIP LOCKED buys on Postgres.
-        let mut tx = self.begin_write().await?;
-        let rows = sqlx::query(&format!(
-            "UPDATE baton_transactions SET owner = ?1, epoch = epoch + 1, updated_at = ?2
-             WHERE id IN (
-                SELECT id FROM baton_transactions t
-                WHERE state NOT IN {RESTING_SQL}
-                  AND (owner IS NULL OR (owner <> ?1 AND NOT EXISTS (
-                        SELECT 1 FROM baton_coordinators c
-                        WHERE c.id = t.owner AND c.heartbeat_at > ?2 - ?3)))
-                ORDER BY id
-                LIMIT ?4)
-             RETURNING {TX_COLUMNS}"
-        ))
-        .bind(owner)
-        .bind(now)
-        .bind(to_i64(lease_ms))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let mut claimed = Self::with_branches(&mut tx, rows).await?;
-        tx.commit().await.map_err(db_err)?;
-        claimed.sort_by_key(|r| r.id);
-        Ok(claimed)
+        self.claim_where(owner, lease_ms, limit, false).await
     }
 
     async fn claim_lapsed(
@@ -432,34 +449,7 @@ impl TxLog for SqliteLog {
         lease_ms: u64,
         limit: u32,
     ) -> Result<Vec<TxRecord>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let now = now_ms();
-        let mut tx = self.begin_write().await?;
-        let rows = sqlx::query(&format!(
-            "UPDATE baton_transactions SET owner = ?1, epoch = epoch + 1, updated_at = ?2
-             WHERE id IN (
-                SELECT id FROM baton_transactions t
-                WHERE state NOT IN {RESTING_SQL}
-                  AND (owner IS NULL OR (owner <> ?1 AND EXISTS (
-                        SELECT 1 FROM baton_coordinators c
-                        WHERE c.id = t.owner AND c.heartbeat_at <= ?2 - ?3)))
-                ORDER BY id
-                LIMIT ?4)
-             RETURNING {TX_COLUMNS}"
-        ))
-        .bind(owner)
-        .bind(now)
-        .bind(to_i64(lease_ms))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let mut claimed = Self::with_branches(&mut tx, rows).await?;
-        tx.commit().await.map_err(db_err)?;
-        claimed.sort_by_key(|r| r.id);
-        Ok(claimed)
+        self.claim_where(owner, lease_ms, limit, true).await
     }
 
     async fn release_owned(&self, owner: &str) -> Result<u64, StoreError> {
