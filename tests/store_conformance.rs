@@ -1280,6 +1280,15 @@ async fn concurrent_claimers_never_share_work(log: &dyn Store) {
 
 // ---- backend-specific behaviour ----
 
+/// A PostgreSQL log on `url` with every migration applied.
+async fn migrated(url: &str) -> PgLog {
+    let log = PgLog::connect(url, &StoreOptions::default())
+        .await
+        .expect("connect");
+    log.migrate().await.expect("migrate");
+    log
+}
+
 /// A connection to `url` after the PostgreSQL migrations numbered below `first_left_out` only.
 async fn migrated_before(url: &str, first_left_out: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
@@ -1324,10 +1333,7 @@ async fn pg_definitions_survive_their_move_to_a_table_of_their_own() {
     .await
     .expect("a transaction of before 0007");
 
-    let log = PgLog::connect(&db.url, &StoreOptions::default())
-        .await
-        .expect("connect");
-    log.migrate().await.expect("migrate to the end");
+    let log = migrated(&db.url).await;
     let rec = get(&log, id).await;
     assert_eq!(rec.definition, definition);
     assert_eq!(rec.branches.len(), 2);
@@ -1364,10 +1370,7 @@ async fn pg_events_survive_their_move_to_runs() {
     .await
     .expect("a transaction of before 0009");
 
-    let log = PgLog::connect(&db.url, &StoreOptions::default())
-        .await
-        .expect("connect");
-    log.migrate().await.expect("migrate to the end");
+    let log = migrated(&db.url).await;
     let events = log.events(id, 0, 100).await.expect("events");
     let read: Vec<_> = events
         .iter()
@@ -1435,10 +1438,7 @@ async fn pg_branches_survive_their_move_into_the_row() {
     .await
     .expect("a transaction of before 0010");
 
-    let log = PgLog::connect(&db.url, &StoreOptions::default())
-        .await
-        .expect("connect");
-    log.migrate().await.expect("migrate to the end");
+    let log = migrated(&db.url).await;
     let rec = get(&log, id).await;
     let read: Vec<_> = rec
         .branches
@@ -1527,10 +1527,7 @@ async fn teleported_event_is_corrupt(log: &dyn Store, id: TxId, events_table: &s
 async fn pg_unknown_state_text_is_corrupt() {
     use sqlx::Connection;
     let db = support::db::fresh_database().await;
-    let log = PgLog::connect(&db.url, &StoreOptions::default())
-        .await
-        .expect("connect");
-    log.migrate().await.expect("migrate");
+    let log = migrated(&db.url).await;
     let rec = create(&log, new_tx("c1", TxState::Running)).await;
     let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
     sqlx::query("UPDATE baton_transactions SET state = 'exploded' WHERE id = $1")
@@ -1787,10 +1784,7 @@ async fn pg_fenced_update_stays_a_key_lookup_as_the_table_grows() {
 async fn pg_tick_claim_skips_the_entries_of_finished_transactions() {
     use sqlx::Connection;
     let db = support::db::fresh_database().await;
-    let log = PgLog::connect(&db.url, &StoreOptions::default())
-        .await
-        .expect("connect");
-    log.migrate().await.expect("migrate");
+    let log = migrated(&db.url).await;
     for (id, address) in [("live", "127.0.0.1:7600"), ("gone", "127.0.0.1:7601")] {
         log.heartbeat_coordinator(id, address, "0.1.0")
             .await
