@@ -79,6 +79,74 @@ async fn output_into_a_closed_pipe_ends_quietly() {
     }
 }
 
+/// `baton coordinators --json`'s owned count of coordinator `c1`.
+async fn owned_by_c1(endpoint: &str) -> u64 {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["coordinators", "--json", "--addr", endpoint])
+        .env("BATON_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run baton coordinators");
+    assert!(out.status.success(), "{out:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let c1 = &listed["coordinators"][0];
+    assert_eq!(c1["id"], "c1", "{listed}");
+    c1["owned"].as_u64().expect("a count")
+}
+
+#[tokio::test]
+async fn the_coordinators_command_counts_what_a_coordinator_drives() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    let mut co = process::coordinator(&url, "c1", &[], &[]).await;
+    let (p, ledger) = participant().await;
+    ledger.gate_closed.store(true, Ordering::SeqCst);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let started = co
+            .client
+            .start(saga(vec![
+                step("a", &p, "ok", "undo"),
+                step("held", &p, "gated", "undo"),
+            ]))
+            .await
+            .expect("start a saga")
+            .into_inner();
+        ids.push(started.tx_id);
+    }
+    // The count is published with the heartbeat (every 200 ms here), so it is waited for.
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen.push(owned_by_c1(&co.endpoint).await);
+        if seen.last() == Some(&2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen.last(),
+        Some(&2),
+        "two sagas held at the gate: {seen:?}"
+    );
+
+    ledger.gate_closed.store(false, Ordering::SeqCst);
+    for id in &ids {
+        let tx = wait(&mut co.client, id).await;
+        assert_eq!(state(&tx), baton_tx_proto::TxState::Committed, "{tx:?}");
+    }
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen.push(owned_by_c1(&co.endpoint).await);
+        if seen.last() == Some(&0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen.last(), Some(&0), "both sagas ended: {seen:?}");
+}
+
 #[tokio::test]
 async fn an_unreachable_coordinator_is_reported_plainly() {
     // A loopback port nothing listens on: bound, then released.

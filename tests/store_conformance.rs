@@ -63,7 +63,7 @@ conformance!(
     list_filters_and_pages,
     events_page_by_seq,
     participants_register_expire_deregister,
-    coordinators_heartbeat_and_count_owned,
+    coordinators_heartbeat_and_publish_what_they_drive,
     concurrent_claimers_never_share_work,
     cancel_requests_reach_the_owner,
     purge_deletes_only_old_finished_transactions,
@@ -578,7 +578,7 @@ async fn release_clears_owner(log: &dyn Store) {
 }
 
 async fn claim_takes_unowned_and_stale_work(log: &dyn Store) {
-    log.heartbeat_coordinator("stale", "127.0.0.2:7600", "0.1.0")
+    log.heartbeat_coordinator("stale", "127.0.0.2:7600", "0.1.0", 0)
         .await
         .expect("heartbeat");
     let live_tx = create(log, new_tx("live", TxState::Running)).await;
@@ -593,7 +593,7 @@ async fn claim_takes_unowned_and_stale_work(log: &dyn Store) {
 
     // Leases are generous against a loaded machine: 500 ms, with the stale heartbeat 600 ms old.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    log.heartbeat_coordinator("live", "127.0.0.1:7600", "0.1.0")
+    log.heartbeat_coordinator("live", "127.0.0.1:7600", "0.1.0", 0)
         .await
         .expect("heartbeat");
     // The claim of every tick takes unowned work and that of lapsed coordinators; an owner with
@@ -619,7 +619,7 @@ async fn claim_takes_unowned_and_stale_work(log: &dyn Store) {
     assert_eq!(get(log, live_tx.id).await, live_tx);
     assert_eq!(get(log, mine.id).await, mine);
     assert_eq!(get(log, resting.id).await, resting);
-    log.heartbeat_coordinator("live", "127.0.0.1:7600", "0.1.0")
+    log.heartbeat_coordinator("live", "127.0.0.1:7600", "0.1.0", 0)
         .await
         .expect("heartbeat");
     assert!(log.claim("me", 500, 100).await.expect("claim").is_empty());
@@ -663,7 +663,7 @@ async fn claim_skips_resting_states(log: &dyn Store) {
 async fn claim_respects_limit(log: &dyn Store) {
     // Both claimers are alive, so neither takes the other's work.
     for claimer in ["me", "you"] {
-        log.heartbeat_coordinator(claimer, "a", "v")
+        log.heartbeat_coordinator(claimer, "a", "v", 0)
             .await
             .expect("heartbeat");
     }
@@ -683,7 +683,7 @@ async fn claim_respects_limit(log: &dyn Store) {
 
 async fn claim_lapsed_respects_limit(log: &dyn Store) {
     // Two unowned transactions and two of a lapsed coordinator, taken three, then one.
-    log.heartbeat_coordinator("gone", "a", "v")
+    log.heartbeat_coordinator("gone", "a", "v", 0)
         .await
         .expect("heartbeat");
     let mut all = Vec::new();
@@ -720,7 +720,7 @@ async fn claim_lapsed_respects_limit(log: &dyn Store) {
 
 async fn release_owned_hands_back_work(log: &dyn Store) {
     for live in ["c1", "c2"] {
-        log.heartbeat_coordinator(live, "a", "v")
+        log.heartbeat_coordinator(live, "a", "v", 0)
             .await
             .expect("heartbeat");
     }
@@ -743,7 +743,7 @@ async fn release_owned_hands_back_work(log: &dyn Store) {
 }
 
 async fn cancel_requests_reach_the_owner(log: &dyn Store) {
-    log.heartbeat_coordinator("c2", "a", "v")
+    log.heartbeat_coordinator("c2", "a", "v", 0)
         .await
         .expect("heartbeat");
     let a = create(log, new_tx("c1", TxState::Running)).await;
@@ -1196,16 +1196,17 @@ async fn participants_register_expire_deregister(log: &dyn Store) {
     assert_eq!(left, vec![forever]);
 }
 
-async fn coordinators_heartbeat_and_count_owned(log: &dyn Store) {
-    log.heartbeat_coordinator("c1", "127.0.0.1:7600", "0.1.0")
+async fn coordinators_heartbeat_and_publish_what_they_drive(log: &dyn Store) {
+    log.heartbeat_coordinator("c1", "127.0.0.1:7600", "0.1.0", 2)
         .await
         .expect("heartbeat");
-    log.heartbeat_coordinator("c2", "127.0.0.2:7600", "0.1.0")
+    log.heartbeat_coordinator("c2", "127.0.0.2:7600", "0.1.0", 0)
         .await
         .expect("heartbeat");
-    create(log, new_tx("c1", TxState::Running)).await;
-    create(log, new_tx("c1", TxState::Committing)).await;
-    create(log, new_tx("c1", TxState::Committed)).await;
+    // The list reports what each coordinator published, not a count of the log: these rows
+    // change nothing in it.
+    create(log, new_tx("c2", TxState::Running)).await;
+    create(log, new_tx("c2", TxState::Committing)).await;
 
     let listed = log.list_coordinators(60_000).await.expect("list");
     let summary: Vec<_> = listed
@@ -1220,7 +1221,7 @@ async fn coordinators_heartbeat_and_count_owned(log: &dyn Store) {
     assert_eq!(first.version, "0.1.0");
 
     tokio::time::sleep(Duration::from_millis(20)).await;
-    log.heartbeat_coordinator("c1", "127.0.0.9:7600", "0.2.0")
+    log.heartbeat_coordinator("c1", "127.0.0.9:7600", "0.2.0", 7)
         .await
         .expect("heartbeat");
     let listed = log.list_coordinators(60_000).await.expect("list");
@@ -1230,8 +1231,13 @@ async fn coordinators_heartbeat_and_count_owned(log: &dyn Store) {
     );
     assert!(listed[0].heartbeat_at > first.heartbeat_at);
     assert_eq!(
-        (listed[0].address.as_str(), listed[0].version.as_str()),
-        ("127.0.0.9:7600", "0.2.0")
+        (
+            listed[0].address.as_str(),
+            listed[0].version.as_str(),
+            listed[0].owned
+        ),
+        ("127.0.0.9:7600", "0.2.0", 7),
+        "a heartbeat replaces the address, the version and the published count"
     );
 
     log.remove_coordinator("c2").await.expect("remove");
@@ -1254,7 +1260,7 @@ async fn concurrent_claimers_never_share_work(log: &dyn Store) {
         all.insert(create(log, new_tx("dead", TxState::Running)).await.id);
     }
     for claimer in ["a", "b", "c"] {
-        log.heartbeat_coordinator(claimer, "x", "v")
+        log.heartbeat_coordinator(claimer, "x", "v", 0)
             .await
             .expect("heartbeat");
     }
@@ -1786,7 +1792,7 @@ async fn pg_tick_claim_skips_the_entries_of_finished_transactions() {
     let db = support::db::fresh_database().await;
     let log = migrated(&db.url).await;
     for (id, address) in [("live", "127.0.0.1:7600"), ("gone", "127.0.0.1:7601")] {
-        log.heartbeat_coordinator(id, address, "0.1.0")
+        log.heartbeat_coordinator(id, address, "0.1.0", 0)
             .await
             .expect("heartbeat");
     }

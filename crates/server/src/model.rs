@@ -258,6 +258,7 @@ pub struct CoordinatorRecord {
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub heartbeat_at: chrono::DateTime<chrono::Utc>,
     pub version: String,
+    /// The transactions it drove when it last heartbeat, as it published them.
     pub owned: u64,
 }
 

@@ -157,6 +157,7 @@ pub struct CoordinatorInfo {
     pub heartbeat_at: SystemTime,
     /// Its build's version.
     pub version: String,
-    /// How many unfinished transactions it owns.
+    /// How many transactions it drove at its last heartbeat (published by it, at most one claim
+    /// interval old).
     pub owned: u64,
 }

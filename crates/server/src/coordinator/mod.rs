@@ -343,6 +343,13 @@ impl Coordinator {
         self.config.max_inflight - self.inflight.available_permits()
     }
 
+    /// Transactions whose driver runs here now; published with each heartbeat, where
+    /// `ListCoordinators` reads it.
+    pub fn driving(&self) -> u64 {
+        let drivers = self.drivers.lock().unwrap_or_else(|e| e.into_inner());
+        drivers.len() as u64
+    }
+
     /// Whether shutdown has begun.
     pub fn is_stopping(&self) -> bool {
         self.stop.is_cancelled()
@@ -509,7 +516,12 @@ impl Coordinator {
     pub async fn recover(self: &Arc<Self>) -> Result<usize, CoordError> {
         let sent = self.lease.now();
         self.store
-            .heartbeat_coordinator(&self.config.id, &self.config.address, crate::VERSION)
+            .heartbeat_coordinator(
+                &self.config.id,
+                &self.config.address,
+                crate::VERSION,
+                self.driving(),
+            )
             .await?;
         self.lease.renewed(sent);
         let released = self.store.release_owned(&self.config.id).await?;
@@ -602,6 +614,7 @@ impl Coordinator {
                         &this.config.id,
                         &this.config.address,
                         crate::VERSION,
+                        this.driving(),
                     ),
                 )
                 .await;

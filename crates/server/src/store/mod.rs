@@ -411,19 +411,23 @@ pub trait Participants: Send + Sync + 'static {
 /// whose heartbeat is older than the lease loses its transactions to [`TxLog::claim`].
 #[async_trait]
 pub trait Membership: Send + Sync + 'static {
-    /// Inserts or refreshes this coordinator's heartbeat row (heartbeat_at = the database's now).
+    /// Inserts or refreshes this coordinator's heartbeat row (heartbeat_at = the database's now),
+    /// publishing `driving`, how many transactions it drives now.
     async fn heartbeat_coordinator(
         &self,
         id: &str,
         address: &str,
         version: &str,
+        driving: u64,
     ) -> Result<(), StoreError>;
 
     /// Removes this coordinator's row (graceful exit).
     async fn remove_coordinator(&self, id: &str) -> Result<(), StoreError>;
 
-    /// Coordinators whose heartbeat is younger than `lease_ms`, with how many unfinished
-    /// transactions each owns.
+    /// Coordinators whose heartbeat is younger than `lease_ms`, each with the number of
+    /// transactions it drove at that heartbeat (as `owned`). The number is published, not
+    /// counted here: counting an owner's unfinished transactions reads every entry of its index
+    /// range, dead ones included, which a console refreshing every few seconds must not cost.
     async fn list_coordinators(&self, lease_ms: u64) -> Result<Vec<CoordinatorRecord>, StoreError>;
 }
 
@@ -805,7 +809,7 @@ fn participant(row: &impl LogRow) -> Result<ParticipantRecord, StoreError> {
     })
 }
 
-/// A row of the coordinators query (with its `owned` count).
+/// A row of the coordinators query (with its published `owned` count).
 fn coordinator(row: &impl LogRow) -> Result<CoordinatorRecord, StoreError> {
     const T: &str = "baton_coordinators";
     Ok(CoordinatorRecord {

@@ -824,16 +824,20 @@ impl Membership for PgLog {
         id: &str,
         address: &str,
         version: &str,
+        driving: u64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO baton_coordinators (id, address, started_at, heartbeat_at, version)
-             VALUES ($1, $2, now(), now(), $3)
+            "INSERT INTO baton_coordinators
+                (id, address, started_at, heartbeat_at, version, driving)
+             VALUES ($1, $2, now(), now(), $3, $4)
              ON CONFLICT (id) DO UPDATE SET
-                address = excluded.address, heartbeat_at = now(), version = excluded.version",
+                address = excluded.address, heartbeat_at = now(), version = excluded.version,
+                driving = excluded.driving",
         )
         .bind(id)
         .bind(address)
         .bind(version)
+        .bind(to_i64(driving))
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
@@ -850,14 +854,13 @@ impl Membership for PgLog {
     }
 
     async fn list_coordinators(&self, lease_ms: u64) -> Result<Vec<CoordinatorRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT c.id, c.address, c.started_at, c.heartbeat_at, c.version,
-                (SELECT count(*) FROM baton_transactions t
-                 WHERE t.owner = c.id AND t.state NOT IN {RESTING_SQL}) AS owned
+        // The published count (migration 0011), not a count of the owner's index range.
+        let rows = sqlx::query(
+            "SELECT c.id, c.address, c.started_at, c.heartbeat_at, c.version, c.driving AS owned
              FROM baton_coordinators c
              WHERE c.heartbeat_at > now() - $1 * interval '1 millisecond'
-             ORDER BY c.id"
-        ))
+             ORDER BY c.id",
+        )
         .bind(to_i64(lease_ms))
         .fetch_all(&self.pool)
         .await

@@ -637,18 +637,21 @@ impl Membership for SqliteLog {
         id: &str,
         address: &str,
         version: &str,
+        driving: u64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO baton_coordinators (id, address, started_at, heartbeat_at, version)
-             VALUES (?1, ?2, ?3, ?3, ?4)
+            "INSERT INTO baton_coordinators
+                (id, address, started_at, heartbeat_at, version, driving)
+             VALUES (?1, ?2, ?3, ?3, ?4, ?5)
              ON CONFLICT (id) DO UPDATE SET
                 address = excluded.address, heartbeat_at = excluded.heartbeat_at,
-                version = excluded.version",
+                version = excluded.version, driving = excluded.driving",
         )
         .bind(id)
         .bind(address)
         .bind(now_ms())
         .bind(version)
+        .bind(to_i64(driving))
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
@@ -665,14 +668,12 @@ impl Membership for SqliteLog {
     }
 
     async fn list_coordinators(&self, lease_ms: u64) -> Result<Vec<CoordinatorRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT c.id, c.address, c.started_at, c.heartbeat_at, c.version,
-                (SELECT count(*) FROM baton_transactions t
-                 WHERE t.owner = c.id AND t.state NOT IN {RESTING_SQL}) AS owned
+        let rows = sqlx::query(
+            "SELECT c.id, c.address, c.started_at, c.heartbeat_at, c.version, c.driving AS owned
              FROM baton_coordinators c
              WHERE c.heartbeat_at > ?
-             ORDER BY c.id"
-        ))
+             ORDER BY c.id",
+        )
         .bind(now_ms().saturating_sub(to_i64(lease_ms)))
         .fetch_all(&self.pool)
         .await

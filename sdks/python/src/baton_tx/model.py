@@ -207,7 +207,7 @@ class ParticipantEndpoint:
 
 @dataclass(frozen=True)
 class CoordinatorInfo:
-    """A coordinator sharing the log; ``owned`` counts the unfinished transactions it owns."""
+    """A coordinator sharing the log; ``owned`` is how many transactions it drove at its last heartbeat."""
 
     id: str
     address: str
