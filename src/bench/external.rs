@@ -74,6 +74,7 @@ async fn run_on(
         participants: participants.describe(),
         warmup: config.warmup,
         duration: config.duration,
+        slices: config.slices.max(1),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         cells,
     });

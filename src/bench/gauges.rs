@@ -32,6 +32,30 @@ pub struct Readings {
     pub machine_steal: Option<f64>,
 }
 
+impl Readings {
+    /// Adds the readings of the `nth` window (1-based, each as long as the others) to those of
+    /// the `nth - 1` before it: CPU time and WAL add up, the machine's shares average. A reading
+    /// missing from any window is missing from the sum.
+    pub fn add(&mut self, other: Readings, nth: u32) {
+        if nth <= 1 {
+            *self = other;
+            return;
+        }
+        let sum = |a: Option<Duration>, b: Option<Duration>| Some(a? + b?);
+        let mean = |a: Option<f64>, b: Option<f64>| {
+            let n = f64::from(nth);
+            Some((a? * (n - 1.0) + b?) / n)
+        };
+        *self = Readings {
+            bench_cpu: sum(self.bench_cpu, other.bench_cpu),
+            participant_cpu: sum(self.participant_cpu, other.participant_cpu),
+            wal_bytes: self.wal_bytes.zip(other.wal_bytes).map(|(a, b)| a + b),
+            machine_busy: mean(self.machine_busy, other.machine_busy),
+            machine_steal: mean(self.machine_steal, other.machine_steal),
+        };
+    }
+}
+
 /// Reads the gauges of a run; one per run, shared by its cells.
 pub struct Gauges {
     wal: Option<Mutex<PgConnection>>,

@@ -206,6 +206,19 @@ impl Sample {
         sample
     }
 
+    /// Adds another window's sample (a later slice of the same cell): latencies, errors and the
+    /// windows' lengths add up.
+    pub fn add(&mut self, other: Sample) {
+        self.latencies.merge(&other.latencies);
+        self.errors += other.errors;
+        for e in other.error_samples {
+            if self.error_samples.len() < ERROR_SAMPLES {
+                self.error_samples.push(e);
+            }
+        }
+        self.window += other.window;
+    }
+
     /// Transactions that ended as expected inside the window.
     pub fn count(&self) -> u64 {
         self.latencies.count()

@@ -76,6 +76,9 @@ pub struct BenchConfig {
     pub warmup: Duration,
     /// The measured window; only transactions that finish inside it count.
     pub duration: Duration,
+    /// Slices each cell's window is cut into, alternating between the baseline and Baton
+    /// (at least 1; see [`measure_cells`]).
+    pub slices: u32,
     pub store: Store,
     pub participants: Participants,
     /// gRPC or HTTP/JSON participants.
@@ -157,13 +160,18 @@ async fn run_cells(
         participants: participants.describe(),
         warmup: config.warmup,
         duration: config.duration,
+        slices: config.slices.max(1),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         cells: cells?,
     })
 }
 
 /// Every (workload, concurrency) cell against the coordinator at `coordinator`, each right after
-/// its baseline; in-process and external runs alike.
+/// its baseline; in-process and external runs alike. With `slices` above 1 a cell runs as that
+/// many baseline and Baton slices in turn, each measuring `duration / slices` after its own
+/// warm-up, and the slices of each side are added up: a host whose speed drifts over the minutes
+/// of a cell (a shared virtual machine) then weighs on both sides alike instead of on whichever
+/// ran second.
 async fn measure_cells(
     config: &BenchConfig,
     baseline: &baseline::Baseline,
@@ -172,9 +180,10 @@ async fn measure_cells(
     participants: &workloads::ParticipantHost,
     cancel: &CancellationToken,
 ) -> Result<Vec<CellReport>, BenchError> {
+    let slices = config.slices.max(1);
     let timing = measure::Timing {
         warmup: config.warmup,
-        duration: config.duration,
+        duration: config.duration / slices,
     };
     let interrupted = || {
         if cancel.is_cancelled() {
@@ -186,22 +195,32 @@ async fn measure_cells(
     let mut cells = Vec::new();
     for &workload in &config.workloads {
         for &clients in config.concurrency.iter().filter(|&&c| c > 0) {
-            tracing::info!(%workload, clients, "baseline");
             let plan = baseline::Plan::of(workload);
-            let (base, base_readings) = baseline.run(plan, clients, timing, gauges, cancel).await?;
-            interrupted()?;
-            tracing::info!(%workload, clients, coordinator, "baton");
-            let baton = workloads::run(
-                workload,
-                coordinator,
-                participants,
-                clients,
-                timing,
-                gauges,
-                cancel,
-            )
-            .await?;
-            interrupted()?;
+            let mut base = measure::Sample::default();
+            let mut base_readings = gauges::Readings::default();
+            let mut baton = workloads::BatonSample::default();
+            for slice in 1..=slices {
+                tracing::info!(%workload, clients, slice, slices, "baseline");
+                let (sample, readings) =
+                    baseline.run(plan, clients, timing, gauges, cancel).await?;
+                interrupted()?;
+                base.add(sample);
+                base_readings.add(readings, slice);
+                tracing::info!(%workload, clients, slice, slices, coordinator, "baton");
+                let sample = workloads::run(
+                    workload,
+                    coordinator,
+                    participants,
+                    clients,
+                    timing,
+                    gauges,
+                    cancel,
+                )
+                .await?;
+                interrupted()?;
+                baton.sample.add(sample.sample);
+                baton.readings.add(sample.readings, slice);
+            }
             cells.push(CellReport::new(
                 workload,
                 clients,

@@ -124,6 +124,8 @@ pub struct Report {
     pub participants: String,
     pub warmup: Duration,
     pub duration: Duration,
+    /// Baseline and Baton slices per cell, in turn (1: the baseline's window, then Baton's).
+    pub slices: u32,
     /// CPUs available to this process.
     pub cpus: usize,
     pub cells: Vec<CellReport>,
@@ -152,6 +154,7 @@ impl Report {
             "participants": self.participants,
             "warmup_ms": self.warmup.as_millis() as u64,
             "duration_ms": self.duration.as_millis() as u64,
+            "slices": self.slices,
             "cpus": self.cpus,
             "cpu_note": "coordinator_cpu_ms_per_tx is the bench process (coordinator and clients); \
                          participant_cpu_ms_per_tx is the participant process",
@@ -177,9 +180,14 @@ impl Report {
     /// The readable table.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
+        let slices = if self.slices > 1 {
+            format!(" in {} slices alternating with the baseline's", self.slices)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "baton bench: store {}, participants {}, warm-up {:?}, window {:?}, {} CPUs",
+            "baton bench: store {}, participants {}, warm-up {:?}, window {:?}{slices}, {} CPUs",
             self.store, self.participants, self.warmup, self.duration, self.cpus
         );
         let _ = writeln!(

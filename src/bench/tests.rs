@@ -93,6 +93,7 @@ fn report(cells: Vec<CellReport>) -> Report {
         participants: "in process".into(),
         warmup: Duration::from_millis(100),
         duration: Duration::from_secs(2),
+        slices: 1,
         cpus: 2,
         cells,
     }
@@ -193,6 +194,7 @@ fn short_run(workloads: Vec<Workload>) -> BenchConfig {
         concurrency: vec![2],
         warmup: Duration::from_millis(100),
         duration: Duration::from_millis(400),
+        slices: 1,
         store: Store::Sqlite,
         participants: Participants::InProcess,
         protocol: super::Protocol::Grpc,
@@ -258,4 +260,71 @@ async fn http_participants_run_every_workload() {
     for c in &report.cells {
         assert_measured(c);
     }
+}
+
+/// `--slices 2`: each side runs twice, alternating, and the report adds each side's slices up
+/// over the whole window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliced_cells_alternate_and_add_up_each_side() {
+    let config = BenchConfig {
+        slices: 2,
+        ..short_run(vec![Workload::W1])
+    };
+    let report = run(&config, CancellationToken::new())
+        .await
+        .expect("a sliced run");
+    assert_eq!(report.slices, 2);
+    assert_eq!(report.to_json()["slices"], 2);
+    assert!(report.to_table().contains("in 2 slices alternating"));
+    let [c] = report.cells.as_slice() else {
+        panic!("one cell: {:?}", report.cells);
+    };
+    assert_measured(c);
+    // Throughput is counted over both slices' windows (400 ms in all), not over one of them.
+    let over_window = c.transactions as f64 / 0.4;
+    assert!(
+        (c.tps - over_window).abs() < 1e-6 * over_window.max(1.0),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn slices_add_samples_and_readings() {
+    let mut sample = Sample {
+        window: Duration::from_millis(200),
+        errors: 1,
+        ..Sample::default()
+    };
+    sample.latencies.merge(&ms(&[1, 2]));
+    let mut later = Sample {
+        window: Duration::from_millis(200),
+        errors: 2,
+        ..Sample::default()
+    };
+    later.latencies.merge(&ms(&[3]));
+    sample.add(later);
+    assert_eq!(
+        (sample.count(), sample.errors, sample.window),
+        (3, 3, Duration::from_millis(400))
+    );
+    assert!((sample.throughput() - 7.5).abs() < 1e-9);
+
+    let slice = |cpu_ms: u64, wal: Option<u64>, busy: f64| Readings {
+        bench_cpu: Some(Duration::from_millis(cpu_ms)),
+        participant_cpu: None,
+        wal_bytes: wal,
+        machine_busy: Some(busy),
+        machine_steal: Some(0.0),
+    };
+    let mut total = Readings::default();
+    total.add(slice(10, Some(100), 0.5), 1);
+    total.add(slice(20, Some(300), 0.7), 2);
+    total.add(slice(30, None, 0.9), 3);
+    assert_eq!(total.bench_cpu, Some(Duration::from_millis(60)));
+    assert_eq!(total.participant_cpu, None);
+    assert_eq!(
+        total.wal_bytes, None,
+        "a reading missing from one slice is missing"
+    );
+    assert!(total.machine_busy.is_some_and(|b| (b - 0.7).abs() < 1e-9));
 }

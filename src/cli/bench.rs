@@ -48,6 +48,12 @@ pub struct BenchArgs {
     /// The measured window of each cell; only transactions finishing inside it count.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Cut each cell's window into this many slices and run them in turn with the baseline's
+    /// (baseline, Baton, baseline, Baton, ...), each slice after its own warm-up, adding up each
+    /// side's slices: a host whose speed drifts during a cell then weighs on both sides alike.
+    /// 1 runs the baseline's whole window, then Baton's.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub slices: u32,
     /// A PostgreSQL database to use as it is (give an empty one). Without it a fresh database
     /// baton_bench_<uuid> is created on postgres://postgres@127.0.0.1:5432 and dropped at the end.
     #[arg(long, conflicts_with = "sqlite")]
@@ -119,11 +125,18 @@ impl BenchArgs {
             Store::Postgres(self.database_url.clone())
         };
         anyhow::ensure!(!self.duration.is_zero(), "--duration must be above 0");
+        anyhow::ensure!(
+            self.duration / self.slices >= Duration::from_millis(1),
+            "--duration {:?} cut into --slices {} leaves slices under a millisecond",
+            self.duration,
+            self.slices
+        );
         Ok(BenchConfig {
             workloads,
             concurrency: self.concurrency.clone(),
             warmup: self.warmup,
             duration: self.duration,
+            slices: self.slices,
             store,
             participants,
             protocol: match self.participants {
