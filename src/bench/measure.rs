@@ -195,19 +195,19 @@ impl Sample {
             ..Sample::default()
         };
         for r in recorders {
-            sample.latencies.merge(&r.latencies);
-            sample.errors += r.errors;
-            for e in r.error_samples {
-                if sample.error_samples.len() < ERROR_SAMPLES {
-                    sample.error_samples.push(e);
-                }
-            }
+            // The clients share one window: theirs adds nothing to its length.
+            sample.add(Sample {
+                latencies: r.latencies,
+                errors: r.errors,
+                error_samples: r.error_samples,
+                window: Duration::ZERO,
+            });
         }
         sample
     }
 
-    /// Adds another window's sample (a later slice of the same cell): latencies, errors and the
-    /// windows' lengths add up.
+    /// Adds another sample (a client's, or a later slice of the same cell): latencies, errors and
+    /// the windows' lengths add up.
     pub fn add(&mut self, other: Sample) {
         self.latencies.merge(&other.latencies);
         self.errors += other.errors;
