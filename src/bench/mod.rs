@@ -77,7 +77,7 @@ pub struct BenchConfig {
     /// The measured window; only transactions that finish inside it count.
     pub duration: Duration,
     /// Slices each cell's window is cut into, alternating between the baseline and Baton
-    /// (at least 1; see [`measure_cells`]).
+    /// (at least 1): each slice measures `duration / slices` after its own warm-up.
     pub slices: u32,
     pub store: Store,
     pub participants: Participants,
