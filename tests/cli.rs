@@ -95,6 +95,20 @@ async fn owned_by_c1(endpoint: &str) -> u64 {
     c1["owned"].as_u64().expect("a count")
 }
 
+/// The owned counts of `c1` read until one is `want` (up to 100 reads, 50 ms apart): the count
+/// is published with the heartbeat (every 200 ms here), so it is waited for.
+async fn owned_by_c1_becomes(endpoint: &str, want: u64) -> Vec<u64> {
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen.push(owned_by_c1(endpoint).await);
+        if seen.last() == Some(&want) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    seen
+}
+
 #[tokio::test]
 async fn the_coordinators_command_counts_what_a_coordinator_drives() {
     use std::sync::atomic::Ordering;
@@ -116,15 +130,7 @@ async fn the_coordinators_command_counts_what_a_coordinator_drives() {
             .into_inner();
         ids.push(started.tx_id);
     }
-    // The count is published with the heartbeat (every 200 ms here), so it is waited for.
-    let mut seen = Vec::new();
-    for _ in 0..100 {
-        seen.push(owned_by_c1(&co.endpoint).await);
-        if seen.last() == Some(&2) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let seen = owned_by_c1_becomes(&co.endpoint, 2).await;
     assert_eq!(
         seen.last(),
         Some(&2),
@@ -136,14 +142,7 @@ async fn the_coordinators_command_counts_what_a_coordinator_drives() {
         let tx = wait(&mut co.client, id).await;
         assert_eq!(state(&tx), baton_tx_proto::TxState::Committed, "{tx:?}");
     }
-    let mut seen = Vec::new();
-    for _ in 0..100 {
-        seen.push(owned_by_c1(&co.endpoint).await);
-        if seen.last() == Some(&0) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let seen = owned_by_c1_becomes(&co.endpoint, 0).await;
     assert_eq!(seen.last(), Some(&0), "both sagas ended: {seen:?}");
 }
 
