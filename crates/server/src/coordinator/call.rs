@@ -108,13 +108,12 @@ pub fn trace_id(tx_id: TxId, labels: &BTreeMap<String, String>) -> TraceId {
         .unwrap_or_else(TraceId::random)
 }
 
-/// The span of one call, a child of the transaction's span when created inside its driver, and
-/// the call's `traceparent` (this span's id when spans are exported). `endpoint` is recorded once
-/// one is picked.
+/// The span of one call, and the call's `traceparent` (this span's id when spans are exported).
+/// Create it inside the transaction's span, its parent, which carries the transaction's id (a
+/// copy here was formatted for every call). `endpoint` is recorded once one is picked.
 pub fn span(spec: &mut CallSpec) -> tracing::Span {
     let span = tracing::info_span!(
         "call",
-        tx_id = %spec.tx_id,
         branch = spec.branch,
         branch_name = %spec.branch_name,
         phase = %spec.phase,
