@@ -14,13 +14,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The bench's participant process only answers calls that return at once: one thread serves
-    // them without cross-thread wake-ups, leaving the shared cores to what the bench measures.
-    let mut builder = if matches!(cli.command, Command::BenchParticipant(_)) {
+    // One thread means a current-thread runtime: every task runs on the main thread, with none
+    // of the multi-thread scheduler's hand-offs between its worker and the thread blocked in
+    // `block_on`. Against a multi-thread runtime of one worker, on 2 CPUs shared with
+    // PostgreSQL, `baton bench` spent 10 % less CPU per W1 saga and ran 5 % more of them at
+    // C=32 (docs/BENCHMARKS.md). The bench's participant process always runs so: it only
+    // answers calls that return at once.
+    let threads = cli.worker_threads();
+    let mut builder = if threads == 1 || matches!(cli.command, Command::BenchParticipant(_)) {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut multi = tokio::runtime::Builder::new_multi_thread();
-        multi.worker_threads(cli.worker_threads());
+        multi.worker_threads(threads);
         multi
     };
     let runtime = match builder.enable_all().build() {

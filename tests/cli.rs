@@ -146,6 +146,54 @@ async fn the_coordinators_command_counts_what_a_coordinator_drives() {
     assert_eq!(seen.last(), Some(&0), "both sagas ended: {seen:?}");
 }
 
+/// `--worker-threads 1` runs every task on the main thread (a current-thread runtime): sagas
+/// started at once, one compensating, all reach their outcome, the SQLite log's own threads wake
+/// it, and the operator commands answer from it.
+#[tokio::test]
+async fn serve_on_one_thread_drives_concurrent_sagas() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("baton.db").display());
+    let co = process::coordinator(&url, "c1", &[], &[("BATON_WORKER_THREADS", "1")]).await;
+    let (p, _ledger) = participant().await;
+    let mut started = Vec::new();
+    for i in 0..12 {
+        let last = if i % 4 == 3 { "fail" } else { "ok" };
+        let mut client = co.client.clone();
+        let definition = saga(vec![
+            step("a", &p, "ok", "undo"),
+            step("b", &p, last, "undo"),
+        ]);
+        started.push(tokio::spawn(async move {
+            let id = client
+                .start(definition)
+                .await
+                .expect("start a saga")
+                .into_inner()
+                .tx_id;
+            (last, state(&wait(&mut client, &id).await))
+        }));
+    }
+    for task in started {
+        let (last, ended) = task.await.expect("saga task");
+        let want = match last {
+            "fail" => baton_tx_proto::TxState::Compensated,
+            _ => baton_tx_proto::TxState::Committed,
+        };
+        assert_eq!(ended, want, "a saga whose last step answers {last}");
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["tx", "list", "--json", "--addr", &co.endpoint])
+        .env("BATON_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run baton tx list");
+    assert!(out.status.success(), "{out:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let listed = listed["transactions"].as_array().expect("a list").len();
+    assert_eq!(listed, 12, "every saga listed");
+}
+
 #[tokio::test]
 async fn an_unreachable_coordinator_is_reported_plainly() {
     // A loopback port nothing listens on: bound, then released.

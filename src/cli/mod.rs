@@ -26,7 +26,8 @@ pub struct Cli {
     /// Threads that run this process's tasks (1 to 256) [default: one per CPU; for `bench`, half
     /// the CPUs, at least 1]. Fewer threads hand fewer tasks from one thread to another: on 2
     /// CPUs shared with PostgreSQL, `baton serve --worker-threads 1` ran a W1 saga in 1.2 ms
-    /// instead of 1.66 (docs/BENCHMARKS.md).
+    /// instead of 1.66 (docs/BENCHMARKS.md). With 1, every task runs on the main thread (a
+    /// current-thread runtime).
     #[arg(long, global = true, env = "BATON_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: Option<u16>,
     /// What to do.
