@@ -182,9 +182,32 @@ impl Formation {
                 },
             )
             .await;
+            if i == 0 {
+                f.unpaced_checkpoints(0).await;
+            }
         }
         f.wait_healthy().await;
         f
+    }
+
+    /// Makes node `i` run a requested checkpoint at full speed (`checkpoint_completion_target`
+    /// 0), in `postgresql.auto.conf`, which the standby's base backup copies. A killed primary
+    /// that `pg_rewind` cannot rejoin is cloned again with `pg_basebackup`, which waits for a
+    /// checkpoint on the new primary: paced over 90 % of `checkpoint_timeout`, that took more
+    /// than two minutes on a loaded 2-CPU machine.
+    async fn unpaced_checkpoints(&self, i: usize) {
+        let mut conn = sqlx::PgConnection::connect(&self.node_url(i, "postgres"))
+            .await
+            .expect("connect to the first node");
+        for statement in [
+            "ALTER SYSTEM SET checkpoint_completion_target = 0",
+            "SELECT pg_reload_conf()",
+        ] {
+            sqlx::Executor::execute(&mut conn, statement)
+                .await
+                .expect("set checkpoint pacing on the first node");
+        }
+        let _ = conn.close().await;
     }
 
     /// (port, reported state, assigned state, health: 1 good, 0 bad, -1 unknown) of every data
