@@ -79,17 +79,23 @@ async fn output_into_a_closed_pipe_ends_quietly() {
     }
 }
 
-/// `baton coordinators --json`'s owned count of coordinator `c1`.
-async fn owned_by_c1(endpoint: &str) -> u64 {
+/// What `baton <args> --json --addr <endpoint>` prints, parsed; the command must succeed.
+async fn baton_json(endpoint: &str, args: &[&str]) -> serde_json::Value {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["coordinators", "--json", "--addr", endpoint])
+        .args(args)
+        .args(["--json", "--addr", endpoint])
         .env("BATON_LOG", "warn")
         .stdin(Stdio::null())
         .output()
         .await
-        .expect("run baton coordinators");
-    assert!(out.status.success(), "{out:?}");
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        .expect("run baton");
+    assert!(out.status.success(), "baton {args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// `baton coordinators --json`'s owned count of coordinator `c1`.
+async fn owned_by_c1(endpoint: &str) -> u64 {
+    let listed = baton_json(endpoint, &["coordinators"]).await;
     let c1 = &listed["coordinators"][0];
     assert_eq!(c1["id"], "c1", "{listed}");
     c1["owned"].as_u64().expect("a count")
@@ -181,15 +187,7 @@ async fn serve_on_one_thread_drives_concurrent_sagas() {
         };
         assert_eq!(ended, want, "a saga whose last step answers {last}");
     }
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["tx", "list", "--json", "--addr", &co.endpoint])
-        .env("BATON_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run baton tx list");
-    assert!(out.status.success(), "{out:?}");
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let listed = baton_json(&co.endpoint, &["tx", "list"]).await;
     let listed = listed["transactions"].as_array().expect("a list").len();
     assert_eq!(listed, 12, "every saga listed");
 }
