@@ -14,8 +14,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // One thread means a current-thread runtime: every task runs on the main thread, with none
-    // of the multi-thread scheduler's hand-offs between its worker and the thread blocked in
+    // One thread means a current-thread runtime: every task runs on the main thread, without
+    // the multi-thread scheduler's shared queues and its worker beside the thread blocked in
     // `block_on`. Against a multi-thread runtime of one worker, on 2 CPUs shared with
     // PostgreSQL, `baton bench` spent 10 % less CPU per W1 saga and ran 5 % more of them at
     // C=32 (docs/BENCHMARKS.md). The bench's participant process always runs so: it only

@@ -153,7 +153,7 @@ async fn the_coordinators_command_counts_what_a_coordinator_drives() {
 }
 
 /// `--worker-threads 1` runs every task on the main thread (a current-thread runtime): sagas
-/// started at once, one compensating, all reach their outcome, the SQLite log's own threads wake
+/// started at once, every fourth compensating, all reach their outcome, the SQLite log's own threads wake
 /// it, and the operator commands answer from it.
 #[tokio::test]
 async fn serve_on_one_thread_drives_concurrent_sagas() {

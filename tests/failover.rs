@@ -183,20 +183,21 @@ impl Formation {
             )
             .await;
             if i == 0 {
-                f.unpaced_checkpoints(0).await;
+                f.unpaced_checkpoints().await;
             }
         }
         f.wait_healthy().await;
         f
     }
 
-    /// Makes node `i` run a requested checkpoint at full speed (`checkpoint_completion_target`
-    /// 0), in `postgresql.auto.conf`, which the standby's base backup copies. A killed primary
+    /// Makes the first node run a requested checkpoint at full speed
+    /// (`checkpoint_completion_target` 0), in `postgresql.auto.conf`, which the standby's base
+    /// backup copies. A killed primary
     /// that `pg_rewind` cannot rejoin is cloned again with `pg_basebackup`, which waits for a
     /// checkpoint on the new primary: paced over 90 % of `checkpoint_timeout`, that took more
     /// than two minutes on a loaded 2-CPU machine.
-    async fn unpaced_checkpoints(&self, i: usize) {
-        let mut conn = sqlx::PgConnection::connect(&self.node_url(i, "postgres"))
+    async fn unpaced_checkpoints(&self) {
+        let mut conn = sqlx::PgConnection::connect(&self.node_url(0, "postgres"))
             .await
             .expect("connect to the first node");
         for statement in [
