@@ -20,6 +20,8 @@ pub mod trace;
 #[doc(hidden)]
 pub mod transport;
 pub mod types;
+#[doc(hidden)]
+pub mod wire;
 
 use baton_tx_proto as proto;
 

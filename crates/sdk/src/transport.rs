@@ -295,7 +295,7 @@ impl H2Channel {
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .enable_push(false)
-            .handshake::<_, Bytes>(stream)
+            .handshake::<_, Bytes>(crate::wire::Coalesced::new(stream))
             .await
             .map_err(|e| unavailable("HTTP/2 handshake with", &e))?;
         *generation += 1;

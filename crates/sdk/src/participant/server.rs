@@ -9,7 +9,6 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use super::Participant;
@@ -124,7 +123,7 @@ impl Participant {
                     Box::pin(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
                 }
                 None => {
-                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    let incoming = crate::wire::incoming(listener);
                     Box::pin(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
                 }
             };

@@ -220,12 +220,11 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
                 .map_err(|source| ServeError::Listen { addr, source })?;
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
         }
-        // No Nagle on accepted sockets: a small response would otherwise wait for the
-        // client's delayed ACK (40 ms on Linux).
-        None => tokio::spawn(router.serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )),
+        // No Nagle on accepted sockets, and an answer's frames written together
+        // (`baton_tx::wire`).
+        None => tokio::spawn(
+            router.serve_with_incoming_shutdown(baton_tx::wire::incoming(listener), shutdown),
+        ),
     };
     if let Some(listener) = http_listener {
         let (co, stop) = (coordinator.clone(), stop.clone());
