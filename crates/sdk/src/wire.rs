@@ -21,7 +21,7 @@ use tokio_stream::{Stream, StreamExt};
 /// Bytes held before a write goes straight through: the size of `h2`'s own write buffer.
 const HOLD_LIMIT: usize = 16 * 1024;
 
-/// A connection that holds what is written to it until it is flushed (or [`HOLD_LIMIT`] bytes
+/// A connection that holds what is written to it until it is flushed (or 16 kB
 /// are held), then writes it in as few system calls as the socket allows. Reads pass through.
 ///
 /// Every byte a `poll_write` accepted is on the socket once `poll_flush` returns `Ready(Ok)`, so
