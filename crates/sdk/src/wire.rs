@@ -21,8 +21,8 @@ use tokio_stream::{Stream, StreamExt};
 /// Bytes held before a write goes straight through: the size of `h2`'s own write buffer.
 const HOLD_LIMIT: usize = 16 * 1024;
 
-/// A connection that holds what is written to it until it is flushed (or 16 kB
-/// are held), then writes it in as few system calls as the socket allows. Reads pass through.
+/// A connection that holds what is written to it until it is flushed (or 16 kB are held), then
+/// writes it in as few system calls as the socket allows. Reads pass through.
 ///
 /// Every byte a `poll_write` accepted is on the socket once `poll_flush` returns `Ready(Ok)`, so
 /// a writer that flushes when it wants its bytes sent (as `h2` does after each round of frames)
@@ -48,11 +48,6 @@ impl<T> Coalesced<T> {
             io,
             held: Vec::new(),
         }
-    }
-
-    /// The wrapped connection.
-    pub fn get_ref(&self) -> &T {
-        &self.io
     }
 }
 
