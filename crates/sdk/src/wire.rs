@@ -8,7 +8,9 @@
 //! connection each flushed alone. [`Coalesced`] tells `h2` it takes no vectored writes, so
 //! payloads up to 1 kB are copied and frames batch as they queue, and it keeps what `h2` writes
 //! until `h2` flushes, so a larger payload still leaves in one vectored write with the frames
-//! before it.
+//! before it. Tokio's `BufWriter` under a flag that hides vectored writes would hold writes too,
+//! but it allocates its whole buffer per connection up front and writes a payload larger than
+//! its buffer in a second system call after the bytes it held.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
