@@ -310,30 +310,55 @@ impl PgLog {
 /// How many lapsed coordinators a tick's claim takes work from (the most recently lapsed).
 const LAPSED_PER_TICK: i64 = 32;
 
-/// The text of a claim. `None`: the full claim (`$1` claimer, `$2` lease in ms, `$3` limit),
-/// which reads every entry of the unfinished index. `Some(true)`: transactions owned by nobody
-/// (`$1` claimer, `$2` limit); `Some(false)`: those of the lapsed coordinator `$3` (and `$4` the
-/// lease). Those two each read one owner's range of the index, in its order, so no plan can walk
-/// the whole index (or the table by id) to fill the limit. The lapsed owner is checked again in
-/// the statement: a heartbeat that arrived since the list was read keeps its transactions.
+/// Which range of the unfinished index (by owner, then id) a claim statement reads. Every
+/// claim reads ranges of owners that may have lapsed, in the index's order, so that no plan walks
+/// a live coordinator's range: that range keeps an entry for every transaction the coordinator
+/// finished since the last vacuum, each read again (with its row) by every claim that walks it.
 /// Public only for the plan tests.
 #[doc(hidden)]
-pub fn claim_sql(lapsed: Option<bool>) -> String {
-    let (which, order) = match lapsed {
-        None => (
-            "(owner IS NULL OR (owner <> $1 AND NOT EXISTS (
+#[derive(Clone, Copy, Debug)]
+pub enum ClaimRange {
+    /// Transactions owned by nobody. Parameters: `$1` claimer, `$2` limit.
+    Unowned,
+    /// Those of the lapsed coordinator `$3`, whose lease is `$4` ms.
+    Lapsed,
+    /// Those of owners strictly between two bounds (`$4`, then the next parameter, when
+    /// `after` and `before` say there is such a bound) whose heartbeat is older than the lease
+    /// `$3` ms or who have no coordinator row.
+    Between { after: bool, before: bool },
+}
+
+/// The text of a claim of the transactions in `range`. A lapsed owner is checked again in the
+/// statement: a heartbeat that arrived since the list of live coordinators was read keeps its
+/// transactions.
+#[doc(hidden)]
+pub fn claim_sql(range: ClaimRange) -> String {
+    let lapsed = |owner: &str, lease: &str| {
+        format!(
+            "NOT EXISTS (
                 SELECT 1 FROM baton_coordinators c
-                WHERE c.id = t.owner
-                  AND c.heartbeat_at > now() - $2 * interval '1 millisecond')))",
-            "id LIMIT $3",
-        ),
-        Some(true) => ("t.owner IS NULL", "t.owner, t.id LIMIT $2"),
-        Some(false) => (
-            "t.owner = $3 AND NOT EXISTS (
-                SELECT 1 FROM baton_coordinators c
-                WHERE c.id = $3 AND c.heartbeat_at > now() - $4 * interval '1 millisecond')",
-            "t.owner, t.id LIMIT $2",
-        ),
+                WHERE c.id = {owner} AND c.heartbeat_at > now() - {lease} * interval '1 millisecond')"
+        )
+    };
+    let which = match range {
+        ClaimRange::Unowned => "t.owner IS NULL".to_string(),
+        ClaimRange::Lapsed => format!("t.owner = $3 AND {}", lapsed("$3", "$4")),
+        ClaimRange::Between { after, before } => {
+            let mut which = Vec::new();
+            let mut next = 4;
+            if after {
+                which.push(format!("t.owner > ${next}"));
+                next += 1;
+            }
+            if before {
+                which.push(format!("t.owner < ${next}"));
+            }
+            if which.is_empty() {
+                which.push("t.owner IS NOT NULL".to_string());
+            }
+            which.push(lapsed("t.owner", "$3"));
+            which.join(" AND ")
+        }
     };
     format!(
         "UPDATE baton_transactions SET owner = $1, epoch = epoch + 1, updated_at = now()
@@ -341,11 +366,19 @@ pub fn claim_sql(lapsed: Option<bool>) -> String {
          WHERE tx_id = id AND id IN (
             SELECT id FROM baton_transactions t
             WHERE state NOT IN {RESTING_SQL} AND {which}
-            ORDER BY {order}
+            ORDER BY t.owner, t.id LIMIT $2
             FOR UPDATE SKIP LOCKED)
          RETURNING {TX_COLUMNS}"
     )
 }
+
+/// The claimer and the coordinators whose heartbeat is fresh, in the order of the unfinished
+/// index's owner column (the database's collation, not Rust's): the bounds of the ranges a full
+/// claim reads. `$1` claimer, `$2` lease in ms.
+const LIVE_OWNERS_SQL: &str = "SELECT id FROM baton_coordinators
+     WHERE heartbeat_at > now() - $2 * interval '1 millisecond'
+     UNION SELECT $1::text
+     ORDER BY 1";
 
 impl Drop for PgLog {
     fn drop(&mut self) {
@@ -597,13 +630,41 @@ impl TxLog for PgLog {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        let rows = sqlx::query(&claim_sql(None))
+        // Every owner but the claimer and the live coordinators: the unowned range, then the
+        // ranges between the live owners (see `ClaimRange`): an owner without a coordinator row
+        // too.
+        let live: Vec<String> = sqlx::query_scalar(LIVE_OWNERS_SQL)
             .bind(owner)
             .bind(to_i64(lease_ms))
-            .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.err(e))?;
+        let mut ranges = vec![(ClaimRange::Unowned, None, None)];
+        for i in 0..=live.len() {
+            let after = i.checked_sub(1).map(|j| live[j].as_str());
+            let before = live.get(i).map(String::as_str);
+            let range = ClaimRange::Between {
+                after: after.is_some(),
+                before: before.is_some(),
+            };
+            ranges.push((range, after, before));
+        }
+        let mut rows = Vec::new();
+        for (range, after, before) in ranges {
+            let room = i64::from(limit) - rows.len() as i64;
+            if room <= 0 {
+                break;
+            }
+            let query = claim_sql(range);
+            let mut query = sqlx::query(&query).bind(owner).bind(room);
+            if let ClaimRange::Between { .. } = range {
+                query = query.bind(to_i64(lease_ms));
+            }
+            for bound in after.into_iter().chain(before) {
+                query = query.bind(bound);
+            }
+            rows.extend(query.fetch_all(&mut *tx).await.map_err(|e| self.err(e))?);
+        }
         self.claimed(tx, rows).await
     }
 
@@ -639,7 +700,10 @@ impl TxLog for PgLog {
             if room <= 0 {
                 break;
             }
-            let query = claim_sql(Some(from.is_none()));
+            let query = claim_sql(match from {
+                None => ClaimRange::Unowned,
+                Some(_) => ClaimRange::Lapsed,
+            });
             let mut query = sqlx::query(&query).bind(owner).bind(room);
             if let Some(from) = from {
                 query = query.bind(from).bind(to_i64(lease_ms));
