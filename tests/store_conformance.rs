@@ -10,7 +10,7 @@ use baton_server::model::{
     BranchRecord, Definition, EventKind, RetryPolicy, SagaDef, StepDef, StepKind, StepStatus,
     Target, TxId, TxRecord, TxState,
 };
-use baton_server::store::postgres::{claim_sql, ClaimRange, PgLog};
+use baton_server::store::postgres::{claim_sql, release_sql, ClaimRange, PgLog};
 use baton_server::store::sqlite::SqliteLog;
 use baton_server::store::{
     Health, ListFilter, LogWrite, Membership, NewEvent, NewTx, Store, StoreError, StoreOptions,
@@ -59,6 +59,7 @@ conformance!(
     claim_respects_limit,
     claim_lapsed_respects_limit,
     release_owned_hands_back_work,
+    release_hands_back_only_the_listed_work,
     claim_one_checks_epoch,
     list_filters_and_pages,
     events_page_by_seq,
@@ -740,6 +741,38 @@ async fn release_owned_hands_back_work(log: &dyn Store) {
     let claimed = log.claim("c1", 60_000, 10).await.expect("claim");
     assert_eq!(ids(&claimed), vec![a.id, b.id]);
     assert_eq!(log.release_owned("nobody").await.expect("release"), 0);
+}
+
+async fn release_hands_back_only_the_listed_work(log: &dyn Store) {
+    for live in ["c1", "c2"] {
+        log.heartbeat_coordinator(live, "a", "v", 0)
+            .await
+            .expect("heartbeat");
+    }
+    let listed = create(log, new_tx("c1", TxState::Running)).await;
+    let unlisted = create(log, new_tx("c1", TxState::Running)).await;
+    let done = create(log, new_tx("c1", TxState::Committed)).await;
+    let others = create(log, new_tx("c2", TxState::Committing)).await;
+    let ghost = TxId::new();
+    let asked = [listed.id, done.id, others.id, ghost];
+    assert_eq!(log.release("c1", &asked).await.expect("release"), 1);
+    let after = get(log, listed.id).await;
+    assert_eq!((after.owner, after.epoch), (None, listed.epoch + 1));
+    for kept in [&unlisted, &done, &others] {
+        assert_eq!(&get(log, kept.id).await, kept);
+    }
+    assert_eq!(
+        apply_one(log, update_of(&listed)).await,
+        WriteOutcome::Fenced
+    );
+    assert_eq!(log.release("c1", &[]).await.expect("release"), 0);
+    // More ids than one statement binds.
+    let many: Vec<TxId> = (0..1_200)
+        .map(|_| TxId::new())
+        .chain([unlisted.id])
+        .collect();
+    assert_eq!(log.release("c1", &many).await.expect("release"), 1);
+    assert_eq!(get(log, unlisted.id).await.owner, None);
 }
 
 async fn cancel_requests_reach_the_owner(log: &dyn Store) {
@@ -1906,6 +1939,31 @@ async fn pg_claims_skip_the_entries_of_finished_transactions() {
         nobody < 1_000 && lapsed < 1_000 && full.iter().all(|&b| b < 1_000),
         "the claims read {nobody}, {lapsed} and {full:?} buffers (a walk of the live range {walked})"
     );
+    // Handing back one of the live coordinator's transactions by id reads no range either.
+    let one: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM baton_transactions WHERE owner = 'live' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("an id");
+    let released = {
+        use sqlx::Connection;
+        let mut tx = conn.begin().await.expect("begin");
+        let plan: serde_json::Value = sqlx::query_scalar(&format!(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
+            release_sql()
+        ))
+        .bind("live")
+        .bind(&one)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("explain");
+        tx.rollback().await.expect("rollback");
+        let top = &plan[0]["Plan"];
+        top["Shared Hit Blocks"].as_i64().expect("hits")
+            + top["Shared Read Blocks"].as_i64().expect("reads")
+    };
+    assert!(released < 100, "the release by id read {released} buffers");
     // And the store's full claim takes the unowned and the lapsed transaction.
     let claimed = log
         .claim("me", lease as u64, 100)

@@ -276,6 +276,9 @@ pub struct Coordinator {
     registry: call::Caller,
     writer: LogWriter,
     drivers: Mutex<HashMap<TxId, DriverHandle>>,
+    /// The unfinished transactions whose drivers stopped since shutdown began: handed back by
+    /// id (at most one entry per driver).
+    stopped: Mutex<Vec<TxId>>,
     /// One permit per transaction driven here, and per `Start`, `Retry` or claim between its
     /// write and its driver's start: all of them back means nothing of this coordinator acts.
     inflight: Arc<Semaphore>,
@@ -314,6 +317,7 @@ impl Coordinator {
             registry: call::Caller::new(registry, lease.clone()),
             writer,
             drivers: Mutex::new(HashMap::new()),
+            stopped: Mutex::new(Vec::new()),
             tracker,
             stop,
             lease,
@@ -786,6 +790,19 @@ impl Coordinator {
         self.writer_stop.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+        // What the drivers held first, each by id, so that peers resume it at their next claim;
+        // then whatever else this coordinator still owns (a start or claim racing the stop),
+        // which reads its whole range of the unfinished index: seconds after millions of
+        // transactions since the last vacuum, paid by this process's exit rather than by the
+        // transactions it drove.
+        let stopped = std::mem::take(&mut *self.stopped.lock().unwrap_or_else(|e| e.into_inner()));
+        match self.store.release(&self.config.id, &stopped).await {
+            Ok(n) if n > 0 => {
+                tracing::info!(handed_back = n, "handed back the transactions it drove")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not hand back the transactions it drove"),
+        }
         match self.store.release_owned(&self.config.id).await {
             Ok(n) if n > 0 => {
                 tracing::info!(handed_back = n, "handed back unfinished transactions")
@@ -832,10 +849,18 @@ impl Coordinator {
         let this = self.clone();
         self.tracker.spawn(async move {
             driver::drive(&this, tx, first, commands, events, rested, driving).await;
-            this.drivers
+            let handle = this
+                .drivers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
+            let at_rest = handle.is_some_and(|h| h.rested.borrow().is_some());
+            if !at_rest && this.stop.is_cancelled() {
+                this.stopped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(id);
+            }
             drop(permit);
         });
     }

@@ -346,6 +346,12 @@ pub trait TxLog: Send + Sync + 'static {
     /// old drivers are fenced. Returns how many.
     async fn release_owned(&self, owner: &str) -> Result<u64, StoreError>;
 
+    /// Hands back those of `ids` that `owner` holds unfinished, as [`TxLog::release_owned`]
+    /// does, looking each one up by id: a coordinator that knows what it was driving hands it
+    /// back without reading its range of the unfinished index (which keeps an entry for every
+    /// transaction it finished since the last vacuum). Returns how many.
+    async fn release(&self, owner: &str, ids: &[TxId]) -> Result<u64, StoreError>;
+
     /// Records a request to cancel an unfinished transaction that another coordinator drives; its
     /// owner acts on it (see [`TxLog::cancel_requests`]). Returns whether the transaction is
     /// unfinished (a repeated request is kept once); `false` if it rests or does not exist.

@@ -372,6 +372,15 @@ pub fn claim_sql(range: ClaimRange) -> String {
     )
 }
 
+/// The text of [`TxLog::release`]: `$1` owner, `$2` ids. Public only for the plan tests.
+#[doc(hidden)]
+pub fn release_sql() -> String {
+    format!(
+        "UPDATE baton_transactions SET owner = NULL, epoch = epoch + 1, updated_at = now() \
+         WHERE id = ANY($2) AND owner = $1 AND state NOT IN {RESTING_SQL}"
+    )
+}
+
 /// The claimer and the coordinators whose heartbeat is fresh, in the order of the unfinished
 /// index's owner column (the database's collation, not Rust's): the bounds of the ranges a full
 /// claim reads. `$1` claimer, `$2` lease in ms.
@@ -722,6 +731,20 @@ impl TxLog for PgLog {
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn release(&self, owner: &str, ids: &[TxId]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let done = sqlx::query(&release_sql())
+            .bind(owner)
+            .bind(&ids)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
         Ok(done.rows_affected())
     }
 

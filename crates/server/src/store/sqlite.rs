@@ -36,6 +36,9 @@ const TX_COLUMNS: &str = "id, kind, state, definition, labels, idempotency_key, 
      stage, last_error, cancel_requested, deadline_at, created_at, updated_at, last_seq";
 
 /// Writers wait this long for each other instead of failing with `SQLITE_BUSY` at once.
+/// Ids handed back per statement by `release`.
+const RELEASE_CHUNK: usize = 500;
+
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl SqliteLog {
@@ -463,6 +466,28 @@ impl TxLog for SqliteLog {
         .await
         .map_err(db_err)?;
         Ok(done.rows_affected())
+    }
+
+    async fn release(&self, owner: &str, ids: &[TxId]) -> Result<u64, StoreError> {
+        let mut released = 0;
+        // One statement per `RELEASE_CHUNK` ids, within SQLite's limit on bound values.
+        for chunk in ids.chunks(RELEASE_CHUNK) {
+            let mut q = QueryBuilder::new(
+                "UPDATE baton_transactions SET owner = NULL, epoch = epoch + 1, updated_at = ",
+            );
+            q.push_bind(now_ms())
+                .push(" WHERE owner = ")
+                .push_bind(owner)
+                .push(format!(" AND state NOT IN {RESTING_SQL} AND id IN ("));
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.0.to_string());
+            }
+            list.push_unseparated(")");
+            let done = q.build().execute(&self.pool).await.map_err(db_err)?;
+            released += done.rows_affected();
+        }
+        Ok(released)
     }
 
     async fn request_cancel(&self, id: TxId, reason: &str) -> Result<bool, StoreError> {
