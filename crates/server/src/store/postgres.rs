@@ -639,9 +639,8 @@ impl TxLog for PgLog {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        // Every owner but the claimer and the live coordinators: the unowned range, then the
-        // ranges between the live owners (see `ClaimRange`): an owner without a coordinator row
-        // too.
+        // The unowned range, then the ranges around and between the claimer and the live
+        // coordinators (see `ClaimRange`): every other owner, with a coordinator row or not.
         let live: Vec<String> = sqlx::query_scalar(LIVE_OWNERS_SQL)
             .bind(owner)
             .bind(to_i64(lease_ms))

@@ -36,10 +36,10 @@ const TX_COLUMNS: &str = "id, kind, state, definition, labels, idempotency_key, 
      stage, last_error, cancel_requested, deadline_at, created_at, updated_at, last_seq";
 
 /// Writers wait this long for each other instead of failing with `SQLITE_BUSY` at once.
-/// Ids handed back per statement by `release`.
-const RELEASE_CHUNK: usize = 500;
-
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Ids handed back per statement by `release`, within SQLite's limit on bound values.
+const RELEASE_CHUNK: usize = 500;
 
 impl SqliteLog {
     /// Claims unfinished transactions of nobody, or of another coordinator with no live row
@@ -470,7 +470,6 @@ impl TxLog for SqliteLog {
 
     async fn release(&self, owner: &str, ids: &[TxId]) -> Result<u64, StoreError> {
         let mut released = 0;
-        // One statement per `RELEASE_CHUNK` ids, within SQLite's limit on bound values.
         for chunk in ids.chunks(RELEASE_CHUNK) {
             let mut q = QueryBuilder::new(
                 "UPDATE baton_transactions SET owner = NULL, epoch = epoch + 1, updated_at = ",
