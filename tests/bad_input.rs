@@ -265,6 +265,24 @@ async fn control_characters_are_refused_in_every_field_before_the_database() {
         "endpoint: must not contain control characters",
     );
     refused(
+        c.deregister_participant(proto::DeregisterParticipantRequest {
+            service: " ".into(),
+            endpoint: p.clone(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "service: must not be empty",
+    );
+    refused(
+        c.deregister_participant(proto::DeregisterParticipantRequest {
+            service: "svc".into(),
+            endpoint: String::new(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "endpoint: must not be empty",
+    );
+    refused(
         c.list_participants(proto::ListParticipantsRequest {
             service: "s\0vc".into(),
         })

@@ -587,6 +587,23 @@ async fn bad_requests_are_refused_naming_the_field_and_openapi_routes_all_answer
     assert_eq!((status, &err["field"]), (400, &json!("states")), "{err}");
     let (status, err) = get_json(h, "/v1/transactions?state=done").await;
     assert_eq!((status, &err["field"]), (400, &json!("state")), "{err}");
+    // A page too large names the parameter given, under either name.
+    for name in ["page_size", "limit"] {
+        let (status, err) = get_json(h, &format!("/v1/transactions?{name}=1001")).await;
+        assert_eq!((status, &err["field"]), (400, &json!(name)), "{err}");
+    }
+    let (status, _) = get_json(h, "/v1/transactions?page_size=1000").await;
+    assert_eq!(status, 200, "the largest page is allowed");
+    // Deregistering nothing is refused, not answered `removed: false`.
+    let (status, err) = call(
+        h,
+        "DELETE",
+        "/v1/participants?service=&endpoint=x",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((status, &err["field"]), (400, &json!("service")), "{err}");
     // An id that is not one; one that is unknown.
     let (status, err) = get_json(h, "/v1/transactions/nope").await;
     assert_eq!(status, 400, "{err}");

@@ -16,7 +16,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::validate::{self, check_endpoint, check_free_text, check_ms, check_text, echo, Limits};
+use super::validate::{
+    self, check_endpoint, check_free_text, check_ms, check_name, check_text, echo, Limits,
+};
 use crate::api::auth::{self, Principal};
 use crate::coordinator::{CoordError, Coordinator, Started};
 use crate::model::{Definition, EventKind, TxId, TxRecord, TxState};
@@ -59,6 +61,9 @@ fn parse_id(text: &str) -> Result<TxId, Status> {
 
 /// The earliest and latest times a client may name (years 1 to 9999): PostgreSQL refuses
 /// timestamps far beyond them that chrono still represents.
+/// The largest page `List` returns (`ListRequest.limit`).
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
 const MIN_TIME_MS: i64 = -62_135_596_800_000;
 const MAX_TIME_MS: i64 = 253_402_300_799_999;
 
@@ -418,9 +423,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
                     ))
                 })
         };
-        if req.limit > 1000 {
+        if req.limit > MAX_PAGE_SIZE {
             return Err(Status::invalid_argument(format!(
-                "limit: {} exceeds the maximum page size of 1000",
+                "limit: {} exceeds the maximum page size of {MAX_PAGE_SIZE}",
                 req.limit
             )));
         }
@@ -566,8 +571,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<proto::DeregisterParticipantResponse>, Status> {
         let req = request.into_inner();
         // Not the strict endpoint check: a registration made before it must remain removable.
-        check_text("service", &req.service, self.limits.max_name_len)?;
-        check_text("endpoint", &req.endpoint, self.limits.max_name_len)?;
+        // Empty names are refused: nothing can be registered under them.
+        check_name("service", &req.service, &self.limits)?;
+        check_name("endpoint", &req.endpoint, &self.limits)?;
         let removed = self
             .co
             .store()
@@ -696,10 +702,7 @@ fn check_purge(req: &proto::PurgeRequest, default_batch: u32) -> Result<(Duratio
 }
 
 fn check_registration(service: &str, endpoint: &str, limits: &Limits) -> Result<(), Status> {
-    if service.trim().is_empty() {
-        return Err(Status::invalid_argument("service: must not be empty"));
-    }
-    check_text("service", service, limits.max_name_len)?;
+    check_name("service", service, limits)?;
     check_endpoint("endpoint", endpoint, limits)
 }
 

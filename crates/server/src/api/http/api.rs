@@ -27,6 +27,7 @@ use tonic::{Code, Status};
 use super::json::{self, Obj};
 use crate::api::auth::{AuthConfig, Principal};
 use crate::api::grpc::codec::generated::coordinator_server::Coordinator as _;
+use crate::api::grpc::MAX_PAGE_SIZE;
 use crate::api::{CoordinatorService, Limits};
 use crate::coordinator::Coordinator;
 use crate::proto;
@@ -452,12 +453,24 @@ async fn list(State(api): Shared, headers: HeaderMap, uri: Uri) -> Reply {
             "give page_size or limit, not both",
         ));
     }
+    // Checked here too, so that the error names the parameter the caller gave.
+    let (name, size) = if page_size != 0 {
+        ("page_size", page_size)
+    } else {
+        ("limit", limit)
+    };
+    if size > MAX_PAGE_SIZE {
+        return Err(ApiError::invalid(
+            name,
+            format!("{size} exceeds the maximum page size of {MAX_PAGE_SIZE}"),
+        ));
+    }
     let message = proto::ListRequest {
         states,
         labels,
         created_after_ms: q.time_ms("created_after")?,
         created_before_ms: q.time_ms("created_before")?,
-        limit: page_size.max(limit),
+        limit: size,
         page_token: q.string("page_token")?,
     };
     q.finish()?;
