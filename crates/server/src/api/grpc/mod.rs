@@ -59,11 +59,11 @@ fn parse_id(text: &str) -> Result<TxId, Status> {
     })
 }
 
-/// The earliest and latest times a client may name (years 1 to 9999): PostgreSQL refuses
-/// timestamps far beyond them that chrono still represents.
 /// The largest page `List` returns (`ListRequest.limit`).
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
+/// The earliest and latest times a client may name (years 1 to 9999): PostgreSQL refuses
+/// timestamps far beyond them that chrono still represents.
 const MIN_TIME_MS: i64 = -62_135_596_800_000;
 const MAX_TIME_MS: i64 = 253_402_300_799_999;
 
