@@ -132,6 +132,20 @@ pub fn check_endpoint(field: &str, endpoint: &str, limits: &Limits) -> Result<()
 }
 
 /// A duration in ms, checked against `max` (0 is always fine: it means "the default" or "none").
+/// The largest page `List` returns (`ListRequest.limit`).
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// A page size named `field` (`limit` over gRPC; `page_size` or `limit` over HTTP).
+pub(crate) fn check_page_size(field: &str, size: u32) -> Result<(), Status> {
+    if size > MAX_PAGE_SIZE {
+        return Err(invalid(
+            field,
+            format!("{size} exceeds the maximum page size of {MAX_PAGE_SIZE}"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn check_ms(field: &str, ms: u64, max: u64) -> Result<(), Status> {
     if ms > max {
         return Err(invalid(field, format!("{ms} exceeds the limit of {max}")));

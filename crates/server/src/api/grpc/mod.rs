@@ -59,9 +59,6 @@ fn parse_id(text: &str) -> Result<TxId, Status> {
     })
 }
 
-/// The largest page `List` returns (`ListRequest.limit`).
-pub const MAX_PAGE_SIZE: u32 = 1000;
-
 /// The earliest and latest times a client may name (years 1 to 9999): PostgreSQL refuses
 /// timestamps far beyond them that chrono still represents.
 const MIN_TIME_MS: i64 = -62_135_596_800_000;
@@ -423,12 +420,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
                     ))
                 })
         };
-        if req.limit > MAX_PAGE_SIZE {
-            return Err(Status::invalid_argument(format!(
-                "limit: {} exceeds the maximum page size of {MAX_PAGE_SIZE}",
-                req.limit
-            )));
-        }
+        validate::check_page_size("limit", req.limit)?;
         let limit = if req.limit == 0 { 50 } else { req.limit };
         let before_id = if req.page_token.is_empty() {
             None

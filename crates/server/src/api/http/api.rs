@@ -27,7 +27,6 @@ use tonic::{Code, Status};
 use super::json::{self, Obj};
 use crate::api::auth::{AuthConfig, Principal};
 use crate::api::grpc::codec::generated::coordinator_server::Coordinator as _;
-use crate::api::grpc::MAX_PAGE_SIZE;
 use crate::api::{CoordinatorService, Limits};
 use crate::coordinator::Coordinator;
 use crate::proto;
@@ -459,12 +458,7 @@ async fn list(State(api): Shared, headers: HeaderMap, uri: Uri) -> Reply {
     } else {
         ("limit", limit)
     };
-    if size > MAX_PAGE_SIZE {
-        return Err(ApiError::invalid(
-            name,
-            format!("{size} exceeds the maximum page size of {MAX_PAGE_SIZE}"),
-        ));
-    }
+    crate::api::validate::check_page_size(name, size)?;
     let message = proto::ListRequest {
         states,
         labels,
