@@ -251,6 +251,7 @@ async fn a_write_refused_for_its_data_fails_alone() {
             pipeline_min: 1,
             queue_len: 512,
         },
+        None,
         &tracker,
         stop.clone(),
     );
@@ -352,6 +353,67 @@ async fn a_write_refused_for_its_data_fails_alone() {
     drop(writer);
     tracker.close();
     tracker.wait().await;
+}
+
+/// A batch takes at most one write for every two transactions the coordinator drives (at least
+/// eight), so that transactions in flight move as two groups instead of one: 32 writes queued
+/// together go as two batches of 16 when 32 transactions are driven, as four of 8 when only 4
+/// are (the least a batch is limited to), and as one batch without a count.
+#[tokio::test]
+async fn a_batch_takes_one_write_for_every_two_transactions_driven() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = SqliteLog::open(&support::db::sqlite_url(dir.path()))
+        .await
+        .expect("open");
+    sqlite.migrate().await.expect("migrate");
+    let store: Arc<dyn Store> = Arc::new(sqlite);
+    let live = |n: usize| -> baton_server::coordinator::writer::Live { Arc::new(move || n) };
+    for (live, batches) in [(Some(live(32)), 2), (Some(live(4)), 4), (None, 1)] {
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::default());
+        let writer = LogWriter::start(
+            store.clone(),
+            metrics.clone(),
+            WriterOptions {
+                connections: 2,
+                max_batch: 512,
+                pipeline_min: 32,
+                queue_len: 512,
+            },
+            live,
+            &tracker,
+            stop.clone(),
+        );
+        // Submitted without waiting in between: the writer task has not run yet, so all 32
+        // wait in the queue when it first looks.
+        let mut acks = Vec::new();
+        for _ in 0..32 {
+            let new = new_tx(
+                "c1",
+                vec![step("reserve", "http://127.0.0.1:9", "ok", 0)],
+                &[],
+            );
+            let ack = writer.submit(LogWrite::Create(Box::new(new))).await;
+            acks.push(ack.expect("submit"));
+        }
+        for ack in acks {
+            let outcome = ack.await.expect("answered").map_err(|e| e.to_string());
+            assert_eq!(outcome, Ok(WriteOutcome::Created));
+        }
+        let text = metrics.render(0, true);
+        let counter = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{name} in the metrics:\n{text}")) as u64
+        };
+        assert_eq!(counter("baton_log_batch_writes_total "), 32);
+        assert_eq!(counter("baton_log_batches_total "), batches, "{text}");
+        stop.cancel();
+        drop(writer);
+        tracker.close();
+        tracker.wait().await;
+    }
 }
 
 // ---- (b) text from participants ----

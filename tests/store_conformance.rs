@@ -1680,6 +1680,7 @@ async fn pg_writer_keeps_each_transactions_writes_in_order() {
             pipeline_min: 1,
             queue_len: 1024,
         },
+        None,
         &tracker,
         stop.clone(),
     );

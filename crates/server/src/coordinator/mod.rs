@@ -297,6 +297,11 @@ impl Coordinator {
         let stop = CancellationToken::new();
         let writer_stop = CancellationToken::new();
         let metrics = Arc::new(metrics::Metrics::default());
+        let inflight = Arc::new(Semaphore::new(config.max_inflight));
+        let live: writer::Live = {
+            let (inflight, max) = (inflight.clone(), config.max_inflight);
+            Arc::new(move || max.saturating_sub(inflight.available_permits()))
+        };
         let writer = LogWriter::start(
             store.clone(),
             metrics.clone(),
@@ -306,12 +311,13 @@ impl Coordinator {
                 pipeline_min: config.pipeline_min,
                 queue_len: config.max_inflight.max(64) * 2,
             },
+            Some(live),
             &tracker,
             writer_stop.clone(),
         );
         let lease = Arc::new(Lease::new(config.lease / 2, stop.child_token()));
         Arc::new(Coordinator {
-            inflight: Arc::new(Semaphore::new(config.max_inflight)),
+            inflight,
             config,
             store,
             registry: call::Caller::new(registry, lease.clone()),

@@ -1,15 +1,21 @@
 //! The log writer: one task per coordinator that gathers the log writes of every transaction in
 //! flight and commits them together, one database statement and commit per batch (group commit).
 //!
-//! Writes wait in one bounded queue. When no batch is running, the writer takes everything
-//! queued (up to `max_batch`) as one batch, so the batch size adapts to the load by itself: one
-//! write alone under no load, hundreds under heavy load. With more than one connection, a further
-//! batch starts while another is committing only once `pipeline_min` writes wait: it then executes
-//! while the one before it waits for its commit to reach the disk. Fewer writes wait for the
-//! running batch and join the next one, because a small batch costs a statement and a commit of
-//! its own and saves them little waiting. Writes of one transaction apply in the order they were
-//! submitted: a write whose transaction still has a write in a committing batch waits for that
-//! batch, and so does every later write of that transaction.
+//! Writes wait in one bounded queue. When no batch is running, the writer takes what is queued as
+//! one batch, so the batch size adapts to the load by itself: one write alone under no load,
+//! hundreds under heavy load. A batch takes at most one write for every two transactions the
+//! coordinator drives (never fewer than eight, nor more than `max_batch`). Without that limit the
+//! transactions fall into step: every write that arrives while a batch commits joins the next one,
+//! so they all wait on the same batch, then all call their participants while the database sits
+//! idle, then all write again while the coordinator sits idle. Split in two, one half's batch
+//! commits while the other half calls its participants. Two-phase commits, with three awaited
+//! writes each, fell into step the most (docs/BENCHMARKS.md, "Batches split in two"). With more
+//! than one connection, a further batch starts while another is committing only once `pipeline_min`
+//! writes wait: it then executes while the one before it waits for its commit to reach the disk.
+//! Fewer writes wait for the running batch and join the next one, because a small batch costs a
+//! statement and a commit of its own and saves them little waiting. Writes of one transaction apply
+//! in the order they were submitted: a write whose transaction still has a write in a committing
+//! batch waits for that batch, and so does every later write of that transaction.
 //!
 //! A batch shares one statement, so one write the database refuses for its data (a NUL byte in
 //! text, an index row too large) fails the statement for every write in it. The writer then
@@ -64,6 +70,13 @@ pub struct WriterOptions {
     pub queue_len: usize,
 }
 
+/// How many transactions the coordinator drives now (each has at most one write waiting).
+pub type Live = Arc<dyn Fn() -> usize + Send + Sync>;
+
+/// The smallest limit a batch is split to (see `Batcher::limit`): under it a split would save
+/// less waiting than the second statement and commit cost.
+const SPLIT_MIN: usize = 8;
+
 /// A handle to submit writes; cheap to clone.
 #[derive(Clone)]
 pub struct LogWriter {
@@ -73,11 +86,13 @@ pub struct LogWriter {
 impl LogWriter {
     /// Starts the writer task on `tracker`, committing up to `options.connections` batches at
     /// once; it stops when `stop` is cancelled and the queue is drained, or when every handle is
-    /// dropped.
+    /// dropped. With `live`, a batch takes at most one write for every two transactions it
+    /// counts (see the module doc); without, up to `options.max_batch`.
     pub fn start(
         store: Arc<dyn TxLog>,
         metrics: Arc<super::metrics::Metrics>,
         options: WriterOptions,
+        live: Option<Live>,
         tracker: &tokio_util::task::TaskTracker,
         stop: CancellationToken,
     ) -> Self {
@@ -90,6 +105,7 @@ impl LogWriter {
                 connections: options.connections.max(1),
                 max_batch,
                 pipeline_min: options.pipeline_min.clamp(1, max_batch),
+                live,
                 waiting: VecDeque::new(),
                 busy: HashSet::new(),
                 running: JoinSet::new(),
@@ -133,6 +149,7 @@ struct Batcher {
     connections: usize,
     max_batch: usize,
     pipeline_min: usize,
+    live: Option<Live>,
     /// Writes taken from the queue and not yet in a batch, oldest first.
     waiting: VecDeque<Pending>,
     /// Transactions with a write in a running batch.
@@ -193,9 +210,10 @@ impl Batcher {
         // Transactions with a write held back: their later writes stay behind it.
         let mut held: HashSet<TxId> = HashSet::new();
         let mut rest = VecDeque::with_capacity(self.waiting.len());
+        let limit = self.limit();
         for item in self.waiting.drain(..) {
             let tx = tx_of(&item.write);
-            if writes.len() >= self.max_batch || self.busy.contains(&tx) || held.contains(&tx) {
+            if writes.len() >= limit || self.busy.contains(&tx) || held.contains(&tx) {
                 held.insert(tx);
                 rest.push_back(item);
                 continue;
@@ -228,6 +246,15 @@ impl Batcher {
         });
         self.batches.insert(task.id(), txs);
         true
+    }
+
+    /// The most writes the next batch takes: half the transactions driven (at least
+    /// [`SPLIT_MIN`]), so that they move as two groups (see the module doc).
+    fn limit(&self) -> usize {
+        match &self.live {
+            Some(live) => live().div_ceil(2).max(SPLIT_MIN).min(self.max_batch),
+            None => self.max_batch,
+        }
     }
 
     /// Frees the transactions of a finished batch.
