@@ -42,7 +42,8 @@ pub struct Config {
     pub default_retry: RetryPolicy,
     /// Unfinished transactions driven at once; `Start` beyond it is refused.
     pub max_inflight: usize,
-    /// Largest group-commit batch.
+    /// Largest group-commit batch (a batch also takes at most one write for every two
+    /// transactions driven, at least 8: `writer`'s module doc).
     pub max_batch: usize,
     /// Batches the log writer commits at once, each on its own connection (`baton serve` uses
     /// one on SQLite, which has one writer anyway).
