@@ -53,6 +53,14 @@ async fn pg_store(db: &TestDb) -> Arc<PgLog> {
     Arc::new(log)
 }
 
+async fn sqlite_store(dir: &std::path::Path) -> Arc<SqliteLog> {
+    let log = SqliteLog::open(&support::db::sqlite_url(dir))
+        .await
+        .expect("open");
+    log.migrate().await.expect("migrate");
+    Arc::new(log)
+}
+
 /// Runs SQL on the test's own database (to add a constraint the log's writes then meet).
 async fn execute(db: &TestDb, sql: &str) {
     use sqlx::{Connection, Executor};
@@ -362,11 +370,7 @@ async fn a_write_refused_for_its_data_fails_alone() {
 #[tokio::test]
 async fn a_batch_takes_one_write_for_every_two_transactions_driven() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let sqlite = SqliteLog::open(&support::db::sqlite_url(dir.path()))
-        .await
-        .expect("open");
-    sqlite.migrate().await.expect("migrate");
-    let store: Arc<dyn Store> = Arc::new(sqlite);
+    let store: Arc<dyn Store> = sqlite_store(dir.path()).await;
     let live = |n: usize| -> baton_server::coordinator::writer::Live { Arc::new(move || n) };
     for (live, batches) in [(Some(live(32)), 2), (Some(live(4)), 4), (None, 1)] {
         let tracker = TaskTracker::new();
@@ -473,11 +477,7 @@ async fn nul_text_reads_back_the_same_from_both_stores() {
     let db = fresh_database().await;
     let pg: Arc<dyn Store> = pg_store(&db).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let sqlite = SqliteLog::open(&support::db::sqlite_url(dir.path()))
-        .await
-        .expect("open");
-    sqlite.migrate().await.expect("migrate");
-    let sqlite: Arc<dyn Store> = Arc::new(sqlite);
+    let sqlite: Arc<dyn Store> = sqlite_store(dir.path()).await;
     for store in [pg, sqlite] {
         let new = new_tx(
             "c1",

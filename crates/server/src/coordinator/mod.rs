@@ -301,7 +301,7 @@ impl Coordinator {
         let inflight = Arc::new(Semaphore::new(config.max_inflight));
         let live: writer::Live = {
             let (inflight, max) = (inflight.clone(), config.max_inflight);
-            Arc::new(move || max.saturating_sub(inflight.available_permits()))
+            Arc::new(move || driven(&inflight, max))
         };
         let writer = LogWriter::start(
             store.clone(),
@@ -351,7 +351,7 @@ impl Coordinator {
 
     /// Unfinished transactions driven here now.
     pub fn in_flight(&self) -> usize {
-        self.config.max_inflight - self.inflight.available_permits()
+        driven(&self.inflight, self.config.max_inflight)
     }
 
     /// Transactions whose driver runs here now; published with each heartbeat, where
@@ -935,6 +935,11 @@ fn record_of(new: &NewTx) -> TxRecord {
             })
             .collect(),
     }
+}
+
+/// Transactions driven now: the in-flight permits taken out of `max`.
+fn driven(inflight: &Semaphore, max: usize) -> usize {
+    max.saturating_sub(inflight.available_permits())
 }
 
 #[cfg(test)]
