@@ -530,11 +530,11 @@ async fn bad_requests_are_refused_naming_the_field_and_openapi_routes_all_answer
         async move { call(&h, "POST", "/v1/transactions", None, Some(&body)).await }
     };
 
-    // Bad JSON: 400 naming the position.
+    // Bad JSON: 400 about the body, naming the position.
     let (status, err) = start(r#"{"saga": {"steps": [}"#).await;
     assert_eq!(
-        (status, &err["code"]),
-        (400, &json!("invalid_argument")),
+        (status, &err["code"], &err["field"]),
+        (400, &json!("invalid_argument"), &json!("body")),
         "{err}"
     );
     assert!(
@@ -594,6 +594,13 @@ async fn bad_requests_are_refused_naming_the_field_and_openapi_routes_all_answer
     }
     let (status, _) = get_json(h, "/v1/transactions?page_size=1000").await;
     assert_eq!(status, 200, "the largest page is allowed");
+    // A time out of range names the parameter given, not the gRPC field it fills.
+    let (status, err) = get_json(h, "/v1/transactions?created_after=99999999999999999").await;
+    assert_eq!(
+        (status, &err["field"]),
+        (400, &json!("created_after")),
+        "{err}"
+    );
     // Deregistering nothing is refused, not answered `removed: false`.
     let (status, err) = call(
         h,

@@ -131,7 +131,6 @@ pub fn check_endpoint(field: &str, endpoint: &str, limits: &Limits) -> Result<()
         .map_err(|e| invalid(field, e))
 }
 
-/// A duration in ms, checked against `max` (0 is always fine: it means "the default" or "none").
 /// The largest page `List` returns (`ListRequest.limit`).
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
@@ -146,6 +145,34 @@ pub(crate) fn check_page_size(field: &str, size: u32) -> Result<(), Status> {
     Ok(())
 }
 
+/// The earliest and latest times a client may name (years 1 to 9999): PostgreSQL refuses
+/// timestamps far beyond them that chrono still represents.
+const MIN_TIME_MS: i64 = -62_135_596_800_000;
+const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
+/// A time in Unix milliseconds named `field` (`created_after_ms` over gRPC, `created_after` over
+/// HTTP); 0 means none.
+pub(crate) fn time_ms(
+    field: &str,
+    ms: i64,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, Status> {
+    if ms == 0 {
+        return Ok(None);
+    }
+    (MIN_TIME_MS..=MAX_TIME_MS)
+        .contains(&ms)
+        .then(|| chrono::DateTime::from_timestamp_millis(ms))
+        .flatten()
+        .map(Some)
+        .ok_or_else(|| {
+            invalid(
+                field,
+                format!("{ms} is out of range (years 1 to 9999 in unix milliseconds)"),
+            )
+        })
+}
+
+/// A duration in ms, checked against `max` (0 is always fine: it means "the default" or "none").
 pub fn check_ms(field: &str, ms: u64, max: u64) -> Result<(), Status> {
     if ms > max {
         return Err(invalid(field, format!("{ms} exceeds the limit of {max}")));

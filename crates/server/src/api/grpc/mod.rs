@@ -59,11 +59,6 @@ fn parse_id(text: &str) -> Result<TxId, Status> {
     })
 }
 
-/// The earliest and latest times a client may name (years 1 to 9999): PostgreSQL refuses
-/// timestamps far beyond them that chrono still represents.
-const MIN_TIME_MS: i64 = -62_135_596_800_000;
-const MAX_TIME_MS: i64 = 253_402_300_799_999;
-
 /// `ms` from now; a year from now if that is not representable. `Instant + Duration` panics on
 /// overflow, and the longest wait is operator configuration.
 fn instant_after(ms: u64) -> tokio::time::Instant {
@@ -405,21 +400,6 @@ impl coordinator_server::Coordinator for CoordinatorService {
             })?);
         }
         let labels = validate::labels("labels", &req.labels, &self.limits)?;
-        let time = |field: &str, v: i64| -> Result<Option<chrono::DateTime<chrono::Utc>>, Status> {
-            if v == 0 {
-                return Ok(None);
-            }
-            (MIN_TIME_MS..=MAX_TIME_MS)
-                .contains(&v)
-                .then(|| chrono::DateTime::from_timestamp_millis(v))
-                .flatten()
-                .map(Some)
-                .ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "{field}: {v} is out of range (years 1 to 9999 in unix milliseconds)"
-                    ))
-                })
-        };
         validate::check_page_size("limit", req.limit)?;
         let limit = if req.limit == 0 { 50 } else { req.limit };
         let before_id = if req.page_token.is_empty() {
@@ -432,8 +412,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let filter = ListFilter {
             states,
             labels,
-            created_after: time("created_after_ms", req.created_after_ms)?,
-            created_before: time("created_before_ms", req.created_before_ms)?,
+            created_after: validate::time_ms("created_after_ms", req.created_after_ms)?,
+            created_before: validate::time_ms("created_before_ms", req.created_before_ms)?,
             before_id,
             limit,
         };

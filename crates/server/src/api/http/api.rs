@@ -269,12 +269,8 @@ impl Api {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Object(Default::default()));
         }
-        serde_json::from_slice(&bytes).map_err(|e| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "invalid_argument",
-            field: None,
-            message: format!("the body is not valid JSON: {e}"),
-        })
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))
     }
 }
 
@@ -336,21 +332,25 @@ impl Query {
     }
 
     /// A time as Unix milliseconds or RFC 3339 text; 0 when absent.
+    /// A time as Unix milliseconds or RFC 3339, range-checked here so that an error names the
+    /// parameter given rather than the gRPC field it fills.
     fn time_ms(&mut self, key: &str) -> Result<i64, ApiError> {
         let Some(v) = self.one(key)? else {
             return Ok(0);
         };
-        if let Ok(ms) = v.parse::<i64>() {
-            return Ok(ms);
-        }
-        chrono::DateTime::parse_from_rfc3339(&v)
-            .map(|t| t.timestamp_millis())
-            .map_err(|_| {
-                ApiError::invalid(
-                    key,
-                    format!("{v:?} is neither Unix milliseconds nor RFC 3339"),
-                )
-            })
+        let ms = match v.parse::<i64>() {
+            Ok(ms) => ms,
+            Err(_) => chrono::DateTime::parse_from_rfc3339(&v)
+                .map(|t| t.timestamp_millis())
+                .map_err(|_| {
+                    ApiError::invalid(
+                        key,
+                        format!("{v:?} is neither Unix milliseconds nor RFC 3339"),
+                    )
+                })?,
+        };
+        crate::api::validate::time_ms(key, ms)?;
+        Ok(ms)
     }
 
     fn finish(self) -> Result<(), ApiError> {
@@ -741,6 +741,29 @@ mod tests {
             ApiError::from(Status::unauthenticated("x")).status,
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    #[test]
+    fn a_number_that_is_not_an_integer_is_named_for_what_it_is() {
+        let with_stage = |stage: &str| {
+            let body = format!(
+                r#"{{"saga": {{"steps": [{{"name": "a", "service": "s", "action": "x", "stage": {stage}}}]}}}}"#
+            );
+            let err = json::start_request(serde_json::from_str(&body).unwrap()).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some("saga.steps[0].stage"));
+            err.message
+        };
+        assert!(with_stage("99999999999999999999")
+            .ends_with("got a number too large for a 64-bit integer"));
+        assert!(with_stage("-99999999999999999999").ends_with("got a negative number"));
+        assert!(with_stage("-1").ends_with("got a negative number"));
+        assert!(with_stage("1.5").ends_with("got a fractional number"));
+        assert!(with_stage("1e3").ends_with("got a number with a decimal point or an exponent"));
+        assert!(with_stage("5000000000").ends_with("exceeds the maximum of 4294967295"));
+        let fine =
+            r#"{"saga": {"steps": [{"name": "a", "service": "s", "action": "x", "stage": 3}]}}"#;
+        let request = json::start_request(serde_json::from_str(fine).unwrap()).unwrap();
+        assert!(request.definition.is_some());
     }
 
     #[test]

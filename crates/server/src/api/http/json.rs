@@ -168,12 +168,26 @@ fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
-        Value::Number(n) if n.is_i64() && n.as_i64().is_some_and(|n| n < 0) => "a negative number",
-        Value::Number(n) if n.is_f64() => "a fractional number",
+        Value::Number(n) if n.as_i64().is_some_and(|n| n < 0) => "a negative number",
+        Value::Number(n) if n.is_f64() => float_name(n.as_f64().unwrap_or(f64::NAN)),
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+/// What a number that is not a 64-bit integer is: JSON has one number type, and a value too
+/// large for an integer or written with an exponent arrives as a float.
+fn float_name(f: f64) -> &'static str {
+    if f < 0.0 {
+        "a negative number"
+    } else if f.fract() != 0.0 {
+        "a fractional number"
+    } else if f >= u64::MAX as f64 {
+        "a number too large for a 64-bit integer"
+    } else {
+        "a number with a decimal point or an exponent"
     }
 }
 
