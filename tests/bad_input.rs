@@ -733,6 +733,144 @@ async fn retry_answers_with_the_state_the_retry_moved_to() {
     assert_eq!(state(&tx), TxState::Compensated, "{tx:?}");
 }
 
+#[tokio::test]
+async fn calls_waiting_on_transactions_are_bounded_and_a_hung_up_watch_frees_its_place() {
+    let db = fresh_database().await;
+    let (p, ledger) = participant().await;
+    ledger.gate_closed.store(true, Ordering::SeqCst);
+    let mut co = coordinator(&db, &["--max-waiting", "2"]).await;
+    // Held at its call, which times out only after a minute: no event after the call's.
+    let mut hold = step("hold", &p, "gated", "undo");
+    hold.timeout_ms = 60_000;
+    let held = start(&mut co.client, one_step(hold))
+        .await
+        .expect("start")
+        .tx_id;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let events = co
+            .client
+            .events(proto::EventsRequest {
+                tx_id: held.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("events")
+            .into_inner()
+            .events;
+        if events.iter().any(|e| e.kind.ends_with("sent")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call was never recorded: {events:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let watch_req = || proto::WatchRequest {
+        tx_id: held.clone(),
+    };
+    // Two watches take both places.
+    let first = co.client.watch(watch_req()).await.expect("first watch");
+    let mut second = co
+        .client
+        .watch(watch_req())
+        .await
+        .expect("second watch")
+        .into_inner();
+
+    // A third waiting call of any kind is refused; a Start that would wait writes nothing.
+    let full = "too many calls waiting on transactions (limit 2)";
+    refused(
+        co.client.watch(watch_req()).await,
+        Code::ResourceExhausted,
+        full,
+    );
+    refused(
+        co.client
+            .wait(proto::WaitRequest {
+                tx_id: held.clone(),
+                timeout_ms: 50,
+            })
+            .await,
+        Code::ResourceExhausted,
+        full,
+    );
+    let before = list_all(&mut co.client).await.len();
+    let mut waiting_start = one_step(step("s", &p, "ok", "undo"));
+    waiting_start.wait = true;
+    refused(
+        start(&mut co.client, waiting_start.clone()).await,
+        Code::ResourceExhausted,
+        full,
+    );
+    assert_eq!(
+        list_all(&mut co.client).await.len(),
+        before,
+        "a refused Start wrote"
+    );
+    // Calls that do not wait still run.
+    co.client
+        .get(proto::GetRequest {
+            tx_id: held.clone(),
+        })
+        .await
+        .expect("get");
+
+    // The first watcher hangs up while nothing happens to the transaction: its place comes
+    // back without waiting for the transaction's next event.
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match co
+            .client
+            .wait(proto::WaitRequest {
+                tx_id: held.clone(),
+                timeout_ms: 50,
+            })
+            .await
+        {
+            Ok(tx) => {
+                assert_eq!(state(&tx.into_inner()), TxState::Running);
+                break;
+            }
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the hung-up watch still holds its place: {status:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("wait: {status:?}"),
+        }
+    }
+
+    // The watch that stayed sees the outcome; then a waiting Start runs.
+    ledger.gate_closed.store(false, Ordering::SeqCst);
+    let mut last = None;
+    while let Some(event) = second.message().await.expect("watch stream") {
+        last = Some(event.kind);
+    }
+    assert_eq!(
+        last.as_deref(),
+        Some("committed"),
+        "the watch ended without its outcome"
+    );
+    drop(second);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let tx = loop {
+        match start(&mut co.client, waiting_start.clone()).await {
+            Ok(answer) => break answer.transaction.expect("the outcome"),
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(std::time::Instant::now() < deadline, "{status:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("start: {status:?}"),
+        }
+    };
+    assert_eq!(state(&tx), TxState::Committed, "{tx:?}");
+}
+
 // ---- property: arbitrary Starts beside valid ones ----------------------------------------------
 
 /// Text a client might send: empty, plain, arbitrary Unicode, control characters, too long.

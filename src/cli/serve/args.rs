@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Unfinished transactions driven at once; Start beyond it is refused [default: 10000].
     #[arg(long, env = "BATON_MAX_INFLIGHT")]
     pub max_inflight: Option<usize>,
+    /// Calls waiting on a transaction at once (Wait, Watch, Start with wait, over gRPC and
+    /// HTTP); one more is refused [default: 10000].
+    #[arg(long, env = "BATON_MAX_WAITING")]
+    pub max_waiting: Option<usize>,
     /// Coordinator lease: a coordinator silent this long is dead [default: 15s].
     #[arg(long, env = "BATON_LEASE", value_name = "DURATION", alias = "lease-ms")]
     #[serde(alias = "lease_ms")]

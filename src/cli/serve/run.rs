@@ -154,6 +154,7 @@ impl ServeArgs {
                     .max(Duration::from_millis(1)),
                 default_retry,
                 max_inflight: args.max_inflight.unwrap_or(defaults.max_inflight).max(1),
+                max_waiting: args.max_waiting.unwrap_or(defaults.max_waiting).max(1),
                 log_writers,
                 pipeline_min,
                 lease: args.lease.map_or(defaults.lease, HumanDuration::get),

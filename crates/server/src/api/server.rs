@@ -77,6 +77,11 @@ impl ServeConfig {
 /// How long open requests may take to finish at shutdown, by default.
 pub const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Calls one gRPC connection may have open at once (HTTP/2's `SETTINGS_MAX_CONCURRENT_STREAMS`);
+/// a client queues the rest. tonic advertises no limit unless told, so one connection could
+/// open streams without end.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -210,7 +215,9 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
     }
     let service = Authenticated::new(SizeLimited::new(service, max_message), config.auth.clone());
     let shutdown = stop.clone();
-    let router = tonic::transport::Server::builder().add_service(service);
+    let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .add_service(service);
     let shutdown = async move { shutdown.cancelled().await };
     let server = match &tls {
         // Each connection gets the certificate current when it arrives (see `crate::tls`).

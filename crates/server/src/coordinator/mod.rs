@@ -42,6 +42,10 @@ pub struct Config {
     pub default_retry: RetryPolicy,
     /// Unfinished transactions driven at once; `Start` beyond it is refused.
     pub max_inflight: usize,
+    /// Calls waiting on a transaction at once (`Wait`, `Watch`, `Start` with `wait`, over gRPC
+    /// and HTTP); one more is refused. Each holds a task and, for a transaction driven
+    /// elsewhere, reads the log a few times a second.
+    pub max_waiting: usize,
     /// Largest group-commit batch (a batch also takes at most one write for every two
     /// transactions driven, at least 8: `writer`'s module doc).
     pub max_batch: usize,
@@ -77,6 +81,7 @@ impl Default for Config {
             default_timeout: Duration::from_secs(10),
             default_retry: RetryPolicy::default(),
             max_inflight: 10_000,
+            max_waiting: 10_000,
             max_batch: 512,
             log_writers: 2,
             pipeline_min: 32,
@@ -102,6 +107,9 @@ pub enum CoordError {
     /// The in-flight limit is reached.
     #[error("too many transactions in flight (limit {0}); retry later")]
     Busy(usize),
+    /// The limit of calls waiting on transactions is reached.
+    #[error("too many calls waiting on transactions (limit {0}); retry later")]
+    TooManyWaiting(usize),
     /// The log could not be written or read.
     #[error("{0}")]
     Unavailable(String),
@@ -283,6 +291,8 @@ pub struct Coordinator {
     /// One permit per transaction driven here, and per `Start`, `Retry` or claim between its
     /// write and its driver's start: all of them back means nothing of this coordinator acts.
     inflight: Arc<Semaphore>,
+    /// One permit per call waiting on a transaction ([`Config::max_waiting`]).
+    waiting: Arc<Semaphore>,
     tracker: TaskTracker,
     stop: CancellationToken,
     lease: Arc<Lease>,
@@ -319,6 +329,7 @@ impl Coordinator {
         let lease = Arc::new(Lease::new(config.lease / 2, stop.child_token()));
         Arc::new(Coordinator {
             inflight,
+            waiting: Arc::new(Semaphore::new(config.max_waiting)),
             config,
             store,
             registry: call::Caller::new(registry, lease.clone()),
@@ -335,6 +346,14 @@ impl Coordinator {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The permit a call holds while it waits on a transaction, or `TooManyWaiting`.
+    pub fn waiting_permit(&self) -> Result<OwnedSemaphorePermit, CoordError> {
+        self.waiting
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| CoordError::TooManyWaiting(self.config.max_waiting))
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -31,7 +31,9 @@ pub fn status_of(e: CoordError) -> Status {
     match e {
         CoordError::NotFound(_) => Status::not_found(e.to_string()),
         CoordError::Refused(text) => Status::failed_precondition(text),
-        CoordError::Busy(_) => Status::resource_exhausted(e.to_string()),
+        CoordError::Busy(_) | CoordError::TooManyWaiting(_) => {
+            Status::resource_exhausted(e.to_string())
+        }
         CoordError::Unavailable(text) => Status::unavailable(text),
         CoordError::Conflict(text) => Status::aborted(text),
         CoordError::Stopping => Status::unavailable(e.to_string()),
@@ -273,6 +275,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
         };
         check_ms("timeout_ms", req.timeout_ms, self.limits.max_tx_timeout_ms)?;
         self.check_services(&definition).await?;
+        // Taken before anything is written, so that a refusal changes nothing.
+        let _waiting = if req.wait {
+            Some(self.co.waiting_permit().map_err(status_of)?)
+        } else {
+            None
+        };
         let now = whole_millis(chrono::Utc::now());
         let deadline_at = match req.timeout_ms {
             0 => None,
@@ -363,6 +371,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let principal = auth::principal(&request)?.clone();
         let req = request.into_inner();
         let id = parse_id(&req.tx_id)?;
+        let _waiting = self.co.waiting_permit().map_err(status_of)?;
         self.load_for(id, &principal).await?;
         let tx = self
             .wait_for_rest(id, self.wait_timeout(req.timeout_ms))
@@ -378,13 +387,17 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let principal = auth::principal(&request)?;
         let id = parse_id(&request.get_ref().tx_id)?;
+        let waiting = self.co.waiting_permit().map_err(status_of)?;
         let live = self.co.subscribe(id);
         // Fail fast on an unknown id (or one outside the caller's namespace), before the stream
         // starts.
         self.load_for(id, principal).await?;
         let (out, rx) = mpsc::channel(64);
         let co = self.co.clone();
-        tokio::spawn(watch(co, id, live, out));
+        tokio::spawn(async move {
+            watch(co, id, live, out).await;
+            drop(waiting);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -720,7 +733,12 @@ async fn watch(
         }
         match live.as_mut() {
             Some(rx) => loop {
-                match rx.recv().await {
+                // A client that hung up ends the watch now, not at the next event.
+                let received = tokio::select! {
+                    _ = out.closed() => return,
+                    received = rx.recv() => received,
+                };
+                match received {
                     Ok(e) if e.seq <= last_seq => continue,
                     Ok(e) if e.seq == last_seq + 1 => {
                         last_seq = e.seq;
@@ -741,10 +759,10 @@ async fn watch(
                 }
             },
             None => {
-                if out.is_closed() {
-                    return;
+                tokio::select! {
+                    _ = out.closed() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
                 live = co.subscribe(id);
             }
         }
