@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
         registry: RegistryConfig::default(),
         limits: Limits::default(),
         drain: Duration::from_secs(5),
+        header_timeout: api::DEFAULT_HEADER_TIMEOUT,
         auth: AuthConfig::Disabled,
         tls: None,
         console: false,

@@ -699,3 +699,68 @@ async fn chunked_post(addr: &str, path: &str, len: usize) -> (u16, Value) {
     let (status, body) = http_response(&text);
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
+
+#[tokio::test]
+async fn connections_that_send_nothing_are_closed_and_long_answers_are_not() {
+    let db = fresh_database().await;
+    let (p, ledger) = participant().await;
+    let mut co = process::coordinator(&db.url, "http-5", &["--header-timeout", "300ms"], &[]).await;
+    let h = co.http.clone();
+    let grpc = co.endpoint.trim_start_matches("http://").to_string();
+
+    // Silent or stalled connections are closed on both ports.
+    for (addr, sent) in [
+        (&grpc, ""),
+        (&grpc, "PRI * HTTP/2.0\r\n"),
+        (&h, ""),
+        (&h, "GET /healthz HTTP/1.1\r\nHost: x\r\n"),
+    ] {
+        let mut stream = TcpStream::connect(addr.as_str()).await.expect("connect");
+        stream.write_all(sent.as_bytes()).await.expect("send");
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "{addr} kept open a connection that sent {sent:?}"
+        );
+    }
+
+    // A saga held at its call, watched over both ports for several header timeouts: answers
+    // that take long are not cut.
+    ledger.gate_closed.store(true, Ordering::SeqCst);
+    let mut hold = step("hold", &p, "gated", "undo", 0);
+    hold["timeout_ms"] = json!(60_000);
+    let (status, body) = post(&h, "/v1/transactions", json!({"saga": {"steps": [hold]}})).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["tx_id"].as_str().unwrap().to_string();
+    let sse = tokio::spawn({
+        let (h, id) = (h.clone(), id.clone());
+        async move { watch(&h, &id, None).await }
+    });
+    let mut events = co
+        .client
+        .watch(baton_tx_proto::WatchRequest { tx_id: id.clone() })
+        .await
+        .expect("watch")
+        .into_inner();
+    process::until("the held step to be called", || {
+        ledger.in_flight_at_gate() > 0
+    })
+    .await;
+    // Time itself is what is tested here: both streams stay open past five header timeouts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ledger.gate_closed.store(false, Ordering::SeqCst);
+    let mut last = None;
+    while let Some(event) = events.message().await.expect("the gRPC watch") {
+        last = Some(event.kind);
+    }
+    assert_eq!(last.as_deref(), Some("committed"));
+    let (status, events) = sse.await.expect("the event stream");
+    assert_eq!(status, 200);
+    assert_eq!(
+        events.last().map(|e| e.event.as_str()),
+        Some("committed"),
+        "{events:?}"
+    );
+}

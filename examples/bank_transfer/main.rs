@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         registry: RegistryConfig::default(),
         limits: Limits::default(),
         drain: Duration::from_secs(5),
+        header_timeout: api::DEFAULT_HEADER_TIMEOUT,
         // In-process on loopback: nothing else can reach it.
         auth: AuthConfig::Disabled,
         tls: None,

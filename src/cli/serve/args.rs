@@ -110,6 +110,11 @@ pub struct ServeArgs {
     )]
     #[serde(alias = "drain_timeout_ms")]
     pub drain_timeout: Option<HumanDuration>,
+    /// How long a client may take to send a request's headers on the HTTP port (or stay idle
+    /// between requests), and to open its connection on the gRPC port; a slower connection is
+    /// closed [default: 30s].
+    #[arg(long, env = "BATON_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub header_timeout: Option<HumanDuration>,
     /// Group-commit batches the log writer commits at once (1 to 64), each on a database
     /// connection of its own: with more than one, a batch executes while another waits for its
     /// commit to reach the disk [default: 2 on PostgreSQL, 1 on SQLite].

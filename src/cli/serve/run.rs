@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use baton_server::api::auth::{self, AuthConfig, TokenSpec, Tokens};
-use baton_server::api::{self, Limits, ServeConfig, DEFAULT_DRAIN};
+use baton_server::api::{self, Limits, ServeConfig, DEFAULT_DRAIN, DEFAULT_HEADER_TIMEOUT};
 use baton_server::coordinator::Config;
 use baton_server::model::RetryPolicy;
 use baton_server::registry::{Policy, RegistryConfig};
@@ -196,6 +196,9 @@ impl ServeArgs {
                 ..limits_default
             },
             drain: args.drain_timeout.map_or(DEFAULT_DRAIN, HumanDuration::get),
+            header_timeout: args.header_timeout.map_or(DEFAULT_HEADER_TIMEOUT, |t| {
+                t.get().max(Duration::from_millis(1))
+            }),
             auth,
             tls,
         })

@@ -11,5 +11,5 @@ mod server;
 pub mod validate;
 
 pub use grpc::{status_of, CoordinatorService};
-pub use server::{serve, ServeConfig, ServeError, Serving, DEFAULT_DRAIN};
+pub use server::{serve, ServeConfig, ServeError, Serving, DEFAULT_DRAIN, DEFAULT_HEADER_TIMEOUT};
 pub use validate::Limits;

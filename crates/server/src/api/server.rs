@@ -1,11 +1,17 @@
 //! Hosting the coordinator: open the store, migrate, recover, serve gRPC, shut down cleanly.
 //! `baton serve` and the in-process quickstart both use [`serve`].
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
 
 use super::grpc::codec::generated::coordinator_server::CoordinatorServer;
 use super::grpc::codec::SizeLimited;
@@ -33,6 +39,10 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// At shutdown, how long open requests may take to finish before they are cut off.
     pub drain: std::time::Duration,
+    /// How long a client may take to send a request's headers on the HTTP port (or stay idle
+    /// between requests), and to open its HTTP/2 connection on the gRPC port (the preface its
+    /// first bytes carry); a slower connection is closed.
+    pub header_timeout: std::time::Duration,
     /// Who may call what; [`AuthConfig::Disabled`] must be chosen explicitly.
     pub auth: AuthConfig,
     /// TLS on the gRPC and HTTP ports (mutual TLS on gRPC with a client CA); `None` is plain text.
@@ -67,6 +77,7 @@ impl ServeConfig {
             registry: RegistryConfig::default(),
             limits: Limits::default(),
             drain: DEFAULT_DRAIN,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
             auth,
             tls: None,
             console: false,
@@ -76,6 +87,9 @@ impl ServeConfig {
 
 /// How long open requests may take to finish at shutdown, by default.
 pub const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a client may take over a request's headers or its connection's preface, by default.
+pub const DEFAULT_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Calls one gRPC connection may have open at once (HTTP/2's `SETTINGS_MAX_CONCURRENT_STREAMS`);
 /// a client queues the rest. tonic advertises no limit unless told, so one connection could
@@ -215,6 +229,7 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
     }
     let service = Authenticated::new(SizeLimited::new(service, max_message), config.auth.clone());
     let shutdown = stop.clone();
+    let header_timeout = config.header_timeout;
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .add_service(service);
@@ -224,14 +239,17 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
         Some(tls) => {
             let tls = tls.clone();
             let incoming = TlsIncoming::new(listener, move || tls.grpc_acceptor())
-                .map_err(|source| ServeError::Listen { addr, source })?;
+                .map_err(|source| ServeError::Listen { addr, source })?
+                .map(move |accepted| accepted.map(|io| PrefaceDeadline::new(io, header_timeout)));
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
         }
         // No Nagle on accepted sockets, and an answer's frames written together
         // (`baton_tx::wire`).
-        None => tokio::spawn(
-            router.serve_with_incoming_shutdown(baton_tx::wire::incoming(listener), shutdown),
-        ),
+        None => {
+            let incoming = baton_tx::wire::incoming(listener)
+                .map(move |accepted| accepted.map(|io| PrefaceDeadline::new(io, header_timeout)));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
+        }
     };
     if let Some(listener) = http_listener {
         let (co, stop) = (coordinator.clone(), stop.clone());
@@ -247,13 +265,25 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
                             limits,
                             auth,
                             console,
+                            header_timeout,
                             stop,
                         )
                         .await
                     }
                     Err(e) => Err(e),
                 },
-                None => crate::api::http::serve(listener, co, limits, auth, console, stop).await,
+                None => {
+                    crate::api::http::serve(
+                        listener,
+                        co,
+                        limits,
+                        auth,
+                        console,
+                        header_timeout,
+                        stop,
+                    )
+                    .await
+                }
             };
             if let Err(e) = result {
                 tracing::error!(error = %e, "http server failed");
@@ -270,4 +300,94 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
         server,
         tls: tls.is_some(),
     })
+}
+
+/// An accepted gRPC connection that must send the HTTP/2 preface within a time: until its first
+/// [`PREFACE_LEN`] bytes have arrived, a read that waits past the deadline fails, and the
+/// connection is closed. After them the connection is h2's to keep or close. Without it, a client
+/// that connects and sends nothing holds a connection and its task for as long as it likes.
+struct PrefaceDeadline<T> {
+    io: T,
+    /// Preface bytes still to come, and the time they must have come by; `None` once they have.
+    waiting: Option<(usize, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`, every HTTP/2 connection's first bytes.
+const PREFACE_LEN: usize = 24;
+
+impl<T> PrefaceDeadline<T> {
+    fn new(io: T, within: std::time::Duration) -> Self {
+        PrefaceDeadline {
+            io,
+            waiting: Some((PREFACE_LEN, Box::pin(tokio::time::sleep(within)))),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for PrefaceDeadline<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Some((left, deadline)) = &mut this.waiting {
+            match read {
+                Poll::Ready(Ok(())) => {
+                    *left = left.saturating_sub(buf.filled().len() - before);
+                    if *left == 0 {
+                        this.waiting = None;
+                    }
+                }
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client sent no HTTP/2 preface in time",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        read
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for PrefaceDeadline<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl<T: Connected> Connected for PrefaceDeadline<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
 }

@@ -29,14 +29,19 @@ use crate::api::auth::AuthConfig;
 use crate::api::Limits;
 use crate::coordinator::Coordinator;
 
-/// Serves the HTTP endpoints on `listener` (a TCP listener, or [`HttpsListener`] for HTTPS) until `stop` is cancelled. `limits` and `auth` are the gRPC server's, so the JSON API
-/// accepts and refuses exactly what gRPC does. With `console`, the web console is served at `/ui`.
+/// Serves the HTTP endpoints on `listener` (a TCP listener, or [`HttpsListener`] for HTTPS) until
+/// `stop` is cancelled, then lets open requests finish. `limits` and `auth` are the gRPC server's,
+/// so the JSON API accepts and refuses exactly what gRPC does. With `console`, the web console is
+/// served at `/ui`. A connection that takes longer than `header_timeout` to send a request's
+/// headers, or stays idle that long between requests, is closed: a client cannot hold a
+/// connection (and its task) by sending nothing.
 pub async fn serve<L>(
-    listener: L,
+    mut listener: L,
     coordinator: Arc<Coordinator>,
     limits: Limits,
     auth: AuthConfig,
     console: bool,
+    header_timeout: Duration,
     stop: CancellationToken,
 ) -> std::io::Result<()>
 where
@@ -52,9 +57,30 @@ where
         app = app.merge(console::router());
     }
     let app = app.merge(api);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    // axum's own `serve` sets no timer, so hyper's header timeout would not apply.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let open = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (io, _peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request| {
+            tower_service::Service::call(&mut app.clone(), request)
+        });
+        let connection =
+            open.watch(http.serve_connection(hyper_util::rt::TokioIo::new(io), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "http connection ended");
+            }
+        });
+    }
+    open.shutdown().await;
+    Ok(())
 }
 
 async fn ready(State(co): State<Arc<Coordinator>>) -> (StatusCode, String) {
