@@ -146,6 +146,7 @@ impl CoordinatorService {
                 Err(_) => return self.load(id).await,
             }
         }
+        let mut pause = REMOTE_POLL_FIRST;
         loop {
             // Subscribe before reading, so no outcome slips between the two.
             let live = self.co.subscribe(id);
@@ -164,11 +165,8 @@ impl CoordinatorService {
                 },
                 // Driven by another coordinator (or not yet claimed): look again shortly.
                 None => {
-                    let _ = tokio::time::timeout_at(
-                        until,
-                        tokio::time::sleep(Duration::from_millis(200)),
-                    )
-                    .await;
+                    let _ = tokio::time::timeout_at(until, tokio::time::sleep(pause)).await;
+                    pause = next_pause(pause);
                 }
             }
         }
@@ -700,6 +698,7 @@ async fn watch(
     out: mpsc::Sender<Result<proto::TxEvent, Status>>,
 ) {
     let mut last_seq = 0u64;
+    let mut pause = REMOTE_POLL_FIRST;
     loop {
         // Catch up from the log.
         loop {
@@ -761,12 +760,23 @@ async fn watch(
             None => {
                 tokio::select! {
                     _ = out.closed() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
+                pause = next_pause(pause);
                 live = co.subscribe(id);
             }
         }
     }
+}
+
+/// How soon a `Wait` or `Watch` on a transaction driven by another coordinator (or by none yet)
+/// reads the log again, at first and at most: half as long again each time, so that many such
+/// calls on long transactions do not keep the database busy.
+const REMOTE_POLL_FIRST: Duration = Duration::from_millis(200);
+const REMOTE_POLL_MAX: Duration = Duration::from_secs(1);
+
+fn next_pause(pause: Duration) -> Duration {
+    (pause * 3 / 2).min(REMOTE_POLL_MAX)
 }
 
 /// `at` without its sub-millisecond part, as every store keeps it.
