@@ -252,38 +252,25 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
         }
     };
     if let Some(listener) = http_listener {
-        let (co, stop) = (coordinator.clone(), stop.clone());
-        let (limits, auth, console) = (config.limits.clone(), config.auth.clone(), config.console);
+        let port = crate::api::http::HttpPort {
+            coordinator: coordinator.clone(),
+            limits: config.limits.clone(),
+            auth: config.auth.clone(),
+            console: config.console,
+            header_timeout,
+            stop: stop.clone(),
+        };
         let http_tls = tls.clone();
         tokio::spawn(async move {
             let result = match http_tls {
                 Some(tls) => match TlsIncoming::new(listener, move || tls.http_acceptor()) {
                     Ok(incoming) => {
-                        crate::api::http::serve(
-                            crate::api::http::HttpsListener(incoming),
-                            co,
-                            limits,
-                            auth,
-                            console,
-                            header_timeout,
-                            stop,
-                        )
-                        .await
+                        crate::api::http::serve(crate::api::http::HttpsListener(incoming), port)
+                            .await
                     }
                     Err(e) => Err(e),
                 },
-                None => {
-                    crate::api::http::serve(
-                        listener,
-                        co,
-                        limits,
-                        auth,
-                        console,
-                        header_timeout,
-                        stop,
-                    )
-                    .await
-                }
+                None => crate::api::http::serve(listener, port).await,
             };
             if let Err(e) = result {
                 tracing::error!(error = %e, "http server failed");

@@ -29,24 +29,36 @@ use crate::api::auth::AuthConfig;
 use crate::api::Limits;
 use crate::coordinator::Coordinator;
 
+/// What the HTTP port serves and how, whatever its listener.
+pub struct HttpPort {
+    pub coordinator: Arc<Coordinator>,
+    /// The gRPC server's, so the JSON API accepts and refuses exactly what gRPC does.
+    pub limits: Limits,
+    pub auth: AuthConfig,
+    /// Serve the web console at `/ui`.
+    pub console: bool,
+    /// A connection that takes longer than this to send a request's headers, or stays idle this
+    /// long between requests, is closed: a client cannot hold a connection (and its task) by
+    /// sending nothing.
+    pub header_timeout: Duration,
+    /// Cancelled to stop accepting; open requests then finish.
+    pub stop: CancellationToken,
+}
+
 /// Serves the HTTP endpoints on `listener` (a TCP listener, or [`HttpsListener`] for HTTPS) until
-/// `stop` is cancelled, then lets open requests finish. `limits` and `auth` are the gRPC server's,
-/// so the JSON API accepts and refuses exactly what gRPC does. With `console`, the web console is
-/// served at `/ui`. A connection that takes longer than `header_timeout` to send a request's
-/// headers, or stays idle that long between requests, is closed: a client cannot hold a
-/// connection (and its task) by sending nothing.
-pub async fn serve<L>(
-    mut listener: L,
-    coordinator: Arc<Coordinator>,
-    limits: Limits,
-    auth: AuthConfig,
-    console: bool,
-    header_timeout: Duration,
-    stop: CancellationToken,
-) -> std::io::Result<()>
+/// `port.stop` is cancelled, then lets open requests finish.
+pub async fn serve<L>(mut listener: L, port: HttpPort) -> std::io::Result<()>
 where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
 {
+    let HttpPort {
+        coordinator,
+        limits,
+        auth,
+        console,
+        header_timeout,
+        stop,
+    } = port;
     let api = api::router(coordinator.clone(), limits, auth, stop.clone());
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
