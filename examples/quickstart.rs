@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         limits: Limits::default(),
         drain: Duration::from_secs(5),
         header_timeout: api::DEFAULT_HEADER_TIMEOUT,
+        max_client_connections: api::DEFAULT_MAX_CLIENT_CONNECTIONS,
         auth: AuthConfig::Disabled,
         tls: None,
         console: false,

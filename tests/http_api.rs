@@ -764,3 +764,179 @@ async fn connections_that_send_nothing_are_closed_and_long_answers_are_not() {
         "{events:?}"
     );
 }
+
+/// Opens a raw connection to `addr` and sends `sent`; the connection is held open by the caller.
+async fn hold(addr: &str, sent: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(sent.as_bytes()).await.expect("send");
+    stream
+}
+
+/// Whether the server closes `stream` within 5 s (a reset counts as closed).
+async fn closed_soon(mut stream: TcpStream) -> bool {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .is_ok()
+}
+
+const PREFACE: &str = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[tokio::test]
+async fn client_connections_beyond_the_limit_are_closed_and_their_places_come_back() {
+    let db = fresh_database().await;
+    // Three places on the two ports together; the helper's own gRPC client holds one.
+    let mut co =
+        process::coordinator(&db.url, "http-6", &["--max-client-connections", "3"], &[]).await;
+    let h = co.http.clone();
+    let grpc = co.endpoint.trim_start_matches("http://").to_string();
+    // Each held connection is answered first, so that it is known to hold its place: the two
+    // ports accept apart, and a probe must not overtake a held connection on the other port.
+    let mut grpc_held = hold(&grpc, PREFACE).await;
+    let mut settings = [0u8; 9];
+    grpc_held
+        .read_exact(&mut settings)
+        .await
+        .expect("the gRPC port answers the preface with its settings");
+    let mut http_held = hold(&h, &format!("GET /healthz HTTP/1.1\r\nHost: {h}\r\n\r\n")).await;
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"ok\n") {
+        let mut chunk = [0u8; 256];
+        let n = http_held.read(&mut chunk).await.expect("read /healthz");
+        assert!(
+            n > 0,
+            "the HTTP port closed a kept-alive connection: {answer:?}"
+        );
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let held = [grpc_held, http_held];
+
+    // Every place is taken: one more connection, on either port, is closed on arrival (an idle
+    // one would otherwise be kept for the 30 s header timeout).
+    assert!(
+        closed_soon(hold(&h, "").await).await,
+        "the HTTP port kept a fourth connection"
+    );
+    assert!(
+        closed_soon(hold(&grpc, PREFACE).await).await,
+        "the gRPC port kept a fourth connection"
+    );
+    // The connection that holds a place still serves.
+    let listed = co
+        .client
+        .list(baton_tx_proto::ListRequest {
+            limit: 1,
+            ..Default::default()
+        })
+        .await;
+    assert!(listed.is_ok(), "{listed:?}");
+
+    // Closed connections give their places back.
+    drop(held);
+    let mut metrics = String::new();
+    for _ in 0..500 {
+        let mut stream = TcpStream::connect(h.as_str()).await.expect("connect");
+        let _ = stream
+            .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {h}\r\n\r\n").as_bytes())
+            .await;
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text).await;
+        if http_response(&text).0 == 200 {
+            metrics = text;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("baton_client_connections_refused_total "))
+        .expect("the refused connections are counted");
+    assert!(refused.trim().parse::<u64>().unwrap() >= 2, "{refused}");
+    let mut fresh =
+        baton_tx_proto::coordinator_client::CoordinatorClient::connect(co.endpoint.clone())
+            .await
+            .expect("a new gRPC connection once places are free");
+    fresh
+        .list(baton_tx_proto::ListRequest {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("served on the new connection");
+    co.kill9().await;
+}
+
+/// CPU time (user and system, in clock ticks) the process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')').expect("a command name") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are the 14th and 15th fields of the line, 12th and 13th after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn a_coordinator_out_of_file_descriptors_waits_to_accept_and_recovers() {
+    let db = fresh_database().await;
+    // Room for about 100 connections but a connection limit well above it, so that accepting
+    // fails for want of descriptors rather than the limit closing them.
+    let mut co = process::coordinator_with_open_files(
+        &db.url,
+        "http-7",
+        &["--max-client-connections", "1000"],
+        160,
+    )
+    .await;
+    let pid = co.child.id().expect("a running coordinator");
+    let grpc = co.endpoint.trim_start_matches("http://").to_string();
+    // The kernel completes connections into the listen backlog that the coordinator cannot
+    // accept; they wait there.
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.push(hold(&grpc, PREFACE).await);
+    }
+    // While out of descriptors the coordinator pauses between accepts. A coordinator that asks
+    // again at once spins: it used a whole core (about 120 ticks a second measured on an idle
+    // machine).
+    let before = cpu_ticks(pid);
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - before;
+    let per_second = used as f64 / started.elapsed().as_secs_f64();
+    assert!(
+        per_second < 20.0,
+        "the coordinator used {used} clock ticks of CPU in {:?} with no descriptor free",
+        started.elapsed()
+    );
+
+    // Descriptors free again: it accepts and serves.
+    drop(held);
+    let mut served = false;
+    for _ in 0..100 {
+        let fresh = tokio::time::timeout(
+            Duration::from_secs(2),
+            baton_tx_proto::coordinator_client::CoordinatorClient::connect(co.endpoint.clone()),
+        )
+        .await;
+        if let Ok(Ok(mut fresh)) = fresh {
+            if fresh
+                .list(baton_tx_proto::ListRequest {
+                    limit: 1,
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+            {
+                served = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        served,
+        "the coordinator did not serve again once descriptors were free"
+    );
+    co.kill9().await;
+}

@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         limits: Limits::default(),
         drain: Duration::from_secs(5),
         header_timeout: api::DEFAULT_HEADER_TIMEOUT,
+        max_client_connections: api::DEFAULT_MAX_CLIENT_CONNECTIONS,
         // In-process on loopback: nothing else can reach it.
         auth: AuthConfig::Disabled,
         tls: None,

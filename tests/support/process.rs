@@ -43,7 +43,40 @@ pub async fn coordinator(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Coordinator {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+    start(
+        Command::new(env!("CARGO_BIN_EXE_baton")),
+        database_url,
+        id,
+        extra,
+        env,
+    )
+    .await
+}
+
+/// [`coordinator`], run under an open-file limit of `open_files` (soft and hard, set by the
+/// shell's `ulimit -n` before it becomes `baton serve`).
+pub async fn coordinator_with_open_files(
+    database_url: &str,
+    id: &str,
+    extra: &[&str],
+    open_files: u32,
+) -> Coordinator {
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        &format!("ulimit -n {open_files} && exec \"$0\" \"$@\""),
+        env!("CARGO_BIN_EXE_baton"),
+    ]);
+    start(command, database_url, id, extra, &[]).await
+}
+
+async fn start(
+    mut command: Command,
+    database_url: &str,
+    id: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Coordinator {
     command
         .args(["serve", "--database-url", database_url, "--id", id])
         .args(

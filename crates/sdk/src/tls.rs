@@ -616,6 +616,8 @@ async fn accept_loop(
     tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let mut handshakes = JoinSet::new();
+    // The last accept failed for want of a resource (its warning is logged).
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = tx.closed() => break,
@@ -623,13 +625,23 @@ async fn accept_loop(
             accepted = listener.accept(), if handshakes.len() < MAX_HANDSHAKES => {
                 let (tcp, peer) = match accepted {
                     Ok(accepted) => accepted,
+                    Err(error) if crate::wire::peer_gone(&error) => continue,
                     Err(error) => {
-                        // Out of file descriptors and the like: wait rather than spin.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Out of file descriptors and the like: wait rather than spin, and
+                        // say so once per run of failures (as `crate::wire::incoming` does).
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!(
+                                %error,
+                                "accepting a connection failed; trying again after a pause until it succeeds"
+                            );
+                        }
+                        tokio::time::sleep(crate::wire::ACCEPT_PAUSE).await;
                         continue;
                     }
                 };
+                if std::mem::take(&mut failing) {
+                    tracing::info!("accepting connections again");
+                }
                 // No Nagle: a small response would otherwise wait for the peer's delayed ACK.
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor();

@@ -12,13 +12,16 @@
 //! but it allocates its whole buffer per connection up front and writes a payload larger than
 //! its buffer in a second system call after the bytes it held.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_stream::{Stream, StreamExt};
+use tokio::time::Sleep;
+use tokio_stream::Stream;
 
 /// Bytes held before a write goes straight through: the size of `h2`'s own write buffer.
 const HOLD_LIMIT: usize = 16 * 1024;
@@ -37,10 +40,78 @@ pub struct Coalesced<T> {
 
 /// A gRPC server's plain-text connections from `listener`, with `TCP_NODELAY` (a small answer
 /// must not wait for the client's delayed ACK) and their writes [`Coalesced`].
-pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<Coalesced<TcpStream>>> {
-    tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .map(|accepted| accepted.map(Coalesced::new))
+///
+/// An accept that fails for want of a resource (no file descriptor left, no memory for a
+/// socket) pauses accepting for [`ACCEPT_PAUSE`] instead of trying again at once: tonic's own
+/// listener yields the error, and its server asks for the next connection straight away, so a
+/// coordinator out of file descriptors spun a core on failing accepts for as long as the
+/// condition lasted. The first failure of a run is logged as a warning, the return to accepting
+/// at info.
+pub fn incoming(listener: TcpListener) -> Incoming {
+    Incoming {
+        listener,
+        pause: None,
+        failing: false,
+    }
+}
+
+/// How long accepting pauses after an accept failed for want of a resource.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// The stream [`incoming`] returns.
+#[derive(Debug)]
+pub struct Incoming {
+    listener: TcpListener,
+    pause: Option<Pin<Box<Sleep>>>,
+    /// The last accept failed for want of a resource (so its warning has been logged).
+    failing: bool,
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<Coalesced<TcpStream>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(pause) = &mut this.pause {
+                std::task::ready!(pause.as_mut().poll(cx));
+                this.pause = None;
+            }
+            match std::task::ready!(this.listener.poll_accept(cx)) {
+                Ok((tcp, _peer)) => {
+                    if std::mem::take(&mut this.failing) {
+                        tracing::info!("accepting connections again");
+                    }
+                    // Only fails if the socket is already gone; its first read will tell.
+                    let _ = tcp.set_nodelay(true);
+                    return Poll::Ready(Some(Ok(Coalesced::new(tcp))));
+                }
+                // The peer gave up before the connection was accepted: nothing to wait for.
+                Err(error) if peer_gone(&error) => continue,
+                Err(error) => {
+                    if !std::mem::replace(&mut this.failing, true) {
+                        tracing::warn!(
+                            %error,
+                            pause_ms = ACCEPT_PAUSE.as_millis() as u64,
+                            "accepting a connection failed; trying again after a pause until it succeeds"
+                        );
+                    }
+                    this.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_PAUSE)));
+                }
+            }
+        }
+    }
+}
+
+/// An accept error about the one connection (its peer reset or aborted it while it waited), as
+/// opposed to one about the listener or the process.
+pub(crate) fn peer_gone(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+    )
 }
 
 impl<T> Coalesced<T> {

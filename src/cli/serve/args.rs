@@ -115,6 +115,10 @@ pub struct ServeArgs {
     /// closed [default: 30s].
     #[arg(long, env = "BATON_HEADER_TIMEOUT", value_name = "DURATION")]
     pub header_timeout: Option<HumanDuration>,
+    /// Client connections open at once on the gRPC and HTTP ports together; one more is closed
+    /// as it arrives [default: 10000, or fewer if the open-file limit leaves less room].
+    #[arg(long, env = "BATON_MAX_CLIENT_CONNECTIONS")]
+    pub max_client_connections: Option<usize>,
     /// Group-commit batches the log writer commits at once (1 to 64), each on a database
     /// connection of its own: with more than one, a batch executes while another waits for its
     /// commit to reach the disk [default: 2 on PostgreSQL, 1 on SQLite].

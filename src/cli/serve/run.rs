@@ -7,7 +7,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use baton_server::api::auth::{self, AuthConfig, TokenSpec, Tokens};
-use baton_server::api::{self, Limits, ServeConfig, DEFAULT_DRAIN, DEFAULT_HEADER_TIMEOUT};
+use baton_server::api::{
+    self, Limits, ServeConfig, DEFAULT_DRAIN, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CLIENT_CONNECTIONS,
+};
 use baton_server::coordinator::Config;
 use baton_server::model::RetryPolicy;
 use baton_server::registry::{Policy, RegistryConfig};
@@ -199,6 +202,7 @@ impl ServeArgs {
             header_timeout: args.header_timeout.map_or(DEFAULT_HEADER_TIMEOUT, |t| {
                 t.get().max(Duration::from_millis(1))
             }),
+            max_client_connections: client_connections(args.max_client_connections),
             auth,
             tls,
         })
@@ -302,6 +306,67 @@ fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "local".to_string())
+}
+
+/// File descriptors kept for everything but client connections: database connections, calls to
+/// participants, listeners, files.
+const RESERVED_FDS: u64 = 256;
+
+/// `--max-client-connections`, or by default as many as the open-file limit leaves room for
+/// (at most [`DEFAULT_MAX_CLIENT_CONNECTIONS`], at least 16). A value given that the limit has
+/// no room for is kept, with a warning: past it, accepts fail (and pause) until descriptors are
+/// free again.
+fn client_connections(given: Option<usize>) -> usize {
+    let limit = open_file_limit();
+    let room = limit
+        .map(|limit| usize::try_from(limit.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX));
+    match (given, room) {
+        (Some(given), Some(room)) if given > room => {
+            tracing::warn!(
+                max_client_connections = given,
+                open_file_limit = limit,
+                "the open-file limit leaves room for fewer client connections than \
+                 --max-client-connections; raise the limit (ulimit -n) or lower the setting"
+            );
+            given
+        }
+        (Some(given), _) => given.max(1),
+        (None, Some(room)) => room.clamp(16, DEFAULT_MAX_CLIENT_CONNECTIONS),
+        (None, None) => DEFAULT_MAX_CLIENT_CONNECTIONS,
+    }
+}
+
+/// The process's open-file limit, first raised to its hard limit (a service's default soft
+/// limit is often 1,024 while the hard one is far higher); `None` where it cannot be read.
+#[cfg(unix)]
+fn open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed, which we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // Refused when the hard limit is unlimited (the kernel caps descriptors anyway):
+            // the soft limit then stays as it was.
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
+#[cfg(not(unix))]
+fn open_file_limit() -> Option<u64> {
+    None
 }
 
 /// Runs the coordinator until SIGTERM or Ctrl-C, then shuts down cleanly.

@@ -3,6 +3,7 @@
 //! checks on client input ([`validate`]) and the conversion between wire and model
 //! ([`convert`]) both share, and [`serve`], which runs them.
 
+mod admission;
 pub mod auth;
 pub mod convert;
 pub mod grpc;
@@ -11,5 +12,8 @@ mod server;
 pub mod validate;
 
 pub use grpc::{status_of, CoordinatorService};
-pub use server::{serve, ServeConfig, ServeError, Serving, DEFAULT_DRAIN, DEFAULT_HEADER_TIMEOUT};
+pub use server::{
+    serve, ServeConfig, ServeError, Serving, DEFAULT_DRAIN, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CLIENT_CONNECTIONS,
+};
 pub use validate::Limits;

@@ -13,6 +13,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
+use super::admission::{Admission, Place};
 use super::grpc::codec::generated::coordinator_server::CoordinatorServer;
 use super::grpc::codec::SizeLimited;
 use super::{CoordinatorService, Limits};
@@ -43,6 +44,9 @@ pub struct ServeConfig {
     /// between requests), and to open its HTTP/2 connection on the gRPC port (the preface its
     /// first bytes carry); a slower connection is closed.
     pub header_timeout: std::time::Duration,
+    /// Client connections open at once on the gRPC and HTTP ports together; one more is closed
+    /// as it arrives (`api::admission`).
+    pub max_client_connections: usize,
     /// Who may call what; [`AuthConfig::Disabled`] must be chosen explicitly.
     pub auth: AuthConfig,
     /// TLS on the gRPC and HTTP ports (mutual TLS on gRPC with a client CA); `None` is plain text.
@@ -78,6 +82,7 @@ impl ServeConfig {
             limits: Limits::default(),
             drain: DEFAULT_DRAIN,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
             auth,
             tls: None,
             console: false,
@@ -90,6 +95,16 @@ pub const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10
 
 /// How long a client may take over a request's headers or its connection's preface, by default.
 pub const DEFAULT_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Client connections open at once on both ports, by default.
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 10_000;
+
+/// How long a gRPC connection may stay silent before the coordinator pings it (an HTTP/2
+/// `PING`), and how long the answer may take before the connection is closed: a client whose
+/// host vanished without closing its connections (a crash, a cut network) gives back its places
+/// instead of holding them until the operating system gives up on the socket, hours later.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Calls one gRPC connection may have open at once (HTTP/2's `SETTINGS_MAX_CONCURRENT_STREAMS`);
 /// a client queues the rest. tonic advertises no limit unless told, so one connection could
@@ -230,8 +245,11 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
     let service = Authenticated::new(SizeLimited::new(service, max_message), config.auth.clone());
     let shutdown = stop.clone();
     let header_timeout = config.header_timeout;
+    let admission = Admission::new(config.max_client_connections, coordinator.metrics());
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(service);
     let shutdown = async move { shutdown.cancelled().await };
     let server = match &tls {
@@ -240,14 +258,19 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
             let tls = tls.clone();
             let incoming = TlsIncoming::new(listener, move || tls.grpc_acceptor())
                 .map_err(|source| ServeError::Listen { addr, source })?
-                .map(move |accepted| accepted.map(|io| PrefaceDeadline::new(io, header_timeout)));
+                .filter_map({
+                    let admission = admission.clone();
+                    move |accepted| GrpcConnection::admit(accepted, &admission, header_timeout)
+                });
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
         }
         // No Nagle on accepted sockets, and an answer's frames written together
         // (`baton_tx::wire`).
         None => {
-            let incoming = baton_tx::wire::incoming(listener)
-                .map(move |accepted| accepted.map(|io| PrefaceDeadline::new(io, header_timeout)));
+            let incoming = baton_tx::wire::incoming(listener).filter_map({
+                let admission = admission.clone();
+                move |accepted| GrpcConnection::admit(accepted, &admission, header_timeout)
+            });
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
         }
     };
@@ -258,6 +281,7 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
             auth: config.auth.clone(),
             console: config.console,
             header_timeout,
+            admission,
             stop: stop.clone(),
         };
         let http_tls = tls.clone();
@@ -289,29 +313,43 @@ pub async fn serve(mut config: ServeConfig) -> Result<Serving, ServeError> {
     })
 }
 
-/// An accepted gRPC connection that must send the HTTP/2 preface within a time: until its first
-/// [`PREFACE_LEN`] bytes have arrived, a read that waits past the deadline fails, and the
-/// connection is closed. After them the connection is h2's to keep or close. Without it, a client
-/// that connects and sends nothing holds a connection and its task for as long as it likes.
-struct PrefaceDeadline<T> {
+/// An accepted gRPC connection: it holds its place among the client connections until it
+/// closes, and must send the HTTP/2 preface within a time. Until its first [`PREFACE_LEN`]
+/// bytes have arrived, a read that waits past the deadline fails, and the connection is closed.
+/// After them the connection is h2's to keep or close. Without the deadline, a client that
+/// connects and sends nothing held a connection and its task for as long as it liked.
+struct GrpcConnection<T> {
     io: T,
     /// Preface bytes still to come, and the time they must have come by; `None` once they have.
     waiting: Option<(usize, Pin<Box<tokio::time::Sleep>>)>,
+    _place: Place,
 }
 
 /// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`, every HTTP/2 connection's first bytes.
 const PREFACE_LEN: usize = 24;
 
-impl<T> PrefaceDeadline<T> {
-    fn new(io: T, within: std::time::Duration) -> Self {
-        PrefaceDeadline {
+impl<T> GrpcConnection<T> {
+    /// The connection just accepted with its place, its preface due `within`; `None` when every
+    /// place is taken, and the connection, dropped, is closed. Accept errors pass through.
+    fn admit(
+        accepted: std::io::Result<T>,
+        admission: &Admission,
+        within: std::time::Duration,
+    ) -> Option<std::io::Result<Self>> {
+        let io = match accepted {
+            Ok(io) => io,
+            Err(error) => return Some(Err(error)),
+        };
+        let place = admission.admit()?;
+        Some(Ok(GrpcConnection {
             io,
             waiting: Some((PREFACE_LEN, Box::pin(tokio::time::sleep(within)))),
-        }
+            _place: place,
+        }))
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for PrefaceDeadline<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for GrpcConnection<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -341,7 +379,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for PrefaceDeadline<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for PrefaceDeadline<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for GrpcConnection<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -371,7 +409,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PrefaceDeadline<T> {
     }
 }
 
-impl<T: Connected> Connected for PrefaceDeadline<T> {
+impl<T: Connected> Connected for GrpcConnection<T> {
     type ConnectInfo = T::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {

@@ -87,6 +87,8 @@ pub struct Metrics {
     steps: [[Histogram; 4]; 5],
     batch_size: Histogram,
     batch_latency: Histogram,
+    client_connections: Gauge,
+    connections_refused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -216,6 +218,18 @@ impl Default for Metrics {
             "Time to commit one group-commit batch",
             Histogram::new(LATENCY_BUCKETS),
         );
+        let client_connections = register(
+            &mut registry,
+            "baton_client_connections",
+            "Client connections open on the gRPC and HTTP ports together",
+            Gauge::default(),
+        );
+        let connections_refused = register(
+            &mut registry,
+            "baton_client_connections_refused",
+            "Client connections closed on arrival because --max-client-connections were open",
+            Counter::default(),
+        );
         Metrics {
             registry,
             started,
@@ -233,6 +247,8 @@ impl Default for Metrics {
             steps,
             batch_size,
             batch_latency,
+            client_connections,
+            connections_refused,
         }
     }
 }
@@ -255,6 +271,15 @@ impl Metrics {
         if let Some(o) = outcomes(kind).iter().position(|s| *s == outcome) {
             self.finished[kind_index(kind)][o].inc();
         }
+    }
+
+    /// The gauge of open client connections and the counter of refused ones, for the ports'
+    /// admission (`api::admission`) to keep.
+    pub(crate) fn connection_metrics(&self) -> (Gauge, Counter) {
+        (
+            self.client_connections.clone(),
+            self.connections_refused.clone(),
+        )
     }
 
     pub fn claimed(&self, n: u64) {

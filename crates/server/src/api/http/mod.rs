@@ -25,6 +25,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::admission::Admission;
 use crate::api::auth::AuthConfig;
 use crate::api::Limits;
 use crate::coordinator::Coordinator;
@@ -41,6 +42,8 @@ pub struct HttpPort {
     /// long between requests, is closed: a client cannot hold a connection (and its task) by
     /// sending nothing.
     pub header_timeout: Duration,
+    /// The places of client connections, shared with the gRPC port.
+    pub(crate) admission: Arc<Admission>,
     /// Cancelled to stop accepting; open requests then finish.
     pub stop: CancellationToken,
 }
@@ -57,6 +60,7 @@ where
         auth,
         console,
         header_timeout,
+        admission,
         stop,
     } = port;
     let api = api::router(coordinator.clone(), limits, auth, stop.clone());
@@ -79,6 +83,10 @@ where
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
+        // Every place taken: dropping the connection closes it.
+        let Some(place) = admission.admit() else {
+            continue;
+        };
         let app = app.clone();
         let service = hyper::service::service_fn(move |request| {
             tower_service::Service::call(&mut app.clone(), request)
@@ -89,6 +97,7 @@ where
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "http connection ended");
             }
+            drop(place);
         });
     }
     open.shutdown().await;
