@@ -324,3 +324,56 @@ async fn a_coordinator_resumed_after_losing_its_lease_calls_no_participant() {
     );
     drop(b);
 }
+
+#[tokio::test]
+async fn coordinators_forget_departed_coordinators_and_expired_registrations() {
+    let db = private_database().await;
+    let _co = coordinator(&db.url, "forgetter", &[], &[]).await;
+    // What a coordinator that crashed an hour and a half ago and a participant instance that
+    // stopped heartbeating leave behind, beside a registration that never expires.
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO baton_coordinators (id, address, started_at, heartbeat_at, version)
+         VALUES ('crashed', 'http://127.0.0.1:1', now() - interval '2 hours',
+                 now() - interval '90 minutes', 'v')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO baton_participants (service, endpoint, weight, zone, expires_at)
+         VALUES ('inventory', 'http://127.0.0.1:2', 1, '', now() - interval '1 second'),
+                ('inventory', 'http://127.0.0.1:3', 1, '', NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    // One claim tick in thirty is a full claim, which also forgets: every 6 s at 200 ms.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM baton_coordinators ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        if ids == ["forgetter"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the crashed coordinator's row stayed: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let endpoints: Vec<String> =
+        sqlx::query_scalar("SELECT endpoint FROM baton_participants ORDER BY endpoint")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        endpoints,
+        ["http://127.0.0.1:3"],
+        "the expired registration goes with it, the lasting one stays"
+    );
+    let _ = conn.close().await;
+}

@@ -4,7 +4,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton_server::model::{
     BranchRecord, Definition, EventKind, RetryPolicy, SagaDef, StepDef, StepKind, StepStatus,
@@ -71,6 +71,7 @@ conformance!(
     purge_takes_the_oldest_in_batches,
     batches_of_many_writes_apply_as_if_one_by_one,
     unchanged_branches_read_back_pending,
+    departed_members_are_forgotten,
 );
 
 // ---- fixtures ----
@@ -1285,6 +1286,74 @@ async fn coordinators_heartbeat_and_publish_what_they_drive(log: &dyn Store) {
         log.list_coordinators(50).await.expect("list").is_empty(),
         "stale ones are not listed"
     );
+}
+
+async fn departed_members_are_forgotten(log: &dyn Store) {
+    let dead_for = Duration::from_secs(1);
+    for id in ["gone-1", "gone-2"] {
+        log.heartbeat_coordinator(id, "a", "v", 0)
+            .await
+            .expect("heartbeat");
+    }
+    for service in ["inventory", "shipping"] {
+        log.register_participant(service, "http://127.0.0.3:9000", 1, "", 1)
+            .await
+            .expect("register");
+    }
+    let forever = log
+        .register_participant("payments", "http://127.0.0.1:9000", 1, "", 0)
+        .await
+        .expect("register");
+    let leased = log
+        .register_participant("payments", "http://127.0.0.2:9000", 1, "", 600_000)
+        .await
+        .expect("register");
+    // Until both coordinators are older than `dead_for` and both short registrations expired.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log.list_coordinators(1000).await.expect("list").is_empty()
+        || log.list_participants(None).await.expect("list").len() > 2
+    {
+        assert!(Instant::now() < deadline, "rows did not age");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    log.heartbeat_coordinator("live", "a", "v", 0)
+        .await
+        .expect("heartbeat");
+
+    // At most `batch` of each at a time, until none are left.
+    assert_eq!(
+        log.forget_departed(dead_for, 1).await.expect("forget"),
+        (1, 1)
+    );
+    assert_eq!(
+        log.forget_departed(dead_for, 10).await.expect("forget"),
+        (1, 1)
+    );
+    assert_eq!(
+        log.forget_departed(dead_for, 10).await.expect("forget"),
+        (0, 0)
+    );
+    let live = log.list_coordinators(3_600_000).await.expect("list");
+    assert_eq!(
+        live.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["live"],
+        "the live coordinator stays, the dead ones are gone even from a list with a long lease"
+    );
+    assert_eq!(
+        log.list_participants(None).await.expect("list"),
+        vec![forever, leased],
+        "registrations without expiry or not yet expired stay"
+    );
+
+    // Both come back as they would have before.
+    log.heartbeat_coordinator("gone-1", "a", "v", 0)
+        .await
+        .expect("heartbeat");
+    log.register_participant("inventory", "http://127.0.0.3:9000", 1, "", 0)
+        .await
+        .expect("register");
+    assert_eq!(log.list_coordinators(60_000).await.expect("list").len(), 2);
+    assert_eq!(log.list_participants(None).await.expect("list").len(), 3);
 }
 
 async fn concurrent_claimers_never_share_work(log: &dyn Store) {

@@ -688,7 +688,8 @@ impl Coordinator {
                 this.take_cancel_requests().await;
                 // Most ticks claim from nobody and from lapsed coordinators only; one in
                 // `FULL_CLAIM_EVERY` also takes transactions whose owner has no row at all (one
-                // removed by hand), at the cost of reading the whole unfinished index.
+                // removed by hand, or forgotten below), at the cost of reading the whole
+                // unfinished index.
                 ticks = ticks.wrapping_add(1);
                 let scope = if ticks.is_multiple_of(FULL_CLAIM_EVERY) {
                     Claim::All
@@ -707,6 +708,9 @@ impl Coordinator {
                         }
                     }
                 }
+                if matches!(scope, Claim::All) {
+                    this.forget_departed().await;
+                }
             }
         });
 
@@ -714,6 +718,22 @@ impl Coordinator {
         if let Some(age) = self.config.retention {
             self.tracker
                 .spawn(retention::sweep(self.clone(), age, self.stop.clone()));
+        }
+    }
+
+    /// Deletes the rows of coordinators dead for [`DEPARTED_AFTER`] (or ten leases, if longer)
+    /// and expired participant registrations ([`crate::store::Membership::forget_departed`]); a failure is
+    /// logged and the next full claim tries again.
+    async fn forget_departed(&self) {
+        let dead_for = DEPARTED_AFTER.max(self.config.lease.saturating_mul(10));
+        match self.store.forget_departed(dead_for, FORGET_BATCH).await {
+            Ok((0, 0)) => {}
+            Ok((coordinators, participants)) => tracing::info!(
+                coordinators,
+                participants,
+                "forgot departed coordinators and expired participant registrations"
+            ),
+            Err(e) => tracing::warn!(error = %e, "forgetting departed members failed"),
         }
     }
 
@@ -907,6 +927,14 @@ enum Claim {
 /// One claim tick in this many is a [`Claim::All`]: every minute at the default two-second
 /// interval. Start-up claims are always `All`.
 const FULL_CLAIM_EVERY: u32 = 30;
+
+/// How long a coordinator's row outlives its last heartbeat. Its transactions are claimed
+/// within seconds of its lease lapsing, with or without the row; a coordinator that comes back
+/// later writes its row again with its next heartbeat.
+const DEPARTED_AFTER: Duration = Duration::from_secs(3600);
+
+/// Rows of each kind [`Coordinator::forget_departed`] deletes at a time.
+const FORGET_BATCH: u32 = 1000;
 
 /// The refusal text for a verb on a resting transaction.
 pub fn resting_refusal(tx: &TxRecord, verb: &str) -> String {

@@ -435,6 +435,19 @@ pub trait Membership: Send + Sync + 'static {
     /// counted here: counting an owner's unfinished transactions reads every entry of its index
     /// range, dead ones included, which a console refreshing every few seconds must not cost.
     async fn list_coordinators(&self, lease_ms: u64) -> Result<Vec<CoordinatorRecord>, StoreError>;
+
+    /// Forgets what left without saying so: the rows of coordinators whose heartbeat is older
+    /// than `dead_for`, and participant registrations that have expired, at most `batch` of
+    /// each. Neither is read again (a lapsed coordinator's transactions are claimed whether or
+    /// not it has a row; an expired registration is neither listed nor refreshed), but without
+    /// this both tables grow with every crashed coordinator and every participant instance
+    /// that stopped heartbeating: under rolling deployments, without end. Returns how many rows
+    /// of each were deleted.
+    async fn forget_departed(
+        &self,
+        dead_for: Duration,
+        batch: u32,
+    ) -> Result<(u64, u64), StoreError>;
 }
 
 /// Retention: deleting what is finished and old.

@@ -953,6 +953,41 @@ impl Membership for PgLog {
         .map_err(|e| self.err(e))?;
         rows.iter().map(coordinator).collect()
     }
+
+    async fn forget_departed(
+        &self,
+        dead_for: Duration,
+        batch: u32,
+    ) -> Result<(u64, u64), StoreError> {
+        // Rows another coordinator is deleting, or a returning member is writing, are skipped;
+        // each DELETE checks its condition again on the row it locked.
+        let (coordinators, participants): (i64, i64) = sqlx::query_as(
+            "WITH coordinators AS (
+                DELETE FROM baton_coordinators
+                WHERE id IN (
+                    SELECT id FROM baton_coordinators
+                    WHERE heartbeat_at < now() - $1 * interval '1 millisecond'
+                    LIMIT $2 FOR UPDATE SKIP LOCKED)
+                  AND heartbeat_at < now() - $1 * interval '1 millisecond'
+                RETURNING 1
+            ), participants AS (
+                DELETE FROM baton_participants
+                WHERE (service, endpoint) IN (
+                    SELECT service, endpoint FROM baton_participants
+                    WHERE expires_at < now()
+                    LIMIT $2 FOR UPDATE SKIP LOCKED)
+                  AND expires_at < now()
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM coordinators), (SELECT count(*) FROM participants)",
+        )
+        .bind(age_ms(dead_for))
+        .bind(i64::from(batch))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok((coordinators as u64, participants as u64))
+    }
 }
 
 #[async_trait]

@@ -704,6 +704,33 @@ impl Membership for SqliteLog {
         .map_err(db_err)?;
         rows.iter().map(coordinator).collect()
     }
+
+    async fn forget_departed(
+        &self,
+        dead_for: Duration,
+        batch: u32,
+    ) -> Result<(u64, u64), StoreError> {
+        let now = now_ms();
+        let coordinators = sqlx::query(
+            "DELETE FROM baton_coordinators WHERE id IN (
+                SELECT id FROM baton_coordinators WHERE heartbeat_at < ?1 LIMIT ?2)",
+        )
+        .bind(now.saturating_sub(age_ms(dead_for)))
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let participants = sqlx::query(
+            "DELETE FROM baton_participants WHERE (service, endpoint) IN (
+                SELECT service, endpoint FROM baton_participants WHERE expires_at < ?1 LIMIT ?2)",
+        )
+        .bind(now)
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok((coordinators.rows_affected(), participants.rows_affected()))
+    }
 }
 
 #[async_trait]
