@@ -104,6 +104,7 @@ pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 10_000;
 /// host vanished without closing its connections (a crash, a cut network) gives back its places
 /// instead of holding them until the operating system gives up on the socket, hours later.
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// See [`KEEPALIVE_INTERVAL`].
 const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Calls one gRPC connection may have open at once (HTTP/2's `SETTINGS_MAX_CONCURRENT_STREAMS`);
