@@ -56,6 +56,9 @@ struct Formation {
     /// (port, data directory) of the two data nodes.
     nodes: Vec<(u16, PathBuf)>,
     groups: Vec<u32>,
+    /// Per data node, the process group [`Formation::kill_node`] killed and the pids it held,
+    /// until [`Formation::restart`] has seen them gone.
+    killed: Vec<Option<(u32, Vec<u32>)>>,
 }
 
 impl Formation {
@@ -125,6 +128,7 @@ impl Formation {
             monitor_port: free_port(),
             nodes: Vec::new(),
             groups: Vec::new(),
+            killed: vec![None, None],
             dir,
         };
         let common = |pgdata: &Path, port: u16| -> Vec<String> {
@@ -430,6 +434,9 @@ impl Formation {
             .status()
             .expect("kill");
         assert!(ok.success(), "SIGSTOP postmaster {pid}");
+        // What the group holds (pg_autoctl's supervisor and services, the postmaster), for the
+        // restart to wait on.
+        let members = group_members(group);
         // The children first: killed while the postmaster still stands (stopped), none of them
         // sees it die and answers one more query on its way out.
         let mut targets: Vec<String> = children(pid).iter().map(u32::to_string).collect();
@@ -446,13 +453,31 @@ impl Formation {
         );
         // The group is gone: never signal its id again (it may be reused).
         self.groups[i + 1] = 0;
+        self.killed[i] = Some((group, members));
         pid
     }
 
     /// Starts `pg_autoctl run` again for node `i` after [`Formation::kill_node`]: the keeper
     /// learns from the monitor that the other node is now the primary, rewinds and rejoins as
     /// its standby.
-    fn restart(&mut self, i: usize) {
+    ///
+    /// It first waits (up to 15 s) until every process of the killed group has exited and been
+    /// reaped: a new `pg_autoctl run` refuses to start while the pid in the old one's pidfile
+    /// still answers a signal, which a killed process not yet reaped does.
+    async fn restart(&mut self, i: usize) {
+        if let Some((group, members)) = self.killed[i].take() {
+            let until = Instant::now() + Duration::from_secs(15);
+            loop {
+                // The group's leader is this process's child: nothing else reaps it.
+                reap(group);
+                // A pid reused since belongs to another group.
+                let left = members.iter().any(|&p| stat_field(p, 2) == Some(group));
+                if !left || Instant::now() >= until {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         let pgdata = self.nodes[i].1.to_str().expect("a UTF-8 path").to_string();
         let group = self.spawn(&format!("node{}", i + 1), &["run", "--pgdata", &pgdata]);
         self.groups[i + 1] = group;
@@ -467,6 +492,27 @@ fn stat_field(pid: u32, n: usize) -> Option<u32> {
     stat.rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().nth(n))
         .and_then(|g| g.parse::<u32>().ok())
+}
+
+/// Reaps `pid`, a child of this process, if it has exited.
+fn reap(pid: u32) {
+    let mut status = 0;
+    // SAFETY: waitpid only writes the status into the variable passed; WNOHANG never blocks.
+    unsafe {
+        libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG);
+    }
+}
+
+/// The pids of the processes in process group `group`, from /proc.
+fn group_members(group: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| stat_field(*pid, 2) == Some(group))
+        .collect()
 }
 
 /// The pids of the live children of `parent`, from /proc.
@@ -639,7 +685,7 @@ async fn primary_failovers_lose_no_acknowledged_transaction() {
             )
             .await;
         let promoted = killed.elapsed();
-        formation.restart(old);
+        formation.restart(old).await;
         let mut ack = None;
         while killed.elapsed() < Duration::from_secs(90) {
             ack = seen.first_ack_after(killed);
