@@ -505,25 +505,23 @@ fn reap(pid: u32) {
 
 /// The pids of the processes in process group `group`, from /proc.
 fn group_members(group: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(|pid| stat_field(*pid, 2) == Some(group))
-        .collect()
+    procs_where(2, group)
 }
 
 /// The pids of the live children of `parent`, from /proc.
 fn children(parent: u32) -> Vec<u32> {
+    procs_where(1, parent)
+}
+
+/// The pids in /proc whose [`stat_field`] `n` is `value`.
+fn procs_where(n: usize, value: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(|pid| stat_field(*pid, 1) == Some(parent))
+        .filter(|pid| stat_field(*pid, n) == Some(value))
         .collect()
 }
 

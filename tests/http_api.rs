@@ -715,13 +715,8 @@ async fn connections_that_send_nothing_are_closed_and_long_answers_are_not() {
         (&h, ""),
         (&h, "GET /healthz HTTP/1.1\r\nHost: x\r\n"),
     ] {
-        let mut stream = TcpStream::connect(addr.as_str()).await.expect("connect");
-        stream.write_all(sent.as_bytes()).await.expect("send");
-        let mut rest = Vec::new();
-        let closed =
-            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
         assert!(
-            closed.is_ok(),
+            closed_within(hold(addr, sent).await, Duration::from_secs(10)).await,
             "{addr} kept open a connection that sent {sent:?}"
         );
     }
@@ -772,10 +767,10 @@ async fn hold(addr: &str, sent: &str) -> TcpStream {
     stream
 }
 
-/// Whether the server closes `stream` within 5 s (a reset counts as closed).
-async fn closed_soon(mut stream: TcpStream) -> bool {
+/// Whether the server closes `stream` within `limit` (a reset counts as closed).
+async fn closed_within(mut stream: TcpStream, limit: Duration) -> bool {
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+    tokio::time::timeout(limit, stream.read_to_end(&mut rest))
         .await
         .is_ok()
 }
@@ -814,11 +809,11 @@ async fn client_connections_beyond_the_limit_are_closed_and_their_places_come_ba
     // Every place is taken: one more connection, on either port, is closed on arrival (an idle
     // one would otherwise be kept for the 30 s header timeout).
     assert!(
-        closed_soon(hold(&h, "").await).await,
+        closed_within(hold(&h, "").await, Duration::from_secs(5)).await,
         "the HTTP port kept a fourth connection"
     );
     assert!(
-        closed_soon(hold(&grpc, PREFACE).await).await,
+        closed_within(hold(&grpc, PREFACE).await, Duration::from_secs(5)).await,
         "the gRPC port kept a fourth connection"
     );
     // The connection that holds a place still serves.
