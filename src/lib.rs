@@ -9,3 +9,4 @@
 pub mod bench;
 pub mod cli;
 pub mod duration;
+pub mod log_fields;

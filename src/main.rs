@@ -65,13 +65,14 @@ fn init_tracing(format: LogFormat) -> Option<Box<dyn std::any::Any>> {
         .and_then(|spec| EnvFilter::try_new(spec).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    // Colours only for a terminal: a log file or collector gets plain text, and no escape codes
-    // are formatted into every span's fields.
+    // Colours only for a terminal: a log file or collector gets plain text, its fields written
+    // without the styles' formatting (src/log_fields.rs).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     let fmt = match format {
+        LogFormat::Text if !ansi => fmt.fmt_fields(baton_cli::log_fields::PlainFields).boxed(),
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),
     };

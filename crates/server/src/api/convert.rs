@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use tonic::Status;
 
 use super::validate::{
-    check_endpoint, check_kinds, check_ms, check_name, echo, invalid, too_large, Limits,
+    check_endpoint, check_kinds, check_ms, check_name, echo, invalid, too_large, ItemField, Limits,
 };
 use crate::model::{
     BranchDef, BranchRecord, Definition, EventKind, EventRecord, ParticipantRecord, RetryPolicy,
@@ -16,7 +16,7 @@ use crate::model::{
 use crate::proto;
 
 fn retry_policy(
-    field: &str,
+    item: ItemField,
     given: Option<&proto::RetryPolicy>,
     default: &RetryPolicy,
     limits: &Limits,
@@ -26,18 +26,18 @@ fn retry_policy(
     };
     // Bounded so that a retry comes within a sensible time, not in a thousand years.
     check_ms(
-        &format!("{field}.initial_backoff_ms"),
+        item.at("retry.initial_backoff_ms"),
         given.initial_backoff_ms,
         limits.max_backoff_ms,
     )?;
     check_ms(
-        &format!("{field}.max_backoff_ms"),
+        item.at("retry.max_backoff_ms"),
         given.max_backoff_ms,
         limits.max_backoff_ms,
     )?;
     if given.max_attempts > limits.max_attempts {
         return Err(too_large(
-            &format!("{field}.max_attempts"),
+            item.at("retry.max_attempts"),
             format!(
                 "{} exceeds the limit of {}",
                 given.max_attempts, limits.max_attempts
@@ -61,7 +61,7 @@ fn retry_policy(
     };
     if max < initial {
         return Err(invalid(
-            &format!("{field}.max_backoff_ms"),
+            item.at("retry.max_backoff_ms"),
             format!("{max} is below initial_backoff_ms {initial}"),
         ));
     }
@@ -72,7 +72,12 @@ fn retry_policy(
     })
 }
 
-fn target(field: &str, service: &str, endpoint: &str, limits: &Limits) -> Result<Target, Status> {
+fn target(
+    field: ItemField,
+    service: &str,
+    endpoint: &str,
+    limits: &Limits,
+) -> Result<Target, Status> {
     match (service.is_empty(), endpoint.is_empty()) {
         (true, true) => Err(invalid(field, "give a service or an endpoint")),
         (false, false) => Err(invalid(
@@ -80,11 +85,11 @@ fn target(field: &str, service: &str, endpoint: &str, limits: &Limits) -> Result
             "give either a service or an endpoint, not both",
         )),
         (false, true) => {
-            check_name(&format!("{field}.service"), service, limits)?;
+            check_name(field.at("service"), service, limits)?;
             Ok(Target::Service(service.to_string()))
         }
         (true, false) => {
-            check_endpoint(&format!("{field}.endpoint"), endpoint, limits)?;
+            check_endpoint(field.at("endpoint"), endpoint, limits)?;
             Ok(Target::Endpoint(endpoint.to_string()))
         }
     }
@@ -117,25 +122,25 @@ pub fn saga(
     let mut names = HashSet::new();
     let mut steps = Vec::with_capacity(given.steps.len());
     for (i, s) in given.steps.iter().enumerate() {
-        let field = format!("saga.steps[{i}]");
-        check_name(&format!("{field}.name"), &s.name, limits)?;
+        let field = ItemField::item("saga.steps", i);
+        check_name(field.at("name"), &s.name, limits)?;
         if !names.insert(s.name.as_str()) {
             return Err(invalid(
-                &format!("{field}.name"),
+                field.at("name"),
                 format!("duplicate step name {}", echo(&s.name)),
             ));
         }
-        let target = target(&field, &s.service, &s.endpoint, limits)?;
-        check_name(&format!("{field}.action"), &s.action, limits)?;
+        let target = target(field, &s.service, &s.endpoint, limits)?;
+        check_name(field.at("action"), &s.action, limits)?;
         let compensate = if s.compensate.is_empty() {
             None
         } else {
-            check_name(&format!("{field}.compensate"), &s.compensate, limits)?;
+            check_name(field.at("compensate"), &s.compensate, limits)?;
             Some(s.compensate.clone())
         };
         if s.payload.len() > limits.max_payload_bytes {
             return Err(too_large(
-                &format!("{field}.payload"),
+                field.at("payload"),
                 format!(
                     "{} bytes exceed the limit of {}",
                     s.payload.len(),
@@ -151,14 +156,14 @@ pub fn saga(
             Ok(proto::StepKind::Retriable) => StepKind::Retriable,
             Err(_) => {
                 return Err(invalid(
-                    &format!("{field}.kind"),
+                    field.at("kind"),
                     format!("unknown step kind {}", s.kind),
                 ))
             }
         };
         if s.timeout_ms > limits.max_call_timeout_ms {
             return Err(invalid(
-                &format!("{field}.timeout_ms"),
+                field.at("timeout_ms"),
                 format!(
                     "{} exceeds the limit of {}",
                     s.timeout_ms, limits.max_call_timeout_ms
@@ -168,7 +173,7 @@ pub fn saga(
         if let Some(prev) = steps.last().map(|p: &StepDef| p.stage) {
             if s.stage < prev {
                 return Err(invalid(
-                    &format!("{field}.stage"),
+                    field.at("stage"),
                     format!("stage {} comes after stage {prev}; stages must not decrease along the steps", s.stage),
                 ));
             }
@@ -186,12 +191,7 @@ pub fn saga(
             } else {
                 s.timeout_ms
             },
-            retry: retry_policy(
-                &format!("{field}.retry"),
-                s.retry.as_ref(),
-                default_retry,
-                limits,
-            )?,
+            retry: retry_policy(field, s.retry.as_ref(), default_retry, limits)?,
         });
     }
     check_kinds(&steps)?;
@@ -233,19 +233,19 @@ pub fn two_phase(
     let mut names = HashSet::new();
     let mut branches = Vec::with_capacity(given.branches.len());
     for (i, b) in given.branches.iter().enumerate() {
-        let field = format!("two_phase.branches[{i}]");
-        check_name(&format!("{field}.name"), &b.name, limits)?;
+        let field = ItemField::item("two_phase.branches", i);
+        check_name(field.at("name"), &b.name, limits)?;
         if !names.insert(b.name.as_str()) {
             return Err(invalid(
-                &format!("{field}.name"),
+                field.at("name"),
                 format!("duplicate branch name {}", echo(&b.name)),
             ));
         }
-        let target = target(&field, &b.service, &b.endpoint, limits)?;
-        check_name(&format!("{field}.action"), &b.action, limits)?;
+        let target = target(field, &b.service, &b.endpoint, limits)?;
+        check_name(field.at("action"), &b.action, limits)?;
         if b.payload.len() > limits.max_payload_bytes {
             return Err(too_large(
-                &format!("{field}.payload"),
+                field.at("payload"),
                 format!(
                     "{} bytes exceed the limit of {}",
                     b.payload.len(),
@@ -255,7 +255,7 @@ pub fn two_phase(
         }
         if b.timeout_ms > limits.max_call_timeout_ms {
             return Err(invalid(
-                &format!("{field}.timeout_ms"),
+                field.at("timeout_ms"),
                 format!(
                     "{} exceeds the limit of {}",
                     b.timeout_ms, limits.max_call_timeout_ms
@@ -272,12 +272,7 @@ pub fn two_phase(
             } else {
                 b.timeout_ms
             },
-            retry: retry_policy(
-                &format!("{field}.retry"),
-                b.retry.as_ref(),
-                default_retry,
-                limits,
-            )?,
+            retry: retry_policy(field, b.retry.as_ref(), default_retry, limits)?,
         });
     }
     Ok(TwoPhaseDef {

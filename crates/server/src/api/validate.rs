@@ -3,6 +3,7 @@
 //! quotes client text only cut short ([`echo`]).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use tonic::Status;
 
@@ -52,12 +53,50 @@ impl Default for Limits {
     }
 }
 
-pub(crate) fn invalid(field: &str, what: impl std::fmt::Display) -> Status {
+pub(crate) fn invalid(field: impl fmt::Display, what: impl fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {what}"))
 }
 
-pub(crate) fn too_large(field: &str, what: impl std::fmt::Display) -> Status {
+pub(crate) fn too_large(field: impl fmt::Display, what: impl fmt::Display) -> Status {
     Status::resource_exhausted(format!("{field}: {what}"))
+}
+
+/// A field of one item of a list, as an error message names it (`saga.steps[2].retry.max_attempts`).
+/// It is written out only when a check fails: a `Start` that passes, nearly every one, formats no
+/// field names (eager names were 2.5 % of a coordinator's instructions per W1 saga, measured with
+/// callgrind on 2026-12-07, `9b31c97`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ItemField {
+    list: &'static str,
+    index: usize,
+    /// The path below the item, empty for the item itself.
+    path: &'static str,
+}
+
+impl ItemField {
+    /// Item `index` of the list `list` (`saga.steps`).
+    pub(crate) fn item(list: &'static str, index: usize) -> Self {
+        ItemField {
+            list,
+            index,
+            path: "",
+        }
+    }
+
+    /// The field `path` of the same item (`name`, `retry.max_attempts`).
+    pub(crate) fn at(self, path: &'static str) -> Self {
+        ItemField { path, ..self }
+    }
+}
+
+impl fmt::Display for ItemField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.list, self.index)?;
+        if !self.path.is_empty() {
+            write!(f, ".{}", self.path)?;
+        }
+        Ok(())
+    }
 }
 
 /// Most characters of client text an error message repeats.
@@ -73,7 +112,7 @@ pub fn echo(text: &str) -> String {
     }
 }
 
-fn check_len(field: &str, text: &str, max: usize) -> Result<(), Status> {
+fn check_len(field: impl fmt::Display, text: &str, max: usize) -> Result<(), Status> {
     if text.len() > max {
         return Err(too_large(
             field,
@@ -84,7 +123,7 @@ fn check_len(field: &str, text: &str, max: usize) -> Result<(), Status> {
 }
 
 /// The first control character of `text` that `allowed` does not let through, as an error.
-fn check_controls(field: &str, text: &str, allowed: &[char]) -> Result<(), Status> {
+fn check_controls(field: impl fmt::Display, text: &str, allowed: &[char]) -> Result<(), Status> {
     match text
         .char_indices()
         .find(|(_, c)| c.is_control() && !allowed.contains(c))
@@ -105,18 +144,26 @@ fn check_controls(field: &str, text: &str, allowed: &[char]) -> Result<(), Statu
 /// Every string a client sends goes through this or [`check_free_text`]: PostgreSQL refuses a
 /// NUL in text, and a transaction whose definition it refuses can never be driven; other control
 /// characters in a name only garble logs and tables.
-pub fn check_text(field: &str, text: &str, max: usize) -> Result<(), Status> {
+pub fn check_text<F: fmt::Display + Copy>(field: F, text: &str, max: usize) -> Result<(), Status> {
     check_len(field, text, max)?;
     check_controls(field, text, &[])
 }
 
 /// Free text such as a cancel reason: like [`check_text`], but tabs and line breaks are fine.
-pub fn check_free_text(field: &str, text: &str, max: usize) -> Result<(), Status> {
+pub fn check_free_text<F: fmt::Display + Copy>(
+    field: F,
+    text: &str,
+    max: usize,
+) -> Result<(), Status> {
     check_len(field, text, max)?;
     check_controls(field, text, &['\t', '\n', '\r'])
 }
 
-pub(crate) fn check_name(field: &str, text: &str, limits: &Limits) -> Result<(), Status> {
+pub(crate) fn check_name<F: fmt::Display + Copy>(
+    field: F,
+    text: &str,
+    limits: &Limits,
+) -> Result<(), Status> {
     if text.trim().is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
@@ -124,7 +171,11 @@ pub(crate) fn check_name(field: &str, text: &str, limits: &Limits) -> Result<(),
 }
 
 /// Checks a participant endpoint (a step's or a registration's); the one parser for both.
-pub fn check_endpoint(field: &str, endpoint: &str, limits: &Limits) -> Result<(), Status> {
+pub fn check_endpoint<F: fmt::Display + Copy>(
+    field: F,
+    endpoint: &str,
+    limits: &Limits,
+) -> Result<(), Status> {
     check_len(field, endpoint, limits.max_name_len)?;
     crate::model::parse_endpoint(endpoint)
         .map(|_| ())
@@ -173,7 +224,7 @@ pub(crate) fn time_ms(
 }
 
 /// A duration in ms, checked against `max` (0 is always fine: it means "the default" or "none").
-pub fn check_ms(field: &str, ms: u64, max: u64) -> Result<(), Status> {
+pub fn check_ms(field: impl fmt::Display, ms: u64, max: u64) -> Result<(), Status> {
     if ms > max {
         return Err(invalid(field, format!("{ms} exceeds the limit of {max}")));
     }
@@ -229,7 +280,7 @@ pub(crate) fn check_kinds(steps: &[StepDef]) -> Result<(), Status> {
         .collect();
     if pivots.len() > 1 {
         return Err(invalid(
-            &format!("saga.steps[{}].kind", pivots[1]),
+            ItemField::item("saga.steps", pivots[1]).at("kind"),
             "a saga has at most one pivot step",
         ));
     }
@@ -238,7 +289,7 @@ pub(crate) fn check_kinds(steps: &[StepDef]) -> Result<(), Status> {
         let stage = steps[p].stage;
         if steps[p].compensate.is_some() {
             return Err(invalid(
-                &format!("saga.steps[{p}].compensate"),
+                ItemField::item("saga.steps", p).at("compensate"),
                 "a pivot step has no compensation: it is the point of no return",
             ));
         }
@@ -248,7 +299,7 @@ pub(crate) fn check_kinds(steps: &[StepDef]) -> Result<(), Status> {
             .find(|(i, s)| *i != p && s.stage == stage)
         {
             return Err(invalid(
-                &format!("saga.steps[{i}].stage"),
+                ItemField::item("saga.steps", i).at("stage"),
                 "a pivot step runs alone in its stage",
             ));
         }
@@ -257,13 +308,13 @@ pub(crate) fn check_kinds(steps: &[StepDef]) -> Result<(), Status> {
         let after_pivot = pivot.is_some_and(|p| i > p);
         if after_pivot && s.kind != StepKind::Retriable {
             return Err(invalid(
-                &format!("saga.steps[{i}].kind"),
+                ItemField::item("saga.steps", i).at("kind"),
                 "steps after the pivot must be retriable",
             ));
         }
         if !after_pivot && s.kind == StepKind::Retriable {
             return Err(invalid(
-                &format!("saga.steps[{i}].kind"),
+                ItemField::item("saga.steps", i).at("kind"),
                 "a retriable step must come after a pivot step",
             ));
         }

@@ -129,6 +129,10 @@ struct Conn {
     next: AtomicUsize,
     /// The TLS files' generation the channel was made with (0 for plain text).
     tls_generation: u64,
+    /// Whether the endpoint is `https://` or `grpcs://`, and whether it is an HTTP/JSON one:
+    /// which TLS files' generation it follows.
+    tls: bool,
+    http: bool,
     in_flight: AtomicUsize,
     health: Mutex<Health>,
 }
@@ -474,7 +478,23 @@ impl Registry {
         Ok(self.conn(endpoint)?.channel())
     }
 
+    /// The TLS files' generation a new channel to an endpoint of this kind is made with (0 for
+    /// plain text); `None` when TLS is not set up.
+    fn tls_generation(&self, tls: bool, http: bool) -> Option<u64> {
+        match (tls, http) {
+            (false, _) => Some(0),
+            (true, true) => self.http_tls.get().map(|t| t.generation() + 1),
+            (true, false) => self.tls.get().map(|t| t.generation() + 1),
+        }
+    }
+
     fn conn(&self, endpoint: &str) -> Result<Arc<Conn>, ResolveError> {
+        // Every call asks: the endpoint is parsed only for a new channel.
+        if let Some(conn) = lock(&self.conns).get(endpoint) {
+            if self.tls_generation(conn.tls, conn.http) == Some(conn.tls_generation) {
+                return Ok(conn.clone());
+            }
+        }
         let bad = || ResolveError::BadEndpoint(endpoint.to_string());
         let parsed = crate::model::parse_endpoint(endpoint).map_err(|_| bad())?;
         let no_tls = || ResolveError::NoTls(endpoint.to_string());
@@ -485,10 +505,9 @@ impl Registry {
             ),
             false => (None, None),
         };
-        let tls_generation = match parsed.is_http() {
-            true => http_tls.map_or(0, |t| t.generation() + 1),
-            false => tls.map_or(0, |t| t.generation() + 1),
-        };
+        let tls_generation = self
+            .tls_generation(parsed.tls, parsed.is_http())
+            .ok_or_else(no_tls)?;
         let mut conns = lock(&self.conns);
         if let Some(conn) = conns.get(endpoint) {
             // After the TLS files changed, new calls get a new channel with the new files;
@@ -543,6 +562,8 @@ impl Registry {
             door,
             next: AtomicUsize::new(0),
             tls_generation,
+            tls: parsed.tls,
+            http: parsed.is_http(),
             in_flight: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
         });
