@@ -624,7 +624,11 @@ impl Driver {
                 self.work.spawn(
                     async move {
                         let sent = std::time::Instant::now();
-                        let result = call::call(&registry, spec).await;
+                        // Boxed: a call's future (the channel's send, the answer's decoding)
+                        // is kilobytes, and a task's future is copied as it is spawned and its
+                        // cell rewritten as it ends; callgrind put those copies at an eighth of
+                        // the coordinator's instructions (docs/BENCHMARKS.md).
+                        let result = Box::pin(call::call(&registry, spec)).await;
                         metrics.step(phase, &result, sent.elapsed());
                         Event::Reply {
                             branch,

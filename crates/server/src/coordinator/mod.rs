@@ -894,7 +894,12 @@ impl Coordinator {
         }
         let this = self.clone();
         self.tracker.spawn(async move {
-            driver::drive(&this, tx, first, commands, events, rested, driving).await;
+            // Boxed, like a call (driver.rs, `launch`): the task moves a pointer, not the
+            // driver's whole state machine.
+            Box::pin(driver::drive(
+                &this, tx, first, commands, events, rested, driving,
+            ))
+            .await;
             let handle = this
                 .drivers
                 .lock()
