@@ -211,8 +211,6 @@ fn hex_into(text: &str, out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
-/// Writes `bytes` (at most 16) as lowercase hex in one write: ids are formatted into every call's
-/// `traceparent` and span, where a formatting pass per byte showed in profiles.
 /// The length of a `traceparent` value of version 00.
 const HEADER_LEN: usize = 55;
 
@@ -225,6 +223,8 @@ fn hex_bytes(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
+/// Writes `bytes` (at most 16) as lowercase hex in one write: ids are formatted into every call's
+/// `traceparent` and span, where a formatting pass per byte showed in profiles.
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
     let mut buf = [0u8; 32];
     let len = 2 * bytes.len().min(16);
